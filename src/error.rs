@@ -1,0 +1,68 @@
+//! The error type of publishing and encoding events.
+
+use std::fmt;
+
+/// Why an event could not be encoded or published.
+///
+/// Nothing is sent to any subscriber when `publish` returns an error.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The event name contains a line break (`\n` or `\r`), which would end
+    /// the `event:` field early and let the rest be read as other fields.
+    InvalidEventName,
+    /// The event id contains a line break or a NUL character; browsers
+    /// ignore an id with NUL, and a line break would end the field early.
+    InvalidId,
+    /// The event could not be serialized to JSON.
+    #[cfg(feature = "json")]
+    Json(serde_json::Error),
+    /// The encoded event is larger than the configured maximum
+    /// ([`SseLayer::max_event_size`](crate::SseLayer::max_event_size)).
+    TooLarge {
+        /// Encoded size of the rejected event, in bytes.
+        size: usize,
+        /// The configured maximum, in bytes.
+        limit: usize,
+    },
+    /// The topic name is empty, too long, or has a character outside the
+    /// allowed set (see [`Publisher::publish_to`](crate::Publisher::publish_to)).
+    InvalidTopic,
+    /// The hub was closed with [`Publisher::close`](crate::Publisher::close);
+    /// no more events are accepted.
+    Closed,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidEventName => {
+                f.write_str("invalid event name: it must not contain `\\n` or `\\r`")
+            }
+            Error::InvalidId => {
+                f.write_str("invalid event id: it must not contain `\\n`, `\\r` or NUL")
+            }
+            #[cfg(feature = "json")]
+            Error::Json(e) => write!(f, "event data could not be serialized to JSON: {e}"),
+            Error::TooLarge { size, limit } => write!(
+                f,
+                "event is {size} bytes encoded, more than the limit of {limit} bytes \
+                 (raise it with `SseLayer::max_event_size`)"
+            ),
+            Error::InvalidTopic => f.write_str(
+                "invalid topic: use 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`",
+            ),
+            Error::Closed => f.write_str("the event hub is closed; no more events are accepted"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "json")]
+            Error::Json(e) => Some(e),
+            _ => None,
+        }
+    }
+}

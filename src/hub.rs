@@ -1,0 +1,594 @@
+//! The hub: event ids, per-topic rings that double as history, and the
+//! registry of subscribers to wake.
+//!
+//! Publishing takes one lock (`Hub::state`) to give the event the next id
+//! and append it to its topic's ring, so ids are in order in every ring and
+//! across rings. Subscribers read the rings under a read lock and copy what
+//! they have not seen yet; nothing is queued per subscriber. Waking the
+//! subscribers of a topic is done by a fan-out task, so `publish` costs the
+//! same with no subscriber or ten thousand.
+
+use atomic_waker::AtomicWaker;
+use bytes::{Bytes, BytesMut};
+use slab::Slab;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{sync::Notify, task::JoinHandle, time::Instant};
+
+use crate::{event::Event, Error, EventId};
+
+/// The name of the topic every subscriber follows and [`publish`] goes to.
+/// It is empty, which no user topic can be.
+///
+/// [`publish`]: crate::Publisher::publish
+pub(crate) const DEFAULT_TOPIC: &str = "";
+
+/// The name of the event sent when a client resumes from an id the history
+/// no longer covers (see the crate docs, "Resuming").
+pub const RESET_EVENT: &str = "reset";
+
+/// Settings of a hub that the layer's builder may change after the hub exists.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    pub(crate) history: usize,
+    pub(crate) history_ttl: Option<Duration>,
+    pub(crate) max_lag: usize,
+    pub(crate) max_event_size: usize,
+    pub(crate) max_subscribers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            history: 1024,
+            history_ttl: None,
+            max_lag: 1024,
+            max_event_size: 1024 * 1024,
+            max_subscribers: usize::MAX,
+        }
+    }
+}
+
+pub(crate) struct Hub {
+    state: Mutex<State>,
+    /// Id of the newest published event; readers of several topics take
+    /// nothing newer, so events of different topics come out in id order.
+    published: AtomicU64,
+    closed: AtomicBool,
+    subscribers: AtomicUsize,
+    max_lag: AtomicUsize,
+    max_event_size: AtomicUsize,
+    max_subscribers: AtomicUsize,
+    default_topic: Arc<Topic>,
+    /// Wakes the fan-out task when a topic with subscribers got events.
+    notify: Notify,
+    fan_out: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct State {
+    next_id: u64,
+    topics: HashMap<Arc<str>, Arc<Topic>>,
+    /// Every retained event in id order, over all topics: what to evict next.
+    history: VecDeque<Retained>,
+    history_limit: usize,
+    history_ttl: Option<Duration>,
+    /// Highest id that left the history (or, at start, the id just before
+    /// the first one): a client that saw less than this may have missed some.
+    evicted_up_to: u64,
+    dirty: Vec<Arc<Topic>>,
+    closed: bool,
+}
+
+struct Retained {
+    id: u64,
+    topic: Arc<Topic>,
+    custom_id: Option<Box<str>>,
+    at: Option<Instant>,
+}
+
+pub(crate) struct Topic {
+    name: Arc<str>,
+    ring: RwLock<Ring>,
+    waiters: Mutex<Slab<Arc<AtomicWaker>>>,
+    /// Changed only under `Hub::state`.
+    subscribers: AtomicUsize,
+    /// Set when queued for the fan-out task, so it is queued once.
+    dirty: AtomicBool,
+}
+
+struct Ring {
+    entries: VecDeque<Entry>,
+    /// Topic-local sequence number of `entries[0]`; cursors count in it.
+    first_seq: u64,
+    /// Highest id of this topic that left the history.
+    evicted_up_to: u64,
+}
+
+struct Entry {
+    id: u64,
+    bytes: Bytes,
+}
+
+/// Where a new subscriber starts.
+pub(crate) enum Resume<'a> {
+    /// With the next event published.
+    Live,
+    /// After the event with this id (the `Last-Event-ID` the client sent).
+    After(&'a str),
+    /// After an id that cannot be read (not UTF-8): the client gets a reset.
+    Unknown,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug)]
+pub(crate) enum SubscribeError {
+    Closed,
+    TooManySubscribers,
+    NoRuntime,
+}
+
+impl Hub {
+    pub(crate) fn new(limits: &Limits) -> Arc<Hub> {
+        // Ids start at the current time in microseconds, so ids of a restarted
+        // server are above every id a browser kept from before the restart.
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+            .max(1);
+        let default_topic = Topic::new(DEFAULT_TOPIC.into(), start - 1);
+        let mut topics = HashMap::new();
+        topics.insert(default_topic.name.clone(), default_topic.clone());
+        Arc::new(Hub {
+            state: Mutex::new(State {
+                next_id: start,
+                topics,
+                history: VecDeque::new(),
+                history_limit: limits.history.max(limits.max_lag),
+                history_ttl: limits.history_ttl,
+                evicted_up_to: start - 1,
+                dirty: Vec::new(),
+                closed: false,
+            }),
+            published: AtomicU64::new(start - 1),
+            closed: AtomicBool::new(false),
+            subscribers: AtomicUsize::new(0),
+            max_lag: AtomicUsize::new(limits.max_lag),
+            max_event_size: AtomicUsize::new(limits.max_event_size),
+            max_subscribers: AtomicUsize::new(limits.max_subscribers),
+            default_topic,
+            notify: Notify::new(),
+            fan_out: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn set_limits(&self, limits: &Limits) {
+        let mut state = self.state();
+        state.history_limit = limits.history.max(limits.max_lag);
+        state.history_ttl = limits.history_ttl;
+        self.max_lag.store(limits.max_lag, Ordering::Relaxed);
+        self.max_event_size
+            .store(limits.max_event_size, Ordering::Relaxed);
+        self.max_subscribers
+            .store(limits.max_subscribers, Ordering::Relaxed);
+        state.evict(Instant::now());
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` inconsistent
+        // in a way that matters more than refusing every later request.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn publish(&self, topic: &str, event: Event) -> Result<EventId, Error> {
+        let custom_id: Option<Box<str>> = event.custom_id().map(Into::into);
+        let prepared = event.prepare(self.max_event_size.load(Ordering::Relaxed))?;
+        let mut state = self.state();
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let bytes = prepared.finish(custom_id.is_none().then_some(id));
+        let topic = if topic == DEFAULT_TOPIC {
+            self.default_topic.clone()
+        } else {
+            state.topic(topic)
+        };
+        topic.ring_mut().entries.push_back(Entry { id, bytes });
+        let at = state.history_ttl.map(|_| Instant::now());
+        state.history.push_back(Retained {
+            id,
+            topic: topic.clone(),
+            custom_id,
+            at,
+        });
+        self.published.store(id, Ordering::Release);
+        state.evict(at.unwrap_or_else(Instant::now));
+        let wake = topic.subscribers.load(Ordering::Relaxed) > 0
+            && !topic.dirty.swap(true, Ordering::AcqRel);
+        if wake {
+            state.dirty.push(topic);
+        }
+        drop(state);
+        if wake {
+            self.notify.notify_one();
+        }
+        Ok(EventId(id))
+    }
+
+    pub(crate) fn subscriber_count(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Refuses new events and subscribers, and wakes every stream so it ends.
+    pub(crate) fn close(&self) {
+        let topics: Vec<Arc<Topic>> = {
+            let mut state = self.state();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            self.closed.store(true, Ordering::Release);
+            state.topics.values().cloned().collect()
+        };
+        for topic in topics {
+            topic.wake_all();
+        }
+        self.notify.notify_one();
+    }
+
+    /// Registers a subscriber of `topics` (the default topic is always
+    /// followed) starting at `resume`.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        topics: &[&str],
+        resume: Resume<'_>,
+    ) -> Result<Subscription, SubscribeError> {
+        self.ensure_fan_out()?;
+        let mut state = self.state();
+        if state.closed {
+            return Err(SubscribeError::Closed);
+        }
+        let max = self.max_subscribers.load(Ordering::Relaxed);
+        if self.subscribers.load(Ordering::Relaxed) >= max {
+            return Err(SubscribeError::TooManySubscribers);
+        }
+        state.evict(Instant::now());
+        let published = self.published.load(Ordering::Relaxed);
+
+        let mut follows = Vec::with_capacity(topics.len() + 1);
+        follows.push(self.default_topic.clone());
+        for name in topics {
+            if *name != DEFAULT_TOPIC && !follows.iter().any(|t| &*t.name == *name) {
+                follows.push(state.topic(name));
+            }
+        }
+
+        // The id after which to deliver, and whether the client must be told
+        // that it missed events we no longer have.
+        let (after, reset) = match resume {
+            Resume::Live => (published, false),
+            Resume::After(last) => match state.resolve(last) {
+                Some(id) if id <= published && follows.iter().all(|t| t.ring().evicted_up_to <= id) => {
+                    (id, false)
+                }
+                _ => (published, true),
+            },
+            Resume::Unknown => (published, true),
+        };
+
+        let waker = Arc::new(AtomicWaker::new());
+        let follows = follows
+            .into_iter()
+            .map(|topic| {
+                topic.subscribers.fetch_add(1, Ordering::Relaxed);
+                let key = topic.waiters().insert(waker.clone());
+                let cursor = {
+                    let ring = topic.ring();
+                    ring.first_seq + ring.entries.partition_point(|e| e.id <= after) as u64
+                };
+                Follow { topic, key, cursor }
+            })
+            .collect();
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        drop(state);
+
+        Ok(Subscription {
+            hub: self.clone(),
+            waker,
+            follows,
+            reset: reset.then_some(published),
+        })
+    }
+
+    /// Starts the task that wakes subscribers, or restarts it if the runtime
+    /// it ran on is gone.
+    fn ensure_fan_out(self: &Arc<Self>) -> Result<(), SubscribeError> {
+        let mut task = self.fan_out.lock().unwrap_or_else(|e| e.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?;
+        let hub = self.clone();
+        *task = Some(runtime.spawn(async move { hub.fan_out().await }));
+        Ok(())
+    }
+
+    async fn fan_out(&self) {
+        let mut dirty = Vec::new();
+        while !self.is_closed() {
+            self.notify.notified().await;
+            std::mem::swap(&mut dirty, &mut self.state().dirty);
+            for topic in dirty.drain(..) {
+                // Cleared before waking: an event published meanwhile queues
+                // the topic again rather than being missed.
+                topic.dirty.store(false, Ordering::Release);
+                topic.wake_all();
+            }
+        }
+    }
+
+    fn unsubscribe(&self, follows: &[Follow]) {
+        let mut state = self.state();
+        for follow in follows {
+            follow.topic.waiters().try_remove(follow.key);
+            let left = follow.topic.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
+            if left == 0 && follow.topic.ring().entries.is_empty() {
+                state.forget(&follow.topic);
+            }
+        }
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl State {
+    fn topic(&mut self, name: &str) -> Arc<Topic> {
+        if let Some(topic) = self.topics.get(name) {
+            return topic.clone();
+        }
+        // A topic created now may have had events that were evicted along
+        // with its entry: count everything evicted so far as possibly its.
+        let topic = Topic::new(name.into(), self.evicted_up_to);
+        self.topics.insert(topic.name.clone(), topic.clone());
+        topic
+    }
+
+    fn forget(&mut self, topic: &Arc<Topic>) {
+        if &*topic.name != DEFAULT_TOPIC
+            && self
+                .topics
+                .get(&topic.name)
+                .is_some_and(|t| Arc::ptr_eq(t, topic))
+        {
+            self.topics.remove(&topic.name);
+        }
+    }
+
+    fn evict(&mut self, now: Instant) {
+        loop {
+            let expired = match (self.history.front(), self.history_ttl) {
+                (None, _) => return,
+                (Some(r), Some(ttl)) => r.at.is_some_and(|at| now.duration_since(at) > ttl),
+                (Some(_), None) => false,
+            };
+            if !expired && self.history.len() <= self.history_limit {
+                return;
+            }
+            let Some(old) = self.history.pop_front() else {
+                return;
+            };
+            let empty = {
+                let mut ring = old.topic.ring_mut();
+                if ring.entries.front().is_some_and(|e| e.id == old.id) {
+                    ring.entries.pop_front();
+                    ring.first_seq += 1;
+                }
+                ring.evicted_up_to = old.id;
+                ring.entries.is_empty()
+            };
+            self.evicted_up_to = old.id;
+            if empty && old.topic.subscribers.load(Ordering::Relaxed) == 0 {
+                self.forget(&old.topic);
+            }
+        }
+    }
+
+    /// The hub id a client's `Last-Event-ID` stands for, if any.
+    fn resolve(&self, last: &str) -> Option<u64> {
+        // Ids set by the caller are looked up first (newest first): an id
+        // the app chose takes precedence over reading it as a number.
+        self.history
+            .iter()
+            .rev()
+            .find(|r| r.custom_id.as_deref() == Some(last))
+            .map(|r| r.id)
+            .or_else(|| last.parse().ok())
+    }
+}
+
+impl Topic {
+    fn new(name: Arc<str>, evicted_up_to: u64) -> Arc<Topic> {
+        Arc::new(Topic {
+            name,
+            ring: RwLock::new(Ring {
+                entries: VecDeque::new(),
+                first_seq: 0,
+                evicted_up_to,
+            }),
+            waiters: Mutex::new(Slab::new()),
+            subscribers: AtomicUsize::new(0),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn ring(&self) -> RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ring_mut(&self) -> RwLockWriteGuard<'_, Ring> {
+        self.ring.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Slab<Arc<AtomicWaker>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_all(&self) {
+        for (_, waker) in self.waiters().iter() {
+            waker.wake();
+        }
+    }
+}
+
+struct Follow {
+    topic: Arc<Topic>,
+    key: usize,
+    /// Topic-local sequence number of the next event to deliver.
+    cursor: u64,
+}
+
+/// What [`Subscription::read`] found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Read {
+    /// Events were appended to the buffer, or this one event is shared as is.
+    Events(Option<Bytes>),
+    /// Nothing new; the waker is registered.
+    Nothing,
+    /// The subscriber fell further behind than the lag bound, or an event it
+    /// had not read yet left the history: the stream must end.
+    Lagged,
+}
+
+/// One subscriber's place in the hub: a cursor per followed topic.
+/// Dropping it unregisters the subscriber.
+pub(crate) struct Subscription {
+    hub: Arc<Hub>,
+    waker: Arc<AtomicWaker>,
+    follows: Vec<Follow>,
+    /// `Some(id)` when the client must first get a reset event with this id.
+    reset: Option<u64>,
+}
+
+impl Subscription {
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.hub.is_closed()
+    }
+
+    /// The reset event owed to a client whose resume point is gone.
+    pub(crate) fn take_reset(&mut self) -> Option<Bytes> {
+        let id = self.reset.take()?;
+        let event = Event::default().event(RESET_EVENT);
+        event
+            .prepare(usize::MAX)
+            .ok()
+            .map(|prepared| prepared.finish(Some(id)))
+    }
+
+    /// Takes the events not yet delivered, in id order, until `out` holds
+    /// about `cap` bytes (always at least one event when there is one).
+    pub(crate) fn read(&mut self, out: &mut BytesMut, cap: usize) -> Read {
+        let max_lag = self.hub.max_lag.load(Ordering::Relaxed) as u64;
+        if let [follow] = &mut self.follows[..] {
+            return read_one(follow, out, cap, max_lag);
+        }
+        // Several topics: take only events up to the newest published id, so
+        // an event of one topic never overtakes an older one of another that
+        // is being appended right now; then merge by id.
+        let published = self.hub.published.load(Ordering::Acquire);
+        let mut batch: Vec<(u64, usize, Bytes)> = Vec::new();
+        for (i, follow) in self.follows.iter().enumerate() {
+            let ring = follow.topic.ring();
+            let Some(unread) = unread(&ring, follow.cursor, max_lag) else {
+                return Read::Lagged;
+            };
+            let mut size = 0;
+            for entry in unread.take_while(|e| e.id <= published) {
+                if size >= cap {
+                    break;
+                }
+                size += entry.bytes.len();
+                batch.push((entry.id, i, entry.bytes.clone()));
+            }
+        }
+        if batch.is_empty() {
+            return Read::Nothing;
+        }
+        batch.sort_unstable_by_key(|(id, _, _)| *id);
+        if batch.len() == 1 && out.is_empty() {
+            let (_, i, bytes) = batch.pop().expect("one element");
+            self.follows[i].cursor += 1;
+            return Read::Events(Some(bytes));
+        }
+        for (_, i, bytes) in batch {
+            if !out.is_empty() && out.len() + bytes.len() > cap {
+                break;
+            }
+            out.extend_from_slice(&bytes);
+            self.follows[i].cursor += 1;
+        }
+        Read::Events(None)
+    }
+}
+
+/// The entries after `cursor`, or `None` when the subscriber lags too far.
+fn unread<'a>(
+    ring: &'a Ring,
+    cursor: u64,
+    max_lag: u64,
+) -> Option<impl Iterator<Item = &'a Entry> + 'a> {
+    let start = cursor.checked_sub(ring.first_seq)?;
+    let head = ring.first_seq + ring.entries.len() as u64;
+    if head - cursor > max_lag {
+        return None;
+    }
+    Some(ring.entries.range(start as usize..))
+}
+
+fn read_one(follow: &mut Follow, out: &mut BytesMut, cap: usize, max_lag: u64) -> Read {
+    let ring = follow.topic.ring();
+    let Some(mut unread) = unread(&ring, follow.cursor, max_lag) else {
+        return Read::Lagged;
+    };
+    let Some(first) = unread.next() else {
+        return Read::Nothing;
+    };
+    follow.cursor += 1;
+    let Some(second) = unread.next() else {
+        if out.is_empty() {
+            // The common case of one new event: share its bytes, copy nothing.
+            return Read::Events(Some(first.bytes.clone()));
+        }
+        out.extend_from_slice(&first.bytes);
+        return Read::Events(None);
+    };
+    out.extend_from_slice(&first.bytes);
+    for entry in std::iter::once(second).chain(unread) {
+        if out.len() + entry.bytes.len() > cap {
+            break;
+        }
+        out.extend_from_slice(&entry.bytes);
+        follow.cursor += 1;
+    }
+    Read::Events(None)
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.follows);
+    }
+}

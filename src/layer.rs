@@ -1,0 +1,202 @@
+//! [`SseLayer`]: where the stream is served and how it behaves.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::{sync::Arc, time::Duration};
+use tower_layer::Layer;
+
+use crate::{
+    hub::{Hub, Limits},
+    Publisher, SseService,
+};
+
+/// Serves a Server-Sent Events stream on one path of any tower service, and
+/// gives every other request a [`Publisher`].
+///
+/// `GET` on the path opens an event stream; `HEAD` answers its headers;
+/// any other method gets `405 Method Not Allowed`. Every other request goes
+/// to the wrapped service with a [`Publisher`] in its extensions.
+///
+/// The layer owns the hub: every service it makes, and every publisher taken
+/// from it, share that hub. Builder methods may be called in any order, also
+/// after [`publisher`](SseLayer::publisher).
+///
+/// # Example
+///
+/// ```no_run
+/// use axum::{routing::post, Router};
+/// use std::time::Duration;
+/// use tower_sse::{Event, Publisher, SseLayer};
+///
+/// async fn publish(publisher: Publisher, body: String) {
+///     publisher.publish(Event::default().data(body)).ok();
+/// }
+///
+/// # async fn run() {
+/// let app = Router::new()
+///     .route("/publish", post(publish))
+///     .layer(SseLayer::new("/events").keep_alive(Duration::from_secs(20)));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+/// axum::serve(listener, app).await.unwrap();
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SseLayer {
+    config: Arc<Config>,
+    limits: Limits,
+    publisher: Publisher,
+}
+
+/// What the service needs to answer a stream request.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) path: Box<str>,
+    pub(crate) keep_alive: Option<(Duration, Bytes)>,
+    /// Sent first on every stream (the `retry:` hint), possibly empty.
+    pub(crate) prelude: Bytes,
+    pub(crate) topic_param: Box<str>,
+    pub(crate) max_topics: usize,
+    pub(crate) retry_after: Duration,
+}
+
+impl SseLayer {
+    /// A layer serving the event stream at `path` (e.g. `"/events"`; a
+    /// missing leading `/` is added), with a new hub.
+    pub fn new(path: impl Into<String>) -> Self {
+        let mut path: String = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        let limits = Limits::default();
+        SseLayer {
+            config: Arc::new(Config {
+                path: path.into(),
+                keep_alive: Some((Duration::from_secs(15), comment("keep-alive"))),
+                prelude: Bytes::new(),
+                topic_param: "topic".into(),
+                max_topics: 64,
+                retry_after: Duration::from_secs(5),
+            }),
+            publisher: Publisher::new(Hub::new(&limits)),
+            limits,
+        }
+    }
+
+    /// A handle to publish from outside a request, e.g. a background task.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    fn limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
+        change(&mut self.limits);
+        self.publisher.hub().set_limits(&self.limits);
+        self
+    }
+
+    /// Sends a comment when a stream has sent nothing for `interval`, so
+    /// proxies and load balancers do not close it as idle. Default: 15 s.
+    /// Real traffic postpones it; an idle stream costs one timer.
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        let text = self.config().keep_alive.take().map(|(_, text)| text);
+        self.config().keep_alive =
+            Some((interval, text.unwrap_or_else(|| comment("keep-alive"))));
+        self
+    }
+
+    /// The text of the keep-alive comment. Default: `keep-alive`. Line
+    /// breaks make several comment lines.
+    pub fn keep_alive_text(mut self, text: &str) -> Self {
+        let interval = self
+            .config()
+            .keep_alive
+            .as_ref()
+            .map_or(Duration::from_secs(15), |(interval, _)| *interval);
+        self.config().keep_alive = Some((interval, comment(text)));
+        self
+    }
+
+    /// Sends no keep-alive comments.
+    pub fn without_keep_alive(mut self) -> Self {
+        self.config().keep_alive = None;
+        self
+    }
+
+    /// Sends `retry: <ms>` first on every stream: how long the browser
+    /// waits before reconnecting after the connection drops. Default: none
+    /// (browsers wait about 3 s).
+    pub fn retry(mut self, delay: Duration) -> Self {
+        // Just the field: an event block without data dispatches nothing.
+        self.config().prelude = format!("retry: {}\n\n", delay.as_millis()).into();
+        self
+    }
+
+    /// How many events a subscriber may have unread before its stream is
+    /// ended. The browser reconnects with `Last-Event-ID` and is replayed
+    /// from history, so nothing is lost while the history covers the gap.
+    /// Default: 1024. The hub keeps at least this many events.
+    pub fn max_lag(self, events: usize) -> Self {
+        self.limits(|l| l.max_lag = events.max(1))
+    }
+
+    /// How many recent events (of all topics together) the hub keeps, so a
+    /// browser that reconnects with `Last-Event-ID` gets what it missed.
+    /// Default: 1024 (the hub keeps at least [`max_lag`](SseLayer::max_lag)).
+    pub fn history(self, events: usize) -> Self {
+        self.limits(|l| l.history = events)
+    }
+
+    /// Also drops events older than `age` from the history. Default: no
+    /// age limit.
+    pub fn history_ttl(self, age: Duration) -> Self {
+        self.limits(|l| l.history_ttl = Some(age))
+    }
+
+    /// The largest encoded event `publish` accepts, in bytes; a larger one
+    /// is [`Error::TooLarge`](crate::Error::TooLarge). Default: 1 MiB.
+    pub fn max_event_size(self, bytes: usize) -> Self {
+        self.limits(|l| l.max_event_size = bytes)
+    }
+
+    /// How many streams may be open at once; past it, new streams get
+    /// `503 Service Unavailable` with `Retry-After`. Default: no limit.
+    pub fn max_subscribers(self, streams: usize) -> Self {
+        self.limits(|l| l.max_subscribers = streams)
+    }
+
+    /// The query parameter that names a topic to follow
+    /// (`/events?topic=a&topic=b`). Default: `topic`.
+    pub fn topic_param(mut self, name: &str) -> Self {
+        self.config().topic_param = name.into();
+        self
+    }
+
+    /// How many topics one stream may follow; more is `400 Bad Request`.
+    /// Default: 64.
+    pub fn max_topics(mut self, topics: usize) -> Self {
+        self.config().max_topics = topics;
+        self
+    }
+}
+
+impl<S> Layer<S> for SseLayer {
+    type Service = SseService<S>;
+
+    fn layer(&self, inner: S) -> SseService<S> {
+        SseService::new(inner, self.config.clone(), self.publisher.clone())
+    }
+}
+
+/// Encodes `text` as one or more comment lines ending the block.
+fn comment(text: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    for line in text.split(['\n', '\r']) {
+        buf.put_slice(b":");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
