@@ -172,7 +172,9 @@ impl Event {
                 Fault::EventName => Error::InvalidEventName,
                 Fault::Id => Error::InvalidId,
                 #[cfg(feature = "json")]
-                Fault::Json(msg) => Error::Json(<serde_json::Error as serde::ser::Error>::custom(msg)),
+                Fault::Json(msg) => {
+                    Error::Json(<serde_json::Error as serde::ser::Error>::custom(msg))
+                }
             });
         }
         if !self.has_data {
@@ -303,7 +305,10 @@ mod tests {
     #[test]
     fn empty_data_is_still_dispatched() {
         assert_eq!(wire(Event::default().data("")), "data: \n\n");
-        assert_eq!(wire(Event::default().event("ping")), "event: ping\ndata:\n\n");
+        assert_eq!(
+            wire(Event::default().event("ping")),
+            "event: ping\ndata:\n\n"
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ use std::{
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use tokio::{sync::Notify, task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{watch, Notify},
+    task::JoinHandle,
+    time::Instant,
+};
 
 use crate::{event::Event, Error, EventId};
 
@@ -62,6 +66,8 @@ pub(crate) struct Hub {
     published: AtomicU64,
     closed: AtomicBool,
     subscribers: AtomicUsize,
+    /// The subscriber count again, for those who wait for it to change.
+    count: watch::Sender<usize>,
     max_lag: AtomicUsize,
     max_event_size: AtomicUsize,
     max_subscribers: AtomicUsize,
@@ -158,6 +164,7 @@ impl Hub {
             published: AtomicU64::new(start - 1),
             closed: AtomicBool::new(false),
             subscribers: AtomicUsize::new(0),
+            count: watch::Sender::new(0),
             max_lag: AtomicUsize::new(limits.max_lag),
             max_event_size: AtomicUsize::new(limits.max_event_size),
             max_subscribers: AtomicUsize::new(limits.max_subscribers),
@@ -226,6 +233,10 @@ impl Hub {
         self.subscribers.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn watch_subscribers(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -279,7 +290,9 @@ impl Hub {
         let (after, reset) = match resume {
             Resume::Live => (published, false),
             Resume::After(last) => match state.resolve(last) {
-                Some(id) if id <= published && follows.iter().all(|t| t.ring().evicted_up_to <= id) => {
+                Some(id)
+                    if id <= published && follows.iter().all(|t| t.ring().evicted_up_to <= id) =>
+                {
                     (id, false)
                 }
                 _ => (published, true),
@@ -300,7 +313,8 @@ impl Hub {
                 Follow { topic, key, cursor }
             })
             .collect();
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        let count = self.subscribers.fetch_add(1, Ordering::Relaxed) + 1;
+        self.count.send_replace(count);
         drop(state);
 
         Ok(Subscription {
@@ -348,7 +362,8 @@ impl Hub {
                 state.forget(&follow.topic);
             }
         }
-        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+        let count = self.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.count.send_replace(count);
     }
 }
 

@@ -101,8 +101,7 @@ impl SseLayer {
     /// Real traffic postpones it; an idle stream costs one timer.
     pub fn keep_alive(mut self, interval: Duration) -> Self {
         let text = self.config().keep_alive.take().map(|(_, text)| text);
-        self.config().keep_alive =
-            Some((interval, text.unwrap_or_else(|| comment("keep-alive"))));
+        self.config().keep_alive = Some((interval, text.unwrap_or_else(|| comment("keep-alive"))));
         self
     }
 

@@ -95,6 +95,21 @@ impl Publisher {
         self.hub().subscriber_count()
     }
 
+    /// A receiver of the number of open streams, updated as streams open
+    /// and close: to show how many are watching, or to start a costly
+    /// producer only while someone listens.
+    ///
+    /// ```
+    /// # async fn run(publisher: tower_sse::Publisher) {
+    /// let mut count = publisher.watch_subscribers();
+    /// // Wait for the first subscriber.
+    /// count.wait_for(|n| *n > 0).await.unwrap();
+    /// # }
+    /// ```
+    pub fn watch_subscribers(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.hub().watch_subscribers()
+    }
+
     /// Closes the hub: every open stream ends once it has sent what was
     /// already published, new streams are refused with `503`, and `publish`
     /// returns [`Error::Closed`].

@@ -74,11 +74,11 @@ impl<S> SseService<S> {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let request = match subscribe::parse(parts, &self.config.topic_param, self.config.max_topics)
-        {
-            Ok(request) => request,
-            Err(rejection) => return text(rejection.status, rejection.message + "\n"),
-        };
+        let request =
+            match subscribe::parse(parts, &self.config.topic_param, self.config.max_topics) {
+                Ok(request) => request,
+                Err(rejection) => return text(rejection.status, rejection.message + "\n"),
+            };
         if parts.method == Method::HEAD {
             return stream_headers(SseBody::full(Bytes::new()));
         }
@@ -102,9 +102,10 @@ impl<S> SseService<S> {
 
     fn unavailable<B>(&self, message: &str) -> Response<SseBody<B>> {
         let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"));
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, self.config.retry_after.as_secs().into());
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            self.config.retry_after.as_secs().into(),
+        );
         response
     }
 }
@@ -190,9 +191,9 @@ where
             KindProj::Inner { future } => future
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(SseBody::inner))),
-            KindProj::Ready { response } => {
-                Poll::Ready(Ok(response.take().expect("ResponseFuture polled after completion")))
-            }
+            KindProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
         }
     }
 }

@@ -154,13 +154,25 @@ mod tests {
     #[test]
     fn last_event_id_from_header_then_query() {
         let p = parts("/events?lastEventId=7", Some(b"42"));
-        assert!(matches!(parse(&p, "topic", 64).unwrap().resume(), Resume::After("42")));
+        assert!(matches!(
+            parse(&p, "topic", 64).unwrap().resume(),
+            Resume::After("42")
+        ));
         let p = parts("/events?lastEventId=7", None);
-        assert!(matches!(parse(&p, "topic", 64).unwrap().resume(), Resume::After("7")));
+        assert!(matches!(
+            parse(&p, "topic", 64).unwrap().resume(),
+            Resume::After("7")
+        ));
         let p = parts("/events", Some(b"\xff\xfe"));
-        assert!(matches!(parse(&p, "topic", 64).unwrap().resume(), Resume::Unknown));
+        assert!(matches!(
+            parse(&p, "topic", 64).unwrap().resume(),
+            Resume::Unknown
+        ));
         let p = parts("/events", Some(b""));
-        assert!(matches!(parse(&p, "topic", 64).unwrap().resume(), Resume::Live));
+        assert!(matches!(
+            parse(&p, "topic", 64).unwrap().resume(),
+            Resume::Live
+        ));
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! The event stream over real TCP, against the `bulletin` example's router.
+
+#[path = "../examples/bulletin.rs"]
+mod bulletin;
+mod common;
+
+use axum::{routing::post, Router};
+use common::{client, within, Server, Subscriber};
+use futures_util::StreamExt;
+use std::time::Duration;
+use tower_sse::{Event, Publisher, SseLayer};
+
+async fn bulletin_server(layer: SseLayer) -> Server {
+    let publisher = layer.publisher();
+    Server::start(bulletin::app(layer), publisher).await
+}
+
+#[tokio::test]
+async fn stream_has_event_stream_headers() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let response = client()
+        .get(server.url("/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(headers.get("content-length").is_none());
+    assert_eq!(headers["transfer-encoding"], "chunked");
+    assert_eq!(server.publisher.subscriber_count(), 1);
+}
+
+#[tokio::test]
+async fn other_methods_on_the_stream_path_get_405_with_allow() {
+    let server = bulletin_server(bulletin::layer()).await;
+    for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = client()
+            .request(method.clone(), server.url("/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("accepts GET and HEAD"), "{text}");
+    }
+    assert_eq!(server.publisher.subscriber_count(), 0);
+}
+
+#[tokio::test]
+async fn head_answers_the_headers_without_subscribing() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let response = client().head(server.url("/events")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.bytes().await.unwrap().is_empty());
+    assert_eq!(server.publisher.subscriber_count(), 0);
+}
+
+#[tokio::test]
+async fn retry_hint_then_keep_alive_comment_when_idle() {
+    let layer = bulletin::layer().keep_alive(Duration::from_millis(50));
+    let server = bulletin_server(layer).await;
+    let response = client().get(server.url("/events")).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    let mut seen = Vec::new();
+    within("a keep-alive comment", async {
+        while !seen.ends_with(b":keep-alive\n\n") {
+            seen.extend_from_slice(&body.next().await.unwrap().unwrap());
+        }
+    })
+    .await;
+    assert_eq!(&seen[..], b"retry: 2000\n\n:keep-alive\n\n");
+}
+
+async fn post_message(server: &Server, fields: &[(&str, &str)]) -> reqwest::Response {
+    client()
+        .post(server.url("/publish"))
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn posted_messages_reach_two_subscribers_in_order() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let mut alice = Subscriber::connect(&server.url("/events")).await;
+    let mut bob = Subscriber::connect(&server.url("/events")).await;
+    assert_eq!(server.publisher.subscriber_count(), 2);
+
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let message = format!("message {i}\nsecond line");
+        let event = if i % 10 == 0 { "special" } else { "" };
+        let response = post_message(&server, &[("message", &message), ("event", event)]).await;
+        assert_eq!(response.status(), 202);
+        let text = response.text().await.unwrap();
+        ids.push(text.trim().rsplit(' ').next().unwrap().to_owned());
+    }
+    for subscriber in [&mut alice, &mut bob] {
+        let events = subscriber.take(50).await;
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(event.data, format!("message {i}\nsecond line"));
+            assert_eq!(event.id, ids[i]);
+            let name = if i % 10 == 0 { "special" } else { "message" };
+            assert_eq!(event.event, name);
+        }
+    }
+    let numeric: Vec<u64> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    assert!(numeric.windows(2).all(|w| w[0] < w[1]), "ids increase");
+}
+
+#[tokio::test]
+async fn bad_posts_get_a_clear_4xx() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let response = post_message(&server, &[("message", "   ")]).await;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("empty"));
+
+    let long = "x".repeat(bulletin::MAX_MESSAGE + 1);
+    let response = post_message(&server, &[("message", &long)]).await;
+    assert_eq!(response.status(), 413);
+
+    let response = post_message(&server, &[("message", "hi"), ("event", "a\rb")]).await;
+    assert_eq!(response.status(), 400);
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("invalid event name"));
+
+    let response = client()
+        .post(server.url("/publish"))
+        .body("not a form")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+}
+
+#[tokio::test]
+async fn a_browser_form_post_is_redirected_back_to_the_page() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let mut subscriber = Subscriber::connect(&server.url("/events")).await;
+    let response = client()
+        .post(server.url("/publish"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .form(&[("message", "from the form")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/");
+    assert_eq!(subscriber.next().await.unwrap().data, "from the form");
+}
+
+#[tokio::test]
+async fn the_page_opens_the_event_source() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let page = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("new EventSource(\"/events\")"));
+    assert!(html.contains("action=\"/publish\""));
+}
+
+#[tokio::test]
+async fn publisher_extractor_without_the_layer_is_a_500_saying_so() {
+    async fn handler(publisher: Publisher) -> String {
+        publisher.subscriber_count().to_string()
+    }
+    let layer = SseLayer::new("/events");
+    let publisher = layer.publisher();
+    let app = Router::new().route("/publish", post(handler));
+    let server = Server::start(app, publisher).await;
+    let response = client().post(server.url("/publish")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert!(response.text().await.unwrap().contains("SseLayer"));
+}
+
+#[tokio::test]
+async fn a_disconnect_drops_the_subscriber_count() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let mut count = server.publisher.watch_subscribers();
+    let subscriber = Subscriber::connect(&server.url("/events")).await;
+    assert_eq!(server.publisher.subscriber_count(), 1);
+    drop(subscriber);
+    within(
+        "the server to notice the disconnect",
+        count.wait_for(|n| *n == 0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.publisher.subscriber_count(), 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_completes_with_subscribers_connected() {
+    let mut server = bulletin_server(bulletin::layer()).await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        subscribers.push(Subscriber::connect(&server.url("/events")).await);
+    }
+    server
+        .publisher
+        .publish(Event::default().data("last words"))
+        .unwrap();
+    server.shutdown();
+    tokio::time::timeout(Duration::from_secs(1), &mut server.task)
+        .await
+        .expect("graceful shutdown took more than a second")
+        .unwrap()
+        .unwrap();
+    for subscriber in &mut subscribers {
+        // What was published before the close is still delivered, then the end.
+        assert_eq!(subscriber.next().await.unwrap().data, "last words");
+        assert!(subscriber.next().await.is_none());
+    }
+    assert!(matches!(
+        server.publisher.publish(Event::default().data("too late")),
+        Err(tower_sse::Error::Closed)
+    ));
+}
