@@ -239,3 +239,179 @@ impl<B> fmt::Debug for SseBody<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Event, SseLayer};
+    use futures_util::FutureExt;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Empty};
+    use tower::{service_fn, ServiceExt};
+    use tower_layer::Layer;
+
+    type Inner = Empty<Bytes>;
+
+    fn service(
+        layer: &SseLayer,
+    ) -> impl tower_service::Service<
+        Request<()>,
+        Response = Response<SseBody<Inner>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone {
+        layer.layer(service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        }))
+    }
+
+    async fn open(layer: &SseLayer, uri: &str) -> Response<SseBody<Inner>> {
+        let request = Request::get(uri).body(()).unwrap();
+        service(layer).oneshot(request).await.unwrap()
+    }
+
+    /// The next frame if one is ready now, without waiting.
+    fn ready_frame(body: &mut SseBody<Inner>) -> Option<Option<Bytes>> {
+        body.frame()
+            .now_or_never()
+            .map(|f| f.map(|f| f.unwrap().into_data().unwrap()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_is_sent_only_after_a_whole_idle_interval() {
+        let layer = SseLayer::new("/events").keep_alive(Duration::from_secs(10));
+        let publisher = layer.publisher();
+        let mut body = open(&layer, "/events").await.into_body();
+        assert_eq!(ready_frame(&mut body), None);
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        publisher.publish(Event::default().data("x")).unwrap();
+        let frame = ready_frame(&mut body).unwrap().unwrap();
+        assert!(frame.starts_with(b"data: x\n"));
+
+        // 11 s after the start, 6 s after the event: not idle long enough.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(ready_frame(&mut body), None);
+        // 10 s after the event.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            ready_frame(&mut body),
+            Some(Some(Bytes::from_static(b":keep-alive\n\n")))
+        );
+        // And again 10 s later, not before.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(ready_frame(&mut body), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(ready_frame(&mut body).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_frame_and_a_lagging_subscriber_is_cut_off() {
+        let layer = SseLayer::new("/events").max_lag(4).history(100);
+        let publisher = layer.publisher();
+        let mut body = open(&layer, "/events").await.into_body();
+
+        let ids: Vec<_> = (0..4)
+            .map(|i| {
+                publisher
+                    .publish(Event::default().data(format!("{i}")))
+                    .unwrap()
+            })
+            .collect();
+        let frame = ready_frame(&mut body).unwrap().unwrap();
+        let expected: String = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| format!("data: {i}\nid: {id}\n\n"))
+            .collect();
+        assert_eq!(frame, expected.as_bytes(), "four events, one frame");
+        assert_eq!(ready_frame(&mut body), None);
+
+        for i in 0..5 {
+            publisher
+                .publish(Event::default().data(format!("{i}")))
+                .unwrap();
+        }
+        assert_eq!(ready_frame(&mut body), Some(None), "5 unread > max_lag 4");
+        assert_eq!(publisher.subscriber_count(), 1, "until the body is dropped");
+        drop(body);
+        assert_eq!(publisher.subscriber_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_frame_holds_at_most_about_64_kib() {
+        let layer = SseLayer::new("/events");
+        let publisher = layer.publisher();
+        let mut body = open(&layer, "/events").await.into_body();
+        for _ in 0..200 {
+            publisher
+                .publish(Event::default().data("x".repeat(1000)))
+                .unwrap();
+        }
+        let mut total = 0;
+        let mut frames = 0;
+        while let Some(Some(frame)) = ready_frame(&mut body) {
+            assert!(frame.len() <= FRAME_CAP, "{}", frame.len());
+            total += frame.len();
+            frames += 1;
+        }
+        assert_eq!(frames, 4);
+        assert!(total > 200 * 1000);
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_ends_the_streams() {
+        let layer = SseLayer::new("/events");
+        let svc = service(&layer);
+        let response = svc
+            .clone()
+            .oneshot(Request::get("/events").body(()).unwrap())
+            .await;
+        let mut body = response.unwrap().into_body();
+        assert_eq!(ready_frame(&mut body), None);
+        drop(svc);
+        assert_eq!(
+            ready_frame(&mut body),
+            None,
+            "the layer still holds the hub"
+        );
+        drop(layer);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .unwrap()
+                .map(|_| ()),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn after_close_new_streams_get_503_with_retry_after() {
+        let layer = SseLayer::new("/events");
+        layer.publisher().close();
+        let response = open(&layer, "/events").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "5");
+    }
+
+    #[tokio::test]
+    async fn other_paths_get_a_publisher_and_reach_the_inner_service() {
+        let layer = SseLayer::new("/events");
+        let svc = layer.layer(service_fn(|req: Request<()>| async move {
+            let publisher = req.extensions().get::<crate::Publisher>().cloned();
+            let id = publisher
+                .unwrap()
+                .publish(Event::default().data("hi"))
+                .unwrap();
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                id.to_string(),
+            ))))
+        }));
+        let response = svc
+            .oneshot(Request::get("/events/x").body(()).unwrap())
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(std::str::from_utf8(&body).unwrap().parse::<u64>().is_ok());
+    }
+}

@@ -23,6 +23,7 @@ use crate::{
 /// # Example
 ///
 /// ```no_run
+/// # #[cfg(feature = "axum")] {
 /// use axum::{routing::post, Router};
 /// use std::time::Duration;
 /// use tower_sse::{Event, Publisher, SseLayer};
@@ -37,6 +38,7 @@ use crate::{
 ///     .layer(SseLayer::new("/events").keep_alive(Duration::from_secs(20)));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
 /// axum::serve(listener, app).await.unwrap();
+/// # }
 /// # }
 /// ```
 #[derive(Clone, Debug)]

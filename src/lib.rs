@@ -6,6 +6,7 @@
 //! of every other request. No second server, no message bus, no global state.
 //!
 //! ```
+//! # #[cfg(feature = "axum")] {
 //! use axum::{routing::post, Router};
 //! use tower_sse::{Event, Publisher, SseLayer};
 //!
@@ -21,6 +22,7 @@
 //! let background = sse.publisher(); // for tasks outside any request
 //! let app: Router = Router::new().route("/say", post(say)).layer(sse);
 //! background.publish(Event::default().data("server started")).unwrap();
+//! # }
 //! ```
 //!
 //! In the browser:
