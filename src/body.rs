@@ -163,8 +163,52 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Stream { stream: EventStream },
-        Full { data: Option<Bytes> },
+        Own { body: OwnBody },
+    }
+}
+
+/// The bodies of the answers the layer gives itself on the stream path.
+#[derive(Debug)]
+pub(crate) enum OwnBody {
+    Stream(EventStream),
+    Full(Option<Bytes>),
+}
+
+impl OwnBody {
+    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        OwnBody::Full((!data.is_empty()).then_some(data))
+    }
+}
+
+impl Body for OwnBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            OwnBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
+            OwnBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OwnBody::Stream(stream) => stream.is_end_stream(),
+            OwnBody::Full(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OwnBody::Stream(stream) => stream.size_hint(),
+            OwnBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 
@@ -175,18 +219,9 @@ impl<B> SseBody<B> {
         }
     }
 
-    pub(crate) fn stream(stream: EventStream) -> Self {
+    pub(crate) fn own(body: OwnBody) -> Self {
         SseBody {
-            kind: Kind::Stream { stream },
-        }
-    }
-
-    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
-        let data: Bytes = data.into();
-        SseBody {
-            kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
-            },
+            kind: Kind::Own { body },
         }
     }
 }
@@ -204,28 +239,23 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Stream { stream } => Pin::new(stream)
+            KindProj::Own { body } => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Stream { stream } => stream.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Own { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Stream { stream } => stream.size_hint(),
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Own { body } => body.size_hint(),
         }
     }
 }
@@ -234,8 +264,7 @@ impl<B> fmt::Debug for SseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("SseBody::Inner"),
-            Kind::Stream { stream } => f.debug_tuple("SseBody::Stream").field(stream).finish(),
-            Kind::Full { data } => f.debug_tuple("SseBody::Full").field(data).finish(),
+            Kind::Own { body } => f.debug_tuple("SseBody").field(body).finish(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! [`SseLayer`]: where the stream is served and how it behaves.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use std::{sync::Arc, time::Duration};
+use http::{request::Parts, Response};
+use std::{future::Future, sync::Arc, time::Duration};
 use tower_layer::Layer;
 
 use crate::{
+    authorize::Authorize,
     hub::{Hub, Limits},
-    Publisher, SseService,
+    Access, Publisher, SseService,
 };
 
 /// Serves a Server-Sent Events stream on one path of any tower service, and
@@ -58,6 +60,7 @@ pub(crate) struct Config {
     pub(crate) topic_param: Box<str>,
     pub(crate) max_topics: usize,
     pub(crate) retry_after: Duration,
+    pub(crate) authorize: Option<Authorize>,
 }
 
 impl SseLayer {
@@ -77,6 +80,7 @@ impl SseLayer {
                 topic_param: "topic".into(),
                 max_topics: 64,
                 retry_after: Duration::from_secs(5),
+                authorize: None,
             }),
             publisher: Publisher::new(Hub::new(&limits)),
             limits,
@@ -171,6 +175,46 @@ impl SseLayer {
     /// (`/events?topic=a&topic=b`). Default: `topic`.
     pub fn topic_param(mut self, name: &str) -> Self {
         self.config().topic_param = name.into();
+        self
+    }
+
+    /// Decides, for every stream request, which topics the client may
+    /// follow, or answers it with a response of your own (`401`, `403`, a
+    /// redirect...). Without a hook every topic is open to everyone.
+    ///
+    /// The hook gets the request head (method, URI, headers with cookies,
+    /// extensions) by value and runs before the subscription; `HEAD`
+    /// requests go through it too. A stream that asks for a topic the
+    /// [`Access`] does not allow is refused with `403`. If the hook panics,
+    /// that request gets `500` and the server goes on.
+    ///
+    /// ```
+    /// use http::{header::COOKIE, request::Parts, Response, StatusCode};
+    /// use tower_sse::{Access, SseLayer};
+    ///
+    /// let layer = SseLayer::new("/events").authorize(|parts: Parts| async move {
+    ///     // A real app would look the session up; this trusts the cookie.
+    ///     let user = parts
+    ///         .headers
+    ///         .get(COOKIE)
+    ///         .and_then(|c| c.to_str().ok())
+    ///         .and_then(|c| c.split("; ").find_map(|kv| kv.strip_prefix("user=")))
+    ///         .map(str::to_owned);
+    ///     match user {
+    ///         Some(user) => Ok(Access::none().allow_prefix("room/").follow(format!("user/{user}"))),
+    ///         None => Err(Response::builder()
+    ///             .status(StatusCode::UNAUTHORIZED)
+    ///             .body("sign in first\n".to_owned())
+    ///             .unwrap()),
+    ///     }
+    /// });
+    /// ```
+    pub fn authorize<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Access, Response<String>>> + Send + 'static,
+    {
+        self.config().authorize = Some(Authorize(Arc::new(move |parts| Box::pin(hook(parts)))));
         self
     }
 

@@ -78,6 +78,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod authorize;
 mod body;
 mod error;
 mod event;
@@ -87,6 +88,7 @@ mod publisher;
 mod service;
 mod subscribe;
 
+pub use authorize::Access;
 pub use body::{EventStream, SseBody};
 pub use error::Error;
 pub use event::{Event, EventId};

@@ -6,6 +6,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
+    panic::{self, AssertUnwindSafe},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -13,10 +14,12 @@ use std::{
 use tower_service::Service;
 
 use crate::{
-    body::{EventStream, SseBody},
+    authorize::DecisionFuture,
+    body::{EventStream, OwnBody, SseBody},
     hub::SubscribeError,
     layer::Config,
-    subscribe, Publisher,
+    subscribe::{self, is_valid_topic, SubscribeRequest},
+    Access, Publisher,
 };
 use bytes::Bytes;
 
@@ -59,8 +62,8 @@ impl<S> SseService<S> {
         self.inner
     }
 
-    /// The answer on the stream path: a stream, its headers, or a refusal.
-    fn stream_response<B>(&self, parts: &Parts) -> Response<SseBody<B>> {
+    /// Checks the method and reads the subscription; `Err` is the answer.
+    fn admit(&self, parts: &Parts) -> Result<SubscribeRequest, Response<OwnBody>> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -72,19 +75,77 @@ impl<S> SseService<S> {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+            return Err(response);
         }
-        let request =
-            match subscribe::parse(parts, &self.config.topic_param, self.config.max_topics) {
-                Ok(request) => request,
-                Err(rejection) => return text(rejection.status, rejection.message + "\n"),
-            };
-        if parts.method == Method::HEAD {
-            return stream_headers(SseBody::full(Bytes::new()));
+        subscribe::parse(parts, &self.config.topic_param, self.config.max_topics)
+            .map_err(|rejection| text(rejection.status, rejection.message + "\n"))
+    }
+
+    /// The answer on the stream path, or the future that finds it when an
+    /// authorization hook must run first.
+    fn stream_call<F, B>(&self, parts: Parts) -> Kind<F, B> {
+        let request = match self.admit(&parts) {
+            Ok(request) => request,
+            Err(response) => return Kind::ready(response),
+        };
+        let open = Open {
+            request,
+            head: parts.method == Method::HEAD,
+            publisher: self.publisher.clone(),
+            config: self.config.clone(),
+        };
+        let Some(authorize) = &self.config.authorize else {
+            return Kind::ready(open.open(&Access::all()));
+        };
+        match panic::catch_unwind(AssertUnwindSafe(|| (authorize.0)(parts))) {
+            Ok(future) => Kind::Authorize {
+                future,
+                open: Some(open),
+            },
+            Err(_) => Kind::ready(hook_panicked()),
         }
-        let topics: Vec<&str> = request.topics.iter().map(|t| t.as_ref()).collect();
-        match self.publisher.hub().subscribe(&topics, request.resume()) {
-            Ok(subscription) => stream_headers(SseBody::stream(EventStream::new(
+    }
+}
+
+/// A stream request that passed the checks, waiting for its access.
+struct Open {
+    request: SubscribeRequest,
+    head: bool,
+    publisher: Publisher,
+    config: Arc<Config>,
+}
+
+impl Open {
+    fn open(self, access: &Access) -> Response<OwnBody> {
+        let mut topics: Vec<&str> = Vec::with_capacity(self.request.topics.len());
+        for topic in &self.request.topics {
+            if !access.allows(topic) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    format!("not allowed to follow topic {topic:?}\n"),
+                );
+            }
+            topics.push(topic);
+        }
+        for topic in access.followed() {
+            if is_valid_topic(topic) {
+                topics.push(topic);
+            } else {
+                tracing::error!(
+                    topic,
+                    "authorize hook granted an invalid topic; not followed"
+                );
+            }
+        }
+        if self.head {
+            return stream_headers(OwnBody::full(Bytes::new()));
+        }
+        match self
+            .publisher
+            .hub()
+            .subscribe(&topics, self.request.resume())
+        {
+            Ok(subscription) => stream_headers(OwnBody::Stream(EventStream::new(
                 subscription,
                 &self.config.prelude,
                 self.config.keep_alive.clone(),
@@ -100,7 +161,7 @@ impl<S> SseService<S> {
         }
     }
 
-    fn unavailable<B>(&self, message: &str) -> Response<SseBody<B>> {
+    fn unavailable(&self, message: &str) -> Response<OwnBody> {
         let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"));
         response.headers_mut().insert(
             header::RETRY_AFTER,
@@ -110,8 +171,16 @@ impl<S> SseService<S> {
     }
 }
 
-fn text<B>(status: StatusCode, message: String) -> Response<SseBody<B>> {
-    let mut response = Response::new(SseBody::full(message));
+fn hook_panicked() -> Response<OwnBody> {
+    tracing::error!("the authorize hook of SseLayer panicked; answering 500");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "authorization failed\n".into(),
+    )
+}
+
+fn text(status: StatusCode, message: String) -> Response<OwnBody> {
+    let mut response = Response::new(OwnBody::full(message));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -120,7 +189,7 @@ fn text<B>(status: StatusCode, message: String) -> Response<SseBody<B>> {
     response
 }
 
-fn stream_headers<B>(body: SseBody<B>) -> Response<SseBody<B>> {
+fn stream_headers(body: OwnBody) -> Response<OwnBody> {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
@@ -157,9 +226,7 @@ where
         }
         let (parts, _body) = req.into_parts();
         ResponseFuture {
-            kind: Kind::Ready {
-                response: Some(self.stream_response(&parts)),
-            },
+            kind: self.stream_call(parts),
         }
     }
 }
@@ -177,6 +244,15 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F },
         Ready { response: Option<Response<SseBody<B>>> },
+        Authorize { future: DecisionFuture, open: Option<Open> },
+    }
+}
+
+impl<F, B> Kind<F, B> {
+    fn ready(response: Response<OwnBody>) -> Self {
+        Kind::Ready {
+            response: Some(response.map(SseBody::own)),
+        }
     }
 }
 
@@ -187,13 +263,31 @@ where
     type Output = Result<Response<SseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(SseBody::inner))),
-            KindProj::Ready { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-        }
+        let response = match self.project().kind.project() {
+            KindProj::Inner { future } => {
+                return future
+                    .poll(cx)
+                    .map(|result| result.map(|response| response.map(SseBody::inner)))
+            }
+            KindProj::Ready { response } => response.take(),
+            KindProj::Authorize { future, open } => {
+                // A panicking hook fails this request only.
+                let decision =
+                    match panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(decision)) => Some(decision),
+                        Err(_) => None,
+                    };
+                open.take().map(|open| {
+                    let response = match decision {
+                        Some(Ok(access)) => open.open(&access),
+                        Some(Err(refusal)) => refusal.map(OwnBody::full),
+                        None => hook_panicked(),
+                    };
+                    response.map(SseBody::own)
+                })
+            }
+        };
+        Poll::Ready(Ok(response.expect("ResponseFuture polled after completion")))
     }
 }

@@ -21,19 +21,19 @@ pub(crate) fn is_valid_topic(topic: &str) -> bool {
 
 /// What a client asked for on the stream path.
 #[derive(Debug)]
-pub(crate) struct SubscribeRequest<'a> {
-    pub(crate) topics: Vec<Cow<'a, str>>,
-    last_event_id: LastEventId<'a>,
+pub(crate) struct SubscribeRequest {
+    pub(crate) topics: Vec<String>,
+    last_event_id: LastEventId,
 }
 
 #[derive(Debug)]
-enum LastEventId<'a> {
+enum LastEventId {
     None,
-    Given(Cow<'a, str>),
+    Given(String),
     Unreadable,
 }
 
-impl SubscribeRequest<'_> {
+impl SubscribeRequest {
     pub(crate) fn resume(&self) -> Resume<'_> {
         match &self.last_event_id {
             LastEventId::None => Resume::Live,
@@ -62,12 +62,12 @@ impl Rejection {
 /// Reads topics from the query parameter `topic_param` (repeatable) and the
 /// resume point from the `Last-Event-ID` header, or else from the
 /// `lastEventId` query parameter (for clients that cannot set headers).
-pub(crate) fn parse<'a>(
-    parts: &'a Parts,
+pub(crate) fn parse(
+    parts: &Parts,
     topic_param: &str,
     max_topics: usize,
-) -> Result<SubscribeRequest<'a>, Rejection> {
-    let mut topics: Vec<Cow<'a, str>> = Vec::new();
+) -> Result<SubscribeRequest, Rejection> {
+    let mut topics: Vec<String> = Vec::new();
     let mut query_id = None;
     for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
         if key == topic_param {
@@ -83,16 +83,16 @@ pub(crate) fn parse<'a>(
                     truncate(&value)
                 )));
             }
-            if !topics.contains(&value) {
-                topics.push(value);
+            if !topics.iter().any(|t| *t == value) {
+                topics.push(value.into_owned());
             }
         } else if key == "lastEventId" && !value.is_empty() {
-            query_id = Some(value);
+            query_id = Some(value.into_owned());
         }
     }
     let last_event_id = match parts.headers.get("last-event-id") {
         Some(value) if !value.is_empty() => match std::str::from_utf8(value.as_bytes()) {
-            Ok(id) => LastEventId::Given(Cow::Borrowed(id)),
+            Ok(id) => LastEventId::Given(id.to_owned()),
             Err(_) => LastEventId::Unreadable,
         },
         _ => query_id.map_or(LastEventId::None, LastEventId::Given),
