@@ -54,8 +54,8 @@ impl EventStream {
         keep_alive: Option<(Duration, Bytes)>,
     ) -> Self {
         let mut buf = BytesMut::from(prelude);
-        if let Some(reset) = subscription.take_reset() {
-            buf.extend_from_slice(&reset);
+        if let Some(start) = subscription.take_start() {
+            buf.extend_from_slice(&start);
         }
         let now = Instant::now();
         EventStream {
@@ -299,6 +299,14 @@ mod tests {
         service(layer).oneshot(request).await.unwrap()
     }
 
+    /// A stream body, past the `id:` line every new stream starts with.
+    async fn open_body(layer: &SseLayer) -> SseBody<Inner> {
+        let mut body = open(layer, "/events").await.into_body();
+        let start = ready_frame(&mut body).unwrap().unwrap();
+        assert!(start.starts_with(b"id: ") && start.ends_with(b"\n\n"), "{start:?}");
+        body
+    }
+
     /// The next frame if one is ready now, without waiting.
     fn ready_frame(body: &mut SseBody<Inner>) -> Option<Option<Bytes>> {
         body.frame()
@@ -310,7 +318,7 @@ mod tests {
     async fn keep_alive_is_sent_only_after_a_whole_idle_interval() {
         let layer = SseLayer::new("/events").keep_alive(Duration::from_secs(10));
         let publisher = layer.publisher();
-        let mut body = open(&layer, "/events").await.into_body();
+        let mut body = open_body(&layer).await;
         assert_eq!(ready_frame(&mut body), None);
 
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -338,7 +346,7 @@ mod tests {
     async fn a_burst_is_one_frame_and_a_lagging_subscriber_is_cut_off() {
         let layer = SseLayer::new("/events").max_lag(4).history(100);
         let publisher = layer.publisher();
-        let mut body = open(&layer, "/events").await.into_body();
+        let mut body = open_body(&layer).await;
 
         let ids: Vec<_> = (0..4)
             .map(|i| {
@@ -371,7 +379,7 @@ mod tests {
     async fn a_frame_holds_at_most_about_64_kib() {
         let layer = SseLayer::new("/events");
         let publisher = layer.publisher();
-        let mut body = open(&layer, "/events").await.into_body();
+        let mut body = open_body(&layer).await;
         for _ in 0..200 {
             publisher
                 .publish(Event::default().data("x".repeat(1000)))
@@ -397,6 +405,7 @@ mod tests {
             .oneshot(Request::get("/events").body(()).unwrap())
             .await;
         let mut body = response.unwrap().into_body();
+        assert!(ready_frame(&mut body).unwrap().is_some(), "the start id");
         assert_eq!(ready_frame(&mut body), None);
         drop(svc);
         assert_eq!(

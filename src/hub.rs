@@ -317,11 +317,16 @@ impl Hub {
         self.count.send_replace(count);
         drop(state);
 
+        let start = match resume {
+            Resume::After(_) if !reset => Start::Resumed,
+            _ if reset => Start::Reset(after),
+            _ => Start::Live(after),
+        };
         Ok(Subscription {
             hub: self.clone(),
             waker,
             follows,
-            reset: reset.then_some(published),
+            start,
         })
     }
 
@@ -491,8 +496,19 @@ pub(crate) struct Subscription {
     hub: Arc<Hub>,
     waker: Arc<AtomicWaker>,
     follows: Vec<Follow>,
-    /// `Some(id)` when the client must first get a reset event with this id.
-    reset: Option<u64>,
+    start: Start,
+}
+
+/// What a stream sends first.
+enum Start {
+    /// The id it starts after, in an `id:` field alone: the browser takes it
+    /// as its last event id without dispatching anything, so even a stream
+    /// cut before its first event resumes without loss.
+    Live(u64),
+    /// A reset event with the id it starts after.
+    Reset(u64),
+    /// Nothing: the client's `Last-Event-ID` is where it resumes.
+    Resumed,
 }
 
 impl Subscription {
@@ -504,14 +520,18 @@ impl Subscription {
         self.hub.is_closed()
     }
 
-    /// The reset event owed to a client whose resume point is gone.
-    pub(crate) fn take_reset(&mut self) -> Option<Bytes> {
-        let id = self.reset.take()?;
-        let event = Event::default().event(RESET_EVENT);
-        event
-            .prepare(usize::MAX)
-            .ok()
-            .map(|prepared| prepared.finish(Some(id)))
+    /// What the stream sends before any event: the id it starts after, or
+    /// the reset event owed to a client whose resume point is gone.
+    pub(crate) fn take_start(&mut self) -> Option<Bytes> {
+        match std::mem::replace(&mut self.start, Start::Resumed) {
+            Start::Live(id) => Some(format!("id: {id}\n\n").into()),
+            Start::Reset(id) => Event::default()
+                .event(RESET_EVENT)
+                .prepare(usize::MAX)
+                .ok()
+                .map(|prepared| prepared.finish(Some(id))),
+            Start::Resumed => None,
+        }
     }
 
     /// Takes the events not yet delivered, in id order, until `out` holds

@@ -75,7 +75,13 @@ async fn retry_hint_then_keep_alive_comment_when_idle() {
         }
     })
     .await;
-    assert_eq!(&seen[..], b"retry: 2000\n\n:keep-alive\n\n");
+    // The retry hint, the id the stream starts after, then the comment.
+    let seen = String::from_utf8(seen).unwrap();
+    let id = seen
+        .strip_prefix("retry: 2000\n\nid: ")
+        .and_then(|rest| rest.strip_suffix("\n\n:keep-alive\n\n"))
+        .unwrap_or_else(|| panic!("unexpected stream start {seen:?}"));
+    assert!(id.parse::<u64>().is_ok(), "{id}");
 }
 
 async fn post_message(server: &Server, fields: &[(&str, &str)]) -> reqwest::Response {
