@@ -272,7 +272,7 @@ impl<B> fmt::Debug for SseBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Event, SseLayer};
+    use crate::{Event, EventId, SseLayer};
     use futures_util::FutureExt;
     use http::{Request, Response, StatusCode};
     use http_body_util::{BodyExt, Empty};
@@ -421,6 +421,33 @@ mod tests {
                 .map(|_| ()),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_ttl_drops_old_events() {
+        let layer = SseLayer::new("/events").history_ttl(Duration::from_secs(60));
+        let publisher = layer.publisher();
+        let old = publisher.publish(Event::default().data("old")).unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let recent = publisher.publish(Event::default().data("recent")).unwrap();
+        let resume_from = |id: crate::EventId| {
+            let layer = layer.clone();
+            async move {
+                let request = Request::get("/events")
+                    .header("last-event-id", id.to_string())
+                    .body(())
+                    .unwrap();
+                let mut body = service(&layer).oneshot(request).await.unwrap().into_body();
+                ready_frame(&mut body).unwrap().unwrap()
+            }
+        };
+        assert!(resume_from(old).await.starts_with(b"data: recent\n"));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // 61 s after `old`: it is gone, so resuming from before it is a reset.
+        let frame = resume_from(EventId(old.0 - 1)).await;
+        assert!(frame.starts_with(b"event: reset\n"), "{frame:?}");
+        assert!(resume_from(old).await.starts_with(b"data: recent\n"));
+        let _ = recent;
     }
 
     #[tokio::test]

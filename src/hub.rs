@@ -306,11 +306,18 @@ impl Hub {
             .map(|topic| {
                 topic.subscribers.fetch_add(1, Ordering::Relaxed);
                 let key = topic.waiters().insert(waker.clone());
-                let cursor = {
+                let (cursor, joined) = {
                     let ring = topic.ring();
-                    ring.first_seq + ring.entries.partition_point(|e| e.id <= after) as u64
+                    let cursor =
+                        ring.first_seq + ring.entries.partition_point(|e| e.id <= after) as u64;
+                    (cursor, ring.first_seq + ring.entries.len() as u64)
                 };
-                Follow { topic, key, cursor }
+                Follow {
+                    topic,
+                    key,
+                    cursor,
+                    joined,
+                }
             })
             .collect();
         let count = self.subscribers.fetch_add(1, Ordering::Relaxed) + 1;
@@ -476,6 +483,9 @@ struct Follow {
     key: usize,
     /// Topic-local sequence number of the next event to deliver.
     cursor: u64,
+    /// Sequence number of the first event published after the subscription:
+    /// the replayed backlog before it does not count as lag.
+    joined: u64,
 }
 
 /// What [`Subscription::read`] found.
@@ -548,7 +558,7 @@ impl Subscription {
         let mut batch: Vec<(u64, usize, Bytes)> = Vec::new();
         for (i, follow) in self.follows.iter().enumerate() {
             let ring = follow.topic.ring();
-            let Some(unread) = unread(&ring, follow.cursor, max_lag) else {
+            let Some(unread) = unread(&ring, follow, max_lag) else {
                 return Read::Lagged;
             };
             let mut size = 0;
@@ -580,15 +590,17 @@ impl Subscription {
     }
 }
 
-/// The entries after `cursor`, or `None` when the subscriber lags too far.
+/// The entries after the cursor, or `None` when the subscriber lags too far:
+/// an unread event left the history, or more than `max_lag` events published
+/// since it subscribed are unread (a replayed backlog is not lag).
 fn unread<'a>(
     ring: &'a Ring,
-    cursor: u64,
+    follow: &Follow,
     max_lag: u64,
 ) -> Option<impl Iterator<Item = &'a Entry> + 'a> {
-    let start = cursor.checked_sub(ring.first_seq)?;
+    let start = follow.cursor.checked_sub(ring.first_seq)?;
     let head = ring.first_seq + ring.entries.len() as u64;
-    if head - cursor > max_lag {
+    if head.saturating_sub(follow.cursor.max(follow.joined)) > max_lag {
         return None;
     }
     Some(ring.entries.range(start as usize..))
@@ -596,7 +608,7 @@ fn unread<'a>(
 
 fn read_one(follow: &mut Follow, out: &mut BytesMut, cap: usize, max_lag: u64) -> Read {
     let ring = follow.topic.ring();
-    let Some(mut unread) = unread(&ring, follow.cursor, max_lag) else {
+    let Some(mut unread) = unread(&ring, follow, max_lag) else {
         return Read::Lagged;
     };
     let Some(first) = unread.next() else {

@@ -4,7 +4,13 @@
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
-use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower_sse::Publisher;
 
@@ -74,6 +80,51 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::
 pub struct Subscriber {
     pub response_headers: reqwest::header::HeaderMap,
     events: Events,
+    start: Arc<Mutex<StartId>>,
+    /// The `Last-Event-ID` this stream was opened with.
+    resumed_from: Option<String>,
+    /// The id of the last event read with `next`.
+    last_read: Option<String>,
+}
+
+/// Finds the id-only block a new stream starts with (`id: N` and a blank
+/// line, no data), which `eventsource-stream` does not report: a browser
+/// takes it as its `lastEventId` without dispatching anything.
+#[derive(Default)]
+pub struct StartId {
+    line: Vec<u8>,
+    id: Option<String>,
+    data: bool,
+    done: bool,
+    pub start: Option<String>,
+}
+
+impl StartId {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.done {
+                return;
+            }
+            if b != b'\n' {
+                self.line.push(b);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            if line.is_empty() {
+                if self.id.is_some() || self.data {
+                    self.done = true;
+                    if !self.data {
+                        self.start = self.id.take();
+                    }
+                }
+            } else if let Some(value) = line.strip_prefix(b"id:") {
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                self.id = Some(String::from_utf8(value.to_vec()).unwrap());
+            } else if line.starts_with(b"data") {
+                self.data = true;
+            }
+        }
+    }
 }
 
 impl Subscriber {
@@ -91,17 +142,55 @@ impl Subscriber {
         .await
         .unwrap();
         assert_eq!(response.status(), 200, "the stream was refused");
+        let response_headers = response.headers().clone();
+        let start = Arc::new(Mutex::new(StartId::default()));
+        let tracker = start.clone();
+        let bytes = response.bytes_stream().inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                tracker.lock().unwrap().feed(chunk);
+            }
+        });
         Subscriber {
-            response_headers: response.headers().clone(),
-            events: Box::pin(response.bytes_stream().eventsource()),
+            response_headers,
+            events: Box::pin(bytes.eventsource()),
+            start,
+            resumed_from: None,
+            last_read: None,
         }
+    }
+
+    /// Reconnects as a browser does: with `Last-Event-ID` when it has one.
+    pub async fn resume(url: &str, last_event_id: Option<&str>) -> Subscriber {
+        let mut request = client().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let mut subscriber = Self::connect_with(request).await;
+        subscriber.resumed_from = last_event_id.map(str::to_owned);
+        subscriber
+    }
+
+    /// The `Last-Event-ID` a browser would send after the events read so
+    /// far with `next` (events received but not read count as not received).
+    pub fn last_event_id(&self) -> Option<String> {
+        self.last_read
+            .clone()
+            .or_else(|| self.start_id())
+            .or_else(|| self.resumed_from.clone())
+    }
+
+    /// The id a new stream starts after, once its first block was received.
+    pub fn start_id(&self) -> Option<String> {
+        self.start.lock().unwrap().start.clone()
     }
 
     /// The next event, or `None` when the server ended the stream.
     pub async fn next(&mut self) -> Option<Event> {
-        within("an event", self.events.next())
+        let event = within("an event", self.events.next())
             .await
-            .map(|e| e.expect("stream error"))
+            .map(|e| e.expect("stream error"))?;
+        self.last_read = Some(event.id.clone());
+        Some(event)
     }
 
     /// The next `n` events; fails if the stream ends first.
