@@ -303,7 +303,10 @@ mod tests {
     async fn open_body(layer: &SseLayer) -> SseBody<Inner> {
         let mut body = open(layer, "/events").await.into_body();
         let start = ready_frame(&mut body).unwrap().unwrap();
-        assert!(start.starts_with(b"id: ") && start.ends_with(b"\n\n"), "{start:?}");
+        assert!(
+            start.starts_with(b"id: ") && start.ends_with(b"\n\n"),
+            "{start:?}"
+        );
         body
     }
 
@@ -448,6 +451,63 @@ mod tests {
         assert!(frame.starts_with(b"event: reset\n"), "{frame:?}");
         assert!(resume_from(old).await.starts_with(b"data: recent\n"));
         let _ = recent;
+    }
+
+    /// A waker that counts its wakes and lets a test wait for one.
+    #[derive(Default)]
+    struct CountingWaker {
+        wakes: std::sync::atomic::AtomicUsize,
+        notify: tokio::sync::Notify,
+    }
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Polls `body` once with a counting waker (after its start frame).
+    fn watch(body: &mut SseBody<Inner>) -> std::sync::Arc<CountingWaker> {
+        let counter = std::sync::Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(body).poll_frame(&mut cx).is_pending());
+        counter
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_is_not_woken_by_topics_it_does_not_follow() {
+        let layer = SseLayer::new("/events");
+        let publisher = layer.publisher();
+        let mut on_a = open(&layer, "/events?topic=a").await.into_body();
+        let mut on_b = open(&layer, "/events?topic=b").await.into_body();
+        ready_frame(&mut on_a).unwrap().unwrap();
+        ready_frame(&mut on_b).unwrap().unwrap();
+        let (a, b) = (watch(&mut on_a), watch(&mut on_b));
+        for _ in 0..100 {
+            publisher
+                .publish_to("b", Event::default().data("b"))
+                .unwrap();
+        }
+        publisher
+            .publish_to("nobody", Event::default().data("c"))
+            .unwrap();
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, b.notify.notified())
+            .await
+            .unwrap();
+        assert_eq!(a.wakes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        publisher
+            .publish_to("a", Event::default().data("a"))
+            .unwrap();
+        tokio::time::timeout(wait, a.notify.notified())
+            .await
+            .unwrap();
+        assert_eq!(a.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

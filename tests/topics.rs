@@ -6,11 +6,9 @@ mod common;
 use axum::Router;
 use common::{client, within, Server, Subscriber};
 use http::{header::COOKIE, request::Parts, Response, StatusCode};
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
 };
 use tower_sse::{Access, Event, Publisher, SseLayer};
 
@@ -25,7 +23,10 @@ fn data(text: &str) -> Event {
 
 /// (id, data) of events, for comparing.
 fn seen(events: &[eventsource_stream::Event]) -> Vec<(String, String)> {
-    events.iter().map(|e| (e.id.clone(), e.data.clone())).collect()
+    events
+        .iter()
+        .map(|e| (e.id.clone(), e.data.clone()))
+        .collect()
 }
 
 fn publish(p: &Publisher, topic: Option<&str>, text: &str) -> (String, String) {
@@ -79,7 +80,9 @@ async fn resume_after_a_disconnect_replays_exactly_what_was_missed() {
     let url = server.url("/events?topic=a");
     let p = &server.publisher;
     let mut sub = Subscriber::connect(&url).await;
-    let first: Vec<_> = (0..3).map(|i| publish(p, Some("a"), &format!("before {i}"))).collect();
+    let first: Vec<_> = (0..3)
+        .map(|i| publish(p, Some("a"), &format!("before {i}")))
+        .collect();
     assert_eq!(seen(&sub.take(3).await), first);
     let last = sub.last_event_id().unwrap();
     drop(sub);
@@ -141,7 +144,13 @@ async fn unknown_malformed_and_future_ids_get_the_reset_event() {
     let p = &server.publisher;
     let (newest, _) = publish(p, None, "x");
     let future = (newest.parse::<u64>().unwrap() + 1000).to_string();
-    for id in ["not-a-number", "-5", "99999999999999999999999999", "1", &future] {
+    for id in [
+        "not-a-number",
+        "-5",
+        "99999999999999999999999999",
+        "1",
+        &future,
+    ] {
         let mut sub = Subscriber::resume(&server.url("/events"), Some(id)).await;
         let event = sub.next().await.unwrap();
         assert_eq!(event.event, "reset", "Last-Event-ID {id:?}");
@@ -153,8 +162,10 @@ async fn unknown_malformed_and_future_ids_get_the_reset_event() {
 async fn ids_set_by_the_app_resume_too() {
     let server = server(SseLayer::new("/events")).await;
     let p = &server.publisher;
-    p.publish(Event::default().id("order-1").data("one")).unwrap();
-    p.publish(Event::default().id("order-2").data("two")).unwrap();
+    p.publish(Event::default().id("order-1").data("one"))
+        .unwrap();
+    p.publish(Event::default().id("order-2").data("two"))
+        .unwrap();
     let mut sub = Subscriber::resume(&server.url("/events"), Some("order-1")).await;
     let event = sub.next().await.unwrap();
     assert_eq!((event.id.as_str(), event.data.as_str()), ("order-2", "two"));
@@ -173,10 +184,16 @@ async fn a_lagging_subscriber_is_cut_off_and_replayed_without_loss() {
     let burst: Vec<_> = (0..100)
         .map(|i| publish(&server.publisher, None, &format!("burst {i}")))
         .collect();
-    assert!(sub.next().await.is_none(), "cut off: 100 unread > max_lag 10");
-    within("the cut-off subscriber to leave", count.wait_for(|n| *n == 0))
-        .await
-        .unwrap();
+    assert!(
+        sub.next().await.is_none(),
+        "cut off: 100 unread > max_lag 10"
+    );
+    within(
+        "the cut-off subscriber to leave",
+        count.wait_for(|n| *n == 0),
+    )
+    .await
+    .unwrap();
     let mut received = Vec::new();
     while received.len() < burst.len() {
         let mut sub2 = Subscriber::resume(&url, sub.last_event_id().as_deref()).await;
@@ -216,7 +233,10 @@ async fn resume_race() {
                 } else {
                     p.publish_to(topic, event)
                 };
-                published.lock().unwrap().push((id.unwrap().as_u64(), topic));
+                published
+                    .lock()
+                    .unwrap()
+                    .push((id.unwrap().as_u64(), topic));
                 i += 1;
                 if i % 16 == 0 {
                     std::thread::yield_now();
@@ -275,7 +295,10 @@ async fn resume_race() {
             &expected[i.saturating_sub(2)..(i + 3).min(expected.len())],
         );
     }
-    eprintln!("{} events, {reconnects} reconnects, {cut_offs} cut-offs", received.len());
+    eprintln!(
+        "{} events, {reconnects} reconnects, {cut_offs} cut-offs",
+        received.len()
+    );
 }
 
 fn user_cookie(parts: &Parts) -> Option<String> {
