@@ -62,31 +62,30 @@ impl<S> SseService<S> {
         self.inner
     }
 
-    /// Checks the method and reads the subscription; `Err` is the answer.
-    fn admit(&self, parts: &Parts) -> Result<SubscribeRequest, Response<OwnBody>> {
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            let mut response = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!(
-                    "method {} not allowed: the event stream at {} accepts GET and HEAD\n",
-                    parts.method, self.config.path
-                ),
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return Err(response);
-        }
-        subscribe::parse(parts, &self.config.topic_param, self.config.max_topics)
-            .map_err(|rejection| text(rejection.status, rejection.message + "\n"))
+    fn method_not_allowed(&self, method: &Method) -> Response<OwnBody> {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {method} not allowed: the event stream at {} accepts GET and HEAD\n",
+                self.config.path
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        response
     }
 
     /// The answer on the stream path, or the future that finds it when an
     /// authorization hook must run first.
     fn stream_call<F, B>(&self, parts: Parts) -> Kind<F, B> {
-        let request = match self.admit(&parts) {
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return Kind::ready(self.method_not_allowed(&parts.method));
+        }
+        let config = &self.config;
+        let request = match subscribe::parse(&parts, &config.topic_param, config.max_topics) {
             Ok(request) => request,
-            Err(response) => return Kind::ready(response),
+            Err(rejection) => return Kind::ready(text(rejection.status, rejection.message + "\n")),
         };
         let open = Open {
             request,
