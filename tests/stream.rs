@@ -101,9 +101,9 @@ async fn posted_messages_reach_two_subscribers_in_order() {
     assert_eq!(server.publisher.subscriber_count(), 2);
 
     let mut ids = Vec::new();
-    for i in 0..50 {
+    for i in 0..50usize {
         let message = format!("message {i}\nsecond line");
-        let event = if i % 10 == 0 { "special" } else { "" };
+        let event = if i.is_multiple_of(10) { "special" } else { "" };
         let response = post_message(&server, &[("message", &message), ("event", event)]).await;
         assert_eq!(response.status(), 202);
         let text = response.text().await.unwrap();
@@ -114,7 +114,7 @@ async fn posted_messages_reach_two_subscribers_in_order() {
         for (i, event) in events.iter().enumerate() {
             assert_eq!(event.data, format!("message {i}\nsecond line"));
             assert_eq!(event.id, ids[i]);
-            let name = if i % 10 == 0 { "special" } else { "message" };
+            let name = if i.is_multiple_of(10) { "special" } else { "message" };
             assert_eq!(event.event, name);
         }
     }

@@ -89,10 +89,10 @@ async fn resume_after_a_disconnect_replays_exactly_what_was_missed() {
 
     // Published while the browser is away, on its topics and others.
     let mut missed = Vec::new();
-    for i in 0..10 {
+    for i in 0..10usize {
         missed.push(publish(p, Some("a"), &format!("missed {i}")));
         publish(p, Some("other"), "not followed");
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             missed.push(publish(p, None, &format!("default {i}")));
         }
     }
@@ -120,7 +120,7 @@ async fn a_gap_beyond_the_history_gets_the_reset_event_then_live_events() {
     let url = server.url("/events");
     let p = &server.publisher;
     let (old, _) = publish(p, None, "old");
-    for i in 0..10 {
+    for i in 0..10usize {
         publish(p, None, &format!("evicted {i}"));
     }
     let mut sub = Subscriber::resume(&url, Some(&old)).await;
@@ -238,7 +238,7 @@ async fn resume_race() {
                     .unwrap()
                     .push((id.unwrap().as_u64(), topic));
                 i += 1;
-                if i % 16 == 0 {
+                if i.is_multiple_of(16) {
                     std::thread::yield_now();
                 }
             }
