@@ -7,21 +7,27 @@
 //!
 //! Then open the printed address in two tabs and post from one.
 //!
-//! * `GET /` — the page: a form, and a list fed by `EventSource('/events')`.
-//! * `POST /publish` — form fields `message` and optional `event`; answers
+//! * `GET /` — the page: a form, a room selector, and a list fed by
+//!   `EventSource('/events?topic=room/<room>')`.
+//! * `POST /publish` — form fields `message`, and optionally `room` (publish to
+//!   topic `room/<room>`; without it, to everyone), `to` (a private message to
+//!   that user's topic `user/<to>`) and `event` (the event name). Answers
 //!   `202 Accepted`, or `303` back to `/` for a browser form without script.
+//! * `POST /login` with `name`, `POST /logout`, `GET /me` — a toy session in a
+//!   cookie. Signed in, a stream also follows the user's private topic
+//!   `user/<name>`; nobody may ask for someone else's (`403`).
 //! * `GET /events` — the event stream, served by `SseLayer`.
 
 use axum::{
     extract::Form,
-    http::{header, HeaderMap, StatusCode},
+    http::{header, request::Parts, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
     Router,
 };
 use serde::Deserialize;
 use std::time::Duration;
-use tower_sse::{Event, Publisher, SseLayer};
+use tower_sse::{Access, Event, Publisher, SseLayer};
 
 /// Longest message accepted, in characters.
 pub const MAX_MESSAGE: usize = 2000;
@@ -31,14 +37,46 @@ pub fn app(sse: SseLayer) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/publish", post(publish))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/me", get(me))
         .layer(sse)
 }
 
-/// The layer as the example configures it.
+/// The layer as the example configures it: anyone may follow the rooms; a
+/// signed-in user also follows their private topic, and only theirs.
 pub fn layer() -> SseLayer {
     SseLayer::new("/events")
         .keep_alive(Duration::from_secs(15))
         .retry(Duration::from_secs(2))
+        .authorize(|parts: Parts| async move {
+            let access = Access::none().allow_prefix("room/");
+            Ok(match user(&parts.headers) {
+                Some(name) => access.follow(format!("user/{name}")),
+                None => access,
+            })
+        })
+}
+
+/// The signed-in user's name, from the `user` cookie. A toy: a real app
+/// would keep a session id there and look the user up.
+fn user(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|cookies| cookies.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("user="))
+        .filter(|name| valid_name(name))
+        .map(str::to_owned)
+}
+
+/// Names and rooms become topic names: keep them to a safe alphabet.
+fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 async fn index() -> Html<&'static str> {
@@ -50,38 +88,111 @@ struct Post {
     message: String,
     #[serde(default)]
     event: String,
+    #[serde(default)]
+    room: String,
+    #[serde(default)]
+    to: String,
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into() + "\n").into_response()
 }
 
 async fn publish(publisher: Publisher, headers: HeaderMap, Form(post): Form<Post>) -> Response {
     let message = post.message.trim();
     if message.is_empty() {
-        return (
+        return reject(
             StatusCode::BAD_REQUEST,
-            "the message is empty: write something\n",
-        )
-            .into_response();
+            "the message is empty: write something",
+        );
     }
     if message.chars().count() > MAX_MESSAGE {
-        return (
+        return reject(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the message is longer than {MAX_MESSAGE} characters\n"),
-        )
-            .into_response();
+            format!("the message is longer than {MAX_MESSAGE} characters"),
+        );
     }
-    let mut event = Event::default().data(message);
-    if !post.event.is_empty() {
-        event = event.event(post.event.trim());
+    let (room, to) = (post.room.trim(), post.to.trim());
+    for (field, value) in [("room", room), ("to", to)] {
+        if !value.is_empty() && !valid_name(value) {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                format!("`{field}` must be 1 to 32 letters, digits, `-` or `_`"),
+            );
+        }
     }
-    match publisher.publish(event) {
+    let published = if !to.is_empty() {
+        let from = user(&headers).unwrap_or_else(|| "someone".into());
+        let event = Event::default()
+            .event("private")
+            .data(format!("from {from}: {message}"));
+        publisher.publish_to(&format!("user/{to}"), event)
+    } else {
+        let mut event = Event::default().data(message);
+        if !post.event.is_empty() {
+            event = event.event(post.event.trim());
+        }
+        publish_public(&publisher, room, event)
+    };
+    match published {
         // A browser posting the form without script gets the page back.
         Ok(_) if wants_html(&headers) => Redirect::to("/").into_response(),
         Ok(id) => (StatusCode::ACCEPTED, format!("published as event {id}\n")).into_response(),
-        Err(tower_sse::Error::Closed) => (
+        Err(tower_sse::Error::Closed) => reject(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down\n",
-        )
-            .into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+            "the server is shutting down",
+        ),
+        Err(e) => reject(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// To the room, or to everyone without one.
+fn publish_public(
+    publisher: &Publisher,
+    room: &str,
+    event: Event,
+) -> Result<tower_sse::EventId, tower_sse::Error> {
+    if room.is_empty() {
+        publisher.publish(event)
+    } else {
+        publisher.publish_to(&format!("room/{room}"), event)
+    }
+}
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+}
+
+async fn login(Form(login): Form<Login>) -> Response {
+    let name = login.name.trim();
+    if !valid_name(name) {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "a name is 1 to 32 letters, digits, `-` or `_`",
+        );
+    }
+    let cookie = format!("user={name}; Path=/; HttpOnly; SameSite=Lax");
+    (
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
+    )
+        .into_response()
+}
+
+async fn logout() -> Response {
+    let cookie = "user=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0";
+    (
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, cookie), (header::LOCATION, "/")],
+    )
+        .into_response()
+}
+
+async fn me(headers: HeaderMap) -> Response {
+    match user(&headers) {
+        Some(name) => name.into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
@@ -129,27 +240,43 @@ const PAGE: &str = r##"<!doctype html>
 <style>
   :root { font-family: system-ui, sans-serif; color: #1d2330; background: #f5f6f8; }
   main { max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
-  h1 { font-size: 1.4rem; margin-bottom: .25rem; }
+  header { display: flex; align-items: baseline; justify-content: space-between; gap: 1rem; flex-wrap: wrap; }
+  h1 { font-size: 1.4rem; margin: 0 0 .25rem; }
   #status { font-size: .85rem; color: #6b7280; margin: 0 0 1rem; }
   #status.live::before { content: "● "; color: #16a34a; }
   #status.down::before { content: "● "; color: #dc2626; }
-  form { display: flex; gap: .5rem; margin-bottom: 1.5rem; }
-  input[name=message] { flex: 1; }
-  input, button { font: inherit; padding: .5rem .7rem; border: 1px solid #cbd0d8; border-radius: .4rem; }
+  form { display: flex; gap: .5rem; margin-bottom: 1rem; flex-wrap: wrap; }
+  input[name=message] { flex: 1; min-width: 12rem; }
+  input[name=to] { width: 7rem; }
+  input, button, select { font: inherit; padding: .45rem .6rem; border: 1px solid #cbd0d8; border-radius: .4rem; background: white; }
   button { background: #1d4ed8; color: white; border-color: #1d4ed8; cursor: pointer; }
-  #error { color: #b91c1c; min-height: 1.2em; margin: -1rem 0 1rem; font-size: .9rem; }
+  button.quiet { background: white; color: #1d4ed8; }
+  .who { font-size: .9rem; display: flex; gap: .5rem; align-items: center; }
+  .who form { margin: 0; }
+  #error { color: #b91c1c; min-height: 1.2em; margin: -.5rem 0 .5rem; font-size: .9rem; }
   ol { list-style: none; padding: 0; margin: 0; }
   li { background: white; border: 1px solid #e3e6eb; border-radius: .5rem; padding: .6rem .8rem; margin-bottom: .5rem; }
   li .meta { font-size: .75rem; color: #6b7280; }
+  li.private { background: #eef2ff; border-color: #c7d2fe; }
   li.notice { background: #fff7ed; border-color: #fed7aa; }
 </style>
 </head>
 <body>
 <main>
-  <h1>Bulletin board</h1>
+  <header>
+    <h1>Bulletin board</h1>
+    <div class="who" id="who">
+      <form method="post" action="/login"><input name="name" placeholder="your name" size="10" required><button class="quiet">Sign in</button></form>
+    </div>
+  </header>
   <p id="status">connecting…</p>
   <form id="post" method="post" action="/publish">
-    <input name="message" placeholder="Say something to every open page" autocomplete="off" required>
+    <select name="room" id="room" title="room">
+      <option value="general">#general</option>
+      <option value="random">#random</option>
+    </select>
+    <input name="message" placeholder="Say something to the room" autocomplete="off" required>
+    <input name="to" placeholder="to (private)" autocomplete="off" title="send privately to this user">
     <button>Post</button>
   </form>
   <p id="error"></p>
@@ -159,10 +286,11 @@ const PAGE: &str = r##"<!doctype html>
   const list = document.getElementById("messages");
   const status = document.getElementById("status");
   const error = document.getElementById("error");
+  const room = document.getElementById("room");
 
-  function show(text, meta, notice) {
+  function show(text, meta, kind) {
     const item = document.createElement("li");
-    if (notice) item.className = "notice";
+    if (kind) item.className = kind;
     const body = document.createElement("div");
     body.textContent = text;
     const small = document.createElement("div");
@@ -171,13 +299,31 @@ const PAGE: &str = r##"<!doctype html>
     item.append(body, small);
     list.prepend(item);
   }
+  const when = (e) => `#${e.lastEventId} · ${new Date().toLocaleTimeString()}`;
 
-  const events = new EventSource("/events");
-  events.onopen = () => { status.textContent = "live"; status.className = "live"; };
-  events.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
-  events.onmessage = (e) => show(e.data, `#${e.lastEventId} · ${new Date().toLocaleTimeString()}`);
-  events.addEventListener("reset", () =>
-    show("Some messages were missed while disconnected.", "reload the page to see the board as it is", true));
+  // One connection follows the room and, when signed in, the private topic.
+  let events;
+  function connect() {
+    if (events) events.close();
+    list.replaceChildren();
+    events = new EventSource("/events?topic=room/" + encodeURIComponent(room.value));
+    events.onopen = () => { status.textContent = "live in #" + room.value; status.className = "live"; };
+    events.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
+    events.onmessage = (e) => show(e.data, when(e));
+    events.addEventListener("private", (e) => show(e.data, "private · " + when(e), "private"));
+    events.addEventListener("reset", () =>
+      show("Some messages were missed while disconnected.", "reload the page to see the board as it is", "notice"));
+  }
+  room.addEventListener("change", connect);
+  connect();
+
+  fetch("/me").then(async (r) => {
+    if (r.status !== 200) return;
+    const name = await r.text();
+    document.getElementById("who").innerHTML =
+      '<span></span><form method="post" action="/logout"><button class="quiet">Sign out</button></form>';
+    document.querySelector("#who span").textContent = "signed in as " + name;
+  });
 
   // With script, post without leaving the page; without it, the form still works.
   document.getElementById("post").addEventListener("submit", async (e) => {
@@ -185,7 +331,7 @@ const PAGE: &str = r##"<!doctype html>
     const form = e.target;
     const response = await fetch("/publish", { method: "POST", body: new URLSearchParams(new FormData(form)) });
     error.textContent = response.ok ? "" : await response.text();
-    if (response.ok) form.reset();
+    if (response.ok) { form.message.value = ""; form.to.value = ""; }
   });
 </script>
 </body>

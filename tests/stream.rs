@@ -114,7 +114,11 @@ async fn posted_messages_reach_two_subscribers_in_order() {
         for (i, event) in events.iter().enumerate() {
             assert_eq!(event.data, format!("message {i}\nsecond line"));
             assert_eq!(event.id, ids[i]);
-            let name = if i.is_multiple_of(10) { "special" } else { "message" };
+            let name = if i.is_multiple_of(10) {
+                "special"
+            } else {
+                "message"
+            };
             assert_eq!(event.event, name);
         }
     }
@@ -172,7 +176,7 @@ async fn the_page_opens_the_event_source() {
     let page = client().get(server.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("new EventSource(\"/events\")"));
+    assert!(html.contains("new EventSource(\"/events?topic=room/\""));
     assert!(html.contains("action=\"/publish\""));
 }
 
@@ -232,4 +236,75 @@ async fn graceful_shutdown_completes_with_subscribers_connected() {
         server.publisher.publish(Event::default().data("too late")),
         Err(tower_sse::Error::Closed)
     ));
+}
+
+#[tokio::test]
+async fn rooms_and_private_messages_reach_only_their_readers() {
+    let server = bulletin_server(bulletin::layer()).await;
+    let url = |query: &str| server.url(&format!("/events{query}"));
+
+    // Signing in sets the session cookie the stream's authorization reads.
+    let response = client()
+        .post(server.url("/login"))
+        .form(&[("name", "alice")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let alice_cookie = cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(alice_cookie, "user=alice");
+    let me = client()
+        .get(server.url("/me"))
+        .header("cookie", &alice_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.text().await.unwrap(), "alice");
+
+    let mut alice = Subscriber::connect_with(
+        client()
+            .get(url("?topic=room/general"))
+            .header("cookie", &alice_cookie),
+    )
+    .await;
+    let mut random = Subscriber::connect(&url("?topic=room/random")).await;
+
+    // Nobody may follow someone else's private topic.
+    let response = client()
+        .get(url("?topic=user/alice"))
+        .header("cookie", "user=mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
+    let post = |fields: &'static [(&'static str, &'static str)]| {
+        let request = client().post(server.url("/publish")).form(fields);
+        async move { assert_eq!(request.send().await.unwrap().status(), 202) }
+    };
+    post(&[("message", "in random"), ("room", "random")]).await;
+    post(&[("message", "psst"), ("to", "alice")]).await;
+    post(&[("message", "in general"), ("room", "general")]).await;
+    post(&[("message", "to everyone")]).await;
+
+    let got: Vec<(String, String)> = alice
+        .take(3)
+        .await
+        .into_iter()
+        .map(|e| (e.event, e.data))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("private".to_owned(), "from someone: psst".to_owned()),
+            ("message".to_owned(), "in general".to_owned()),
+            ("message".to_owned(), "to everyone".to_owned()),
+        ]
+    );
+    let got: Vec<String> = random.take(2).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(got, ["in random", "to everyone"]);
+
+    let response = post_message(&server, &[("message", "x"), ("room", "no spaces")]).await;
+    assert_eq!(response.status(), 400);
 }
