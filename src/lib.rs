@@ -65,6 +65,13 @@
 //! with an event named [`RESET_EVENT`] (`reset`, empty data) and continues
 //! live: the app should reload its state when it sees it.
 //!
+//! # Authorization
+//!
+//! [`SseLayer::authorize`] sets a hook that sees each stream request and
+//! grants an [`Access`] (which topics it may follow, and private topics it
+//! follows without asking) or answers with its own response (`401`...).
+//! A stream asking for a topic it may not follow gets `403`.
+//!
 //! # Feature flags
 //!
 //! * `axum`: [`Publisher`] is an axum extractor.
