@@ -251,7 +251,10 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
         .await
         .unwrap();
     assert_eq!(response.status(), 303);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let alice_cookie = cookie.split(';').next().unwrap().to_owned();
     assert_eq!(alice_cookie, "user=alice");
     let me = client()
