@@ -84,6 +84,9 @@ struct State {
     history: VecDeque<Retained>,
     history_limit: usize,
     history_ttl: Option<Duration>,
+    /// How many retained events carry an id set by the app: while none do,
+    /// a `Last-Event-ID` is read as a number without searching the history.
+    custom_ids: usize,
     /// Highest id that left the history (or, at start, the id just before
     /// the first one): a client that saw less than this may have missed some.
     evicted_up_to: u64,
@@ -157,6 +160,7 @@ impl Hub {
                 history: VecDeque::new(),
                 history_limit: limits.history.max(limits.max_lag),
                 history_ttl: limits.history_ttl,
+                custom_ids: 0,
                 evicted_up_to: start - 1,
                 dirty: Vec::new(),
                 closed: false,
@@ -209,6 +213,7 @@ impl Hub {
         };
         topic.ring_mut().entries.push_back(Entry { id, bytes });
         let at = state.history_ttl.map(|_| Instant::now());
+        state.custom_ids += usize::from(custom_id.is_some());
         state.history.push_back(Retained {
             id,
             topic: topic.clone(),
@@ -415,6 +420,7 @@ impl State {
             let Some(old) = self.history.pop_front() else {
                 return;
             };
+            self.custom_ids -= usize::from(old.custom_id.is_some());
             let empty = {
                 let mut ring = old.topic.ring_mut();
                 if ring.entries.front().is_some_and(|e| e.id == old.id) {
@@ -435,12 +441,15 @@ impl State {
     fn resolve(&self, last: &str) -> Option<u64> {
         // Ids set by the caller are looked up first (newest first): an id
         // the app chose takes precedence over reading it as a number.
-        self.history
-            .iter()
-            .rev()
-            .find(|r| r.custom_id.as_deref() == Some(last))
-            .map(|r| r.id)
-            .or_else(|| last.parse().ok())
+        let custom = (self.custom_ids > 0)
+            .then(|| {
+                self.history
+                    .iter()
+                    .rev()
+                    .find(|r| r.custom_id.as_deref() == Some(last))
+            })
+            .flatten();
+        custom.map(|r| r.id).or_else(|| last.parse().ok())
     }
 }
 

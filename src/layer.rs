@@ -18,9 +18,12 @@ use crate::{
 /// any other method gets `405 Method Not Allowed`. Every other request goes
 /// to the wrapped service with a [`Publisher`] in its extensions.
 ///
-/// The layer owns the hub: every service it makes, and every publisher taken
-/// from it, share that hub. Builder methods may be called in any order, also
-/// after [`publisher`](SseLayer::publisher).
+/// The layer owns the hub: every service it makes, every clone of it and
+/// every publisher taken from it share that hub. Builder methods may be
+/// called in any order, also after [`publisher`](SseLayer::publisher); the
+/// hub's settings (`history`, `history_ttl`, `max_lag`, `max_event_size`,
+/// `max_subscribers`) apply to the shared hub, the others to this layer and
+/// the services it makes from then on.
 ///
 /// # Example
 ///
