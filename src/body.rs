@@ -99,6 +99,9 @@ impl Body for EventStream {
         // Registered before reading, so an event published after the read
         // wakes us; one published before it is in what we read.
         this.subscription.register(cx.waker());
+        if this.subscription.is_disconnected() {
+            return this.end();
+        }
         let closed = this.subscription.is_closed();
         match this.subscription.read(&mut this.buf, FRAME_CAP) {
             Read::Events(Some(bytes)) => return this.send(bytes),
@@ -508,6 +511,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn disconnect_all_ends_open_streams_and_keeps_the_hub_open() {
+        let layer = SseLayer::new("/events");
+        let publisher = layer.publisher();
+        let mut body = open_body(&layer).await;
+        let waker = watch(&mut body);
+        publisher.disconnect_all();
+        tokio::time::timeout(Duration::from_secs(5), waker.notify.notified())
+            .await
+            .unwrap();
+        assert_eq!(ready_frame(&mut body), Some(None));
+        let id = publisher.publish(Event::default().data("x")).unwrap();
+        let request = Request::get("/events")
+            .header("last-event-id", (id.as_u64() - 1).to_string())
+            .body(())
+            .unwrap();
+        let mut body = service(&layer).oneshot(request).await.unwrap().into_body();
+        assert!(ready_frame(&mut body)
+            .unwrap()
+            .unwrap()
+            .starts_with(b"data: x\n"));
     }
 
     #[tokio::test]

@@ -65,6 +65,8 @@ pub(crate) struct Hub {
     /// nothing newer, so events of different topics come out in id order.
     published: AtomicU64,
     closed: AtomicBool,
+    /// Bumped by `disconnect_all`: streams opened before it end.
+    generation: AtomicU64,
     subscribers: AtomicUsize,
     /// The subscriber count again, for those who wait for it to change.
     count: watch::Sender<usize>,
@@ -167,6 +169,7 @@ impl Hub {
             }),
             published: AtomicU64::new(start - 1),
             closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
             count: watch::Sender::new(0),
             max_lag: AtomicUsize::new(limits.max_lag),
@@ -244,6 +247,19 @@ impl Hub {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends every open stream, leaving the hub open: clients reconnect and
+    /// resume from their last id.
+    pub(crate) fn disconnect_all(&self) {
+        let topics: Vec<Arc<Topic>> = {
+            let state = self.state();
+            self.generation.fetch_add(1, Ordering::Release);
+            state.topics.values().cloned().collect()
+        };
+        for topic in topics {
+            topic.wake_all();
+        }
     }
 
     /// Refuses new events and subscribers, and wakes every stream so it ends.
@@ -336,6 +352,7 @@ impl Hub {
         };
         Ok(Subscription {
             hub: self.clone(),
+            generation: self.generation.load(Ordering::Acquire),
             waker,
             follows,
             start,
@@ -513,6 +530,7 @@ pub(crate) enum Read {
 /// Dropping it unregisters the subscriber.
 pub(crate) struct Subscription {
     hub: Arc<Hub>,
+    generation: u64,
     waker: Arc<AtomicWaker>,
     follows: Vec<Follow>,
     start: Start,
@@ -537,6 +555,11 @@ impl Subscription {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.hub.is_closed()
+    }
+
+    /// Whether `disconnect_all` was called since this stream opened.
+    pub(crate) fn is_disconnected(&self) -> bool {
+        self.hub.generation.load(Ordering::Acquire) != self.generation
     }
 
     /// What the stream sends before any event: the id it starts after, or

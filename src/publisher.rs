@@ -110,6 +110,15 @@ impl Publisher {
         self.hub().watch_subscribers()
     }
 
+    /// Ends every open stream but keeps the hub open: browsers reconnect by
+    /// themselves (after their `retry` delay) and resume from their last
+    /// event id, losing nothing the history still holds. Useful to move
+    /// connections to other instances before a deploy, or to test a
+    /// client's reconnection.
+    pub fn disconnect_all(&self) {
+        self.hub().disconnect_all();
+    }
+
     /// Closes the hub: every open stream ends once it has sent what was
     /// already published, new streams are refused with `503`, and `publish`
     /// returns [`Error::Closed`].
