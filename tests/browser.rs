@@ -41,7 +41,8 @@ async fn bulletin_in_chromium_is_live_and_resumes_after_a_drop() {
         post(move || async move {
             hook.disconnect_all();
             for i in 1..=3 {
-                hook.publish(Event::default().data(format!("missed {i}"))).unwrap();
+                hook.publish(Event::default().data(format!("missed {i}")))
+                    .unwrap();
             }
         }),
     );
