@@ -5,8 +5,7 @@ mod bulletin;
 mod common;
 
 use axum::{routing::post, Router};
-use common::{client, within, Server, Subscriber};
-use futures_util::StreamExt;
+use common::{client, read_until, within, Server, Subscriber};
 use std::time::Duration;
 use tower_sse::{Event, Publisher, SseLayer};
 
@@ -68,13 +67,7 @@ async fn retry_hint_then_keep_alive_comment_when_idle() {
     let server = bulletin_server(layer).await;
     let response = client().get(server.url("/events")).send().await.unwrap();
     let mut body = response.bytes_stream();
-    let mut seen = Vec::new();
-    within("a keep-alive comment", async {
-        while !seen.ends_with(b":keep-alive\n\n") {
-            seen.extend_from_slice(&body.next().await.unwrap().unwrap());
-        }
-    })
-    .await;
+    let seen = read_until(&mut body, b":keep-alive\n\n", "a keep-alive comment").await;
     // The retry hint, the id the stream starts after, then the comment.
     let seen = String::from_utf8(seen).unwrap();
     let id = seen

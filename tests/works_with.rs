@@ -4,7 +4,7 @@ mod common;
 
 use axum::{routing::get, Router};
 use bytes::Bytes;
-use common::{client, within, Server, Subscriber};
+use common::{client, read_until, within, Server, Subscriber};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use http::{Method, Request, StatusCode};
@@ -147,13 +147,12 @@ async fn a_request_timeout_does_not_cut_the_stream() {
 
     let response = client().get(server.url("/events")).send().await.unwrap();
     let mut body = response.bytes_stream();
-    let mut seen = Vec::new();
     // The keep-alive comment comes 300 ms in, three times the timeout.
-    within("a keep-alive after the timeout", async {
-        while !seen.ends_with(b":keep-alive\n\n") {
-            seen.extend_from_slice(&body.next().await.unwrap().unwrap());
-        }
-    })
+    read_until(
+        &mut body,
+        b":keep-alive\n\n",
+        "a keep-alive after the timeout",
+    )
     .await;
     server
         .publisher

@@ -67,6 +67,22 @@ impl Server {
     }
 }
 
+/// Reads a raw response body until what was read ends with `suffix`.
+pub async fn read_until(
+    body: &mut (impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    suffix: &[u8],
+    what: &str,
+) -> Vec<u8> {
+    let mut seen = Vec::new();
+    within(what, async {
+        while !seen.ends_with(suffix) {
+            seen.extend_from_slice(&body.next().await.unwrap().unwrap());
+        }
+    })
+    .await;
+    seen
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
