@@ -68,10 +68,14 @@ pub(crate) fn parse(
     max_topics: usize,
 ) -> Result<SubscribeRequest, Rejection> {
     let mut topics: Vec<String> = Vec::new();
+    let mut params = 0;
     let mut query_id = None;
     for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
         if key == topic_param {
-            if topics.len() == max_topics {
+            // Parameters are counted, not distinct topics, so a query of
+            // thousands of copies is refused as early as a varied one.
+            params += 1;
+            if params > max_topics {
                 return Err(Rejection::bad_request(format!(
                     "too many topics: at most {max_topics} `{topic_param}` parameters per stream"
                 )));

@@ -1,0 +1,113 @@
+//! Odd and hostile requests on the stream path get a clear answer, never a
+//! panic or a 500, over real TCP with a raw client.
+
+mod common;
+
+use axum::Router;
+use common::{within, Server};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tower_sse::{Event, SseLayer};
+
+async fn server() -> Server {
+    let layer = SseLayer::new("/events").max_topics(64);
+    let publisher = layer.publisher();
+    Server::start(Router::new().layer(layer), publisher).await
+}
+
+/// Sends `request` as is and reads until `until` appears (or the end).
+async fn raw(server: &Server, request: &[u8], until: &str) -> String {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut seen = Vec::new();
+    within("the raw answer", async {
+        let mut buf = [0; 4096];
+        while !String::from_utf8_lossy(&seen).contains(until) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_the_stream_without_chunked_encoding() {
+    let server = server().await;
+    let publisher = server.publisher.clone();
+    let mut count = publisher.watch_subscribers();
+    let reading = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET /events HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0; 4096];
+            while !String::from_utf8_lossy(&seen).contains("data: for 1.0\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        }
+    });
+    within("the subscriber", count.wait_for(|n| *n == 1))
+        .await
+        .unwrap();
+    publisher.publish(Event::default().data("for 1.0")).unwrap();
+    let seen = within("the event", reading).await.unwrap();
+    assert!(seen.starts_with("HTTP/1.0 200"), "{seen}");
+    assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+    assert!(!seen.contains("transfer-encoding"), "{seen}");
+}
+
+#[tokio::test]
+async fn a_last_event_id_that_is_not_utf8_gets_the_reset_event() {
+    let server = server().await;
+    let seen = raw(
+        &server,
+        b"GET /events HTTP/1.1\r\nhost: x\r\nlast-event-id: \xff\xfe\x80\r\n\r\n",
+        "event: reset\n",
+    )
+    .await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("event: reset\n"), "{seen}");
+}
+
+#[tokio::test]
+async fn ten_thousand_topics_get_a_400() {
+    // A short parameter name, so the 10,000 fit in a URI hyper accepts.
+    let layer = SseLayer::new("/events").topic_param("t");
+    let publisher = layer.publisher();
+    let server = Server::start(Router::new().layer(layer), publisher).await;
+    let query = vec!["t=a"; 10_000].join("&");
+    let request = format!("GET /events?{query} HTTP/1.1\r\nhost: x\r\n\r\n");
+    let seen = raw(&server, request.as_bytes(), "too many topics").await;
+    assert!(seen.starts_with("HTTP/1.1 400"), "{seen}");
+
+    // Longer than hyper takes: hyper answers 414 before the layer sees it.
+    let query = vec!["topic=abcdefgh"; 10_000].join("&");
+    let request = format!("GET /events?{query} HTTP/1.1\r\nhost: x\r\n\r\n");
+    let seen = raw(&server, request.as_bytes(), "\r\n\r\n").await;
+    assert!(seen.starts_with("HTTP/1.1 414"), "{seen}");
+}
+
+#[tokio::test]
+async fn invalid_percent_encoding_and_control_characters_get_a_400() {
+    let server = server().await;
+    for query in ["topic=%ff%fe", "topic=a%00b", "topic=a%0d%0ab", "topic=%zz"] {
+        let request = format!("GET /events?{query} HTTP/1.1\r\nhost: x\r\n\r\n");
+        let seen = raw(&server, request.as_bytes(), "invalid topic").await;
+        assert!(seen.starts_with("HTTP/1.1 400"), "{query}: {seen}");
+    }
+    // And the server still serves.
+    let seen = raw(&server, b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n", "id: ").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+}
