@@ -190,7 +190,8 @@ impl Hub {
             .store(limits.max_event_size, Ordering::Relaxed);
         self.max_subscribers
             .store(limits.max_subscribers, Ordering::Relaxed);
-        state.evict(Instant::now());
+        let now = state.now();
+        state.evict(now);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -215,7 +216,7 @@ impl Hub {
             state.topic(topic)
         };
         topic.ring_mut().entries.push_back(Entry { id, bytes });
-        let at = state.history_ttl.map(|_| Instant::now());
+        let at = state.now();
         state.custom_ids += usize::from(custom_id.is_some());
         state.history.push_back(Retained {
             id,
@@ -224,7 +225,7 @@ impl Hub {
             at,
         });
         self.published.store(id, Ordering::Release);
-        state.evict(at.unwrap_or_else(Instant::now));
+        state.evict(at);
         let wake = topic.subscribers.load(Ordering::Relaxed) > 0
             && !topic.dirty.swap(true, Ordering::AcqRel);
         if wake {
@@ -295,7 +296,8 @@ impl Hub {
         if self.subscribers.load(Ordering::Relaxed) >= max {
             return Err(SubscribeError::TooManySubscribers);
         }
-        state.evict(Instant::now());
+        let now = state.now();
+        state.evict(now);
         let published = self.published.load(Ordering::Relaxed);
 
         let mut follows = Vec::with_capacity(topics.len() + 1);
@@ -424,12 +426,21 @@ impl State {
         }
     }
 
-    fn evict(&mut self, now: Instant) {
+    /// The time, when the history has an age limit (the clock is read only then).
+    fn now(&self) -> Option<Instant> {
+        self.history_ttl.map(|_| Instant::now())
+    }
+
+    /// Drops events beyond the history's count, and older than its age limit
+    /// at `now` (as given by [`State::now`]).
+    fn evict(&mut self, now: Option<Instant>) {
         loop {
-            let expired = match (self.history.front(), self.history_ttl) {
-                (None, _) => return,
-                (Some(r), Some(ttl)) => r.at.is_some_and(|at| now.duration_since(at) > ttl),
-                (Some(_), None) => false,
+            let expired = match (self.history.front(), self.history_ttl, now) {
+                (None, _, _) => return,
+                (Some(r), Some(ttl), Some(now)) => {
+                    r.at.is_some_and(|at| now.duration_since(at) > ttl)
+                }
+                _ => false,
             };
             if !expired && self.history.len() <= self.history_limit {
                 return;
