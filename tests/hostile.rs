@@ -111,3 +111,55 @@ async fn invalid_percent_encoding_and_control_characters_get_a_400() {
     let seen = raw(&server, b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n", "id: ").await;
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
 }
+
+/// A client that never reads: once its socket is full, hyper stops polling
+/// the stream, so no lag check can run. The server's memory for it stays
+/// bounded (hyper's write buffer; events live once, in the shared history),
+/// and with `TCP_USER_TIMEOUT` set on accepted sockets (axum's `tap_io`) the
+/// kernel aborts the connection once nothing is acknowledged for that long
+/// — zero-window probes included — and the subscription is dropped.
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_with_tcp_user_timeout() {
+    use axum::serve::{Listener, ListenerExt};
+    use std::time::Duration;
+
+    let layer = SseLayer::new("/events").history(10_000).max_lag(10_000);
+    let publisher = layer.publisher();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .tap_io(|tcp| {
+            socket2::SockRef::from(&*tcp)
+                .set_tcp_user_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+        });
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, Router::new().layer(layer)).await });
+
+    // A small receive buffer, and no reads at all.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut tcp = TcpStream::from_std(socket.into()).unwrap();
+    tcp.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    let mut count = publisher.watch_subscribers();
+    within("the subscriber", count.wait_for(|n| *n == 1))
+        .await
+        .unwrap();
+    // Fill the client's window, the server's socket and hyper's buffer.
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        publisher.publish(Event::default().data(&big)).unwrap();
+    }
+    within(
+        "the kernel to abort the stuck connection",
+        count.wait_for(|n| *n == 0),
+    )
+    .await
+    .unwrap();
+    drop(tcp);
+}
