@@ -163,3 +163,29 @@ async fn a_client_that_never_reads_is_dropped_with_tcp_user_timeout() {
     .unwrap();
     drop(tcp);
 }
+
+/// A client that vanishes with a reset (linger 0) instead of a FIN is
+/// noticed and its subscription dropped.
+#[tokio::test]
+async fn a_client_that_vanishes_with_a_reset_is_cleaned_up() {
+    use std::time::Duration;
+
+    let layer = SseLayer::new("/events").keep_alive(Duration::from_millis(100));
+    let publisher = layer.publisher();
+    let server = Server::start(Router::new().layer(layer), publisher).await;
+    let mut count = server.publisher.watch_subscribers();
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    within("the subscriber", count.wait_for(|n| *n == 1))
+        .await
+        .unwrap();
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tcp); // RST, no FIN
+    within("the server to drop the stream", count.wait_for(|n| *n == 0))
+        .await
+        .unwrap();
+}
