@@ -30,7 +30,11 @@ fuzz_target!(|input: &[u8]| {
     };
     use eventsource_stream::Eventsource;
     let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
-    let events: Vec<_> = stream.eventsource().collect::<Vec<_>>().now_or_never().unwrap();
+    let events: Vec<_> = stream
+        .eventsource()
+        .collect::<Vec<_>>()
+        .now_or_never()
+        .unwrap();
     assert_eq!(events.len(), 1, "one event");
     let event = events.into_iter().next().unwrap().unwrap();
     assert_eq!(event.data, data.replace("\r\n", "\n").replace('\r', "\n"));

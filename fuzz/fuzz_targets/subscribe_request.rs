@@ -32,7 +32,9 @@ fn layer() -> &'static SseLayer {
             .authorize(|_| async { Ok(Access::none().allow_prefix("ok/")) });
         let publisher = layer.publisher();
         for i in 0..12 {
-            publisher.publish(Event::default().id(format!("app-{i}")).data("x")).unwrap();
+            publisher
+                .publish(Event::default().id(format!("app-{i}")).data("x"))
+                .unwrap();
         }
         layer
     })
@@ -40,12 +42,15 @@ fn layer() -> &'static SseLayer {
 
 fuzz_target!(|input: &[u8]| {
     // method byte | query \0 last-event-id
-    let Some((&method, rest)) = input.split_first() else { return };
+    let Some((&method, rest)) = input.split_first() else {
+        return;
+    };
     let (query, last_id) = match rest.iter().position(|&b| b == 0) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
-    let method = [Method::GET, Method::HEAD, Method::POST, Method::OPTIONS][method as usize % 4].clone();
+    let method =
+        [Method::GET, Method::HEAD, Method::POST, Method::OPTIONS][method as usize % 4].clone();
     let uri = format!("/events?{}", String::from_utf8_lossy(query));
     let mut request = Request::builder().method(method);
     if let Some(id) = last_id {
@@ -54,7 +59,9 @@ fuzz_target!(|input: &[u8]| {
             Err(_) => return, // hyper would refuse the request before us
         }
     }
-    let Ok(request) = request.uri(uri.as_str()).body(()) else { return };
+    let Ok(request) = request.uri(uri.as_str()).body(()) else {
+        return;
+    };
 
     let service = layer().layer(service_fn(|_: Request<()>| async {
         Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
@@ -63,8 +70,13 @@ fuzz_target!(|input: &[u8]| {
         let response = service.oneshot(request).await.unwrap();
         let status = response.status();
         assert!(
-            [StatusCode::OK, StatusCode::BAD_REQUEST, StatusCode::FORBIDDEN, StatusCode::METHOD_NOT_ALLOWED]
-                .contains(&status),
+            [
+                StatusCode::OK,
+                StatusCode::BAD_REQUEST,
+                StatusCode::FORBIDDEN,
+                StatusCode::METHOD_NOT_ALLOWED
+            ]
+            .contains(&status),
             "unexpected status {status}"
         );
         if status == StatusCode::OK {
@@ -72,7 +84,9 @@ fuzz_target!(|input: &[u8]| {
             if let Some(Some(Ok(frame))) = body.frame().now_or_never() {
                 let data = frame.into_data().unwrap();
                 assert!(
-                    data.starts_with(b"id: ") || data.starts_with(b"event: reset\n") || data.starts_with(b"data: x\n"),
+                    data.starts_with(b"id: ")
+                        || data.starts_with(b"event: reset\n")
+                        || data.starts_with(b"data: x\n"),
                     "a stream starts with {data:?}"
                 );
             }
