@@ -155,6 +155,14 @@ async fn a_client_that_never_reads_is_dropped_with_tcp_user_timeout() {
     for _ in 0..200 {
         publisher.publish(Event::default().data(&big)).unwrap();
     }
+    // Meanwhile another subscriber is served as usual.
+    let url = format!("http://{addr}/events");
+    let mut other = common::Subscriber::connect(&url).await;
+    publisher
+        .publish(Event::default().data("for the reader"))
+        .unwrap();
+    assert_eq!(other.next().await.unwrap().data, "for the reader");
+    drop(other);
     within(
         "the kernel to abort the stuck connection",
         count.wait_for(|n| *n == 0),
