@@ -106,8 +106,16 @@ impl Body for EventStream {
         match this.subscription.read(&mut this.buf, FRAME_CAP) {
             Read::Events(Some(bytes)) => return this.send(bytes),
             Read::Lagged => {
-                tracing::debug!("event stream ended: subscriber fell behind the lag bound");
-                return this.end();
+                tracing::debug!("event stream ends: subscriber fell behind the lag bound");
+                // What is already in the buffer (the id the stream starts
+                // after) still goes out: without it a browser cut off before
+                // its first event would have no id to resume from.
+                this.done = true;
+                if !this.buf.is_empty() {
+                    let bytes = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                return Poll::Ready(None);
             }
             Read::Events(None) | Read::Nothing => {}
         }
@@ -379,6 +387,19 @@ mod tests {
         assert_eq!(publisher.subscriber_count(), 1, "until the body is dropped");
         drop(body);
         assert_eq!(publisher.subscriber_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_off_before_its_first_poll_still_sends_its_start_id() {
+        let layer = SseLayer::new("/events").max_lag(4);
+        let publisher = layer.publisher();
+        let mut body = open(&layer, "/events").await.into_body();
+        for _ in 0..5 {
+            publisher.publish(Event::default().data("x")).unwrap();
+        }
+        let start = ready_frame(&mut body).unwrap().unwrap();
+        assert!(start.starts_with(b"id: ") && !start.windows(5).any(|w| w == b"data:"));
+        assert_eq!(ready_frame(&mut body), Some(None));
     }
 
     #[tokio::test]
