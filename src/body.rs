@@ -99,31 +99,27 @@ impl Body for EventStream {
         // Registered before reading, so an event published after the read
         // wakes us; one published before it is in what we read.
         this.subscription.register(cx.waker());
-        if this.subscription.is_disconnected() {
-            return this.end();
-        }
         let closed = this.subscription.is_closed();
-        match this.subscription.read(&mut this.buf, FRAME_CAP) {
-            Read::Events(Some(bytes)) => return this.send(bytes),
-            Read::Lagged => {
-                tracing::debug!("event stream ends: subscriber fell behind the lag bound");
-                // What is already in the buffer (the id the stream starts
-                // after) still goes out: without it a browser cut off before
-                // its first event would have no id to resume from.
-                this.done = true;
-                if !this.buf.is_empty() {
-                    let bytes = this.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        // Ended by `disconnect_all`, or cut off for lagging: what is already
+        // in the buffer (e.g. the id the stream starts after) still goes out,
+        // or a browser ended before its first event had no id to resume from.
+        let mut ending = this.subscription.is_disconnected();
+        if !ending {
+            match this.subscription.read(&mut this.buf, FRAME_CAP) {
+                Read::Events(Some(bytes)) => return this.send(bytes),
+                Read::Lagged => {
+                    tracing::debug!("event stream ends: subscriber fell behind the lag bound");
+                    ending = true;
                 }
-                return Poll::Ready(None);
+                Read::Events(None) | Read::Nothing => {}
             }
-            Read::Events(None) | Read::Nothing => {}
         }
+        this.done = ending;
         if !this.buf.is_empty() {
             let bytes = this.buf.split().freeze();
             return this.send(bytes);
         }
-        if closed {
+        if ending || closed {
             return this.end();
         }
         if let Some(keep_alive) = &mut this.keep_alive {
@@ -399,6 +395,13 @@ mod tests {
         }
         let start = ready_frame(&mut body).unwrap().unwrap();
         assert!(start.starts_with(b"id: ") && !start.windows(5).any(|w| w == b"data:"));
+        assert_eq!(ready_frame(&mut body), Some(None));
+
+        // Likewise a stream ended by `disconnect_all` before its first poll.
+        let mut body = open(&layer, "/events").await.into_body();
+        publisher.disconnect_all();
+        let start = ready_frame(&mut body).unwrap().unwrap();
+        assert!(start.starts_with(b"id: "), "{start:?}");
         assert_eq!(ready_frame(&mut body), Some(None));
     }
 
