@@ -48,14 +48,7 @@ async fn an_http_1_0_client_gets_the_stream_without_chunked_encoding() {
             tcp.write_all(b"GET /events HTTP/1.0\r\n\r\n")
                 .await
                 .unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0; 4096];
-            while !String::from_utf8_lossy(&seen).contains("data: for 1.0\n") {
-                let n = tcp.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-                seen.extend_from_slice(&buf[..n]);
-            }
-            String::from_utf8_lossy(&seen).into_owned()
+            common::read_raw(&mut tcp, "data: for 1.0\n", "the event").await
         }
     });
     within("the subscriber", count.wait_for(|n| *n == 1))
@@ -120,21 +113,16 @@ async fn invalid_percent_encoding_and_control_characters_get_a_400() {
 /// — zero-window probes included — and the subscription is dropped.
 #[tokio::test]
 async fn a_client_that_never_reads_is_dropped_with_tcp_user_timeout() {
-    use axum::serve::{Listener, ListenerExt};
     use std::time::Duration;
 
     let layer = SseLayer::new("/events").history(10_000).max_lag(10_000);
     let publisher = layer.publisher();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .tap_io(|tcp| {
-            socket2::SockRef::from(&*tcp)
-                .set_tcp_user_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-        });
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, Router::new().layer(layer)).await });
+    let addr = common::serve_with_user_timeout(
+        ([127, 0, 0, 1], 0).into(),
+        Duration::from_millis(500),
+        Router::new().layer(layer),
+    )
+    .await;
 
     // A small receive buffer, and no reads at all.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -196,4 +184,94 @@ async fn a_client_that_vanishes_with_a_reset_is_cleaned_up() {
     within("the server to drop the stream", count.wait_for(|n| *n == 0))
         .await
         .unwrap();
+}
+
+/// Headers trickling in (slowloris): the layer sees nothing until the head is
+/// complete, so the slow client holds up no one; when its head is done it
+/// gets its stream like anyone else.
+#[tokio::test]
+async fn a_client_that_sends_its_headers_slowly_holds_up_no_one() {
+    let server = server().await;
+    let publisher = server.publisher.clone();
+    let mut count = publisher.watch_subscribers();
+    let head = b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n";
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.set_nodelay(true).unwrap();
+    for byte in &head[..30] {
+        slow.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+
+    let mut other = common::Subscriber::connect(&server.url("/events")).await;
+    assert_eq!(*count.borrow(), 1, "only the complete request subscribed");
+    publisher
+        .publish(Event::default().data("meanwhile"))
+        .unwrap();
+    assert_eq!(other.next().await.unwrap().data, "meanwhile");
+
+    slow.write_all(&head[30..]).await.unwrap();
+    within("the slow subscriber", count.wait_for(|n| *n == 2))
+        .await
+        .unwrap();
+    publisher
+        .publish(Event::default().data("for both"))
+        .unwrap();
+    assert_eq!(other.next().await.unwrap().data, "for both");
+    let seen = common::read_raw(&mut slow, "data: for both\n", "the slow client's event").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(!seen.contains("meanwhile"), "{seen}");
+}
+
+/// The README's recipe against slowloris: hyper's `header_read_timeout`
+/// (with a timer) closes a connection whose head never completes, before
+/// the layer is involved.
+#[tokio::test]
+async fn a_header_read_timeout_closes_a_head_that_never_completes() {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::time::Duration;
+
+    let layer = SseLayer::new("/events");
+    let publisher = layer.publisher();
+    let app = Router::new().layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(300))
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /events HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    // A complete request on another connection is served meanwhile.
+    let mut other = common::Subscriber::connect(&format!("http://{addr}/events")).await;
+    publisher.publish(Event::default().data("served")).unwrap();
+    assert_eq!(other.next().await.unwrap().data, "served");
+
+    let mut rest = Vec::new();
+    let closed = within("the server to close the stalled head", async {
+        stalled.read_to_end(&mut rest).await
+    })
+    .await;
+    // Closed by the server: EOF (possibly after a 408) or a reset.
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        closed.is_err() || rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+    assert_eq!(
+        publisher.subscriber_count(),
+        1,
+        "the stalled head never subscribed"
+    );
 }

@@ -83,6 +83,45 @@ pub async fn read_until(
     seen
 }
 
+/// Reads raw bytes from a socket until they contain `needle`; the
+/// connection closing first fails the test.
+pub async fn read_raw(
+    tcp: &mut (impl tokio::io::AsyncRead + Unpin),
+    needle: &str,
+    what: &str,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    within(what, async {
+        let mut buf = [0; 4096];
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Serves `app` on `bind` with `TCP_USER_TIMEOUT` set on every accepted
+/// socket (the README's recipe, through axum's `tap_io`).
+pub async fn serve_with_user_timeout(
+    bind: SocketAddr,
+    timeout: Duration,
+    app: axum::Router,
+) -> SocketAddr {
+    use axum::serve::{Listener, ListenerExt};
+    let listener = TcpListener::bind(bind).await.unwrap().tap_io(move |tcp| {
+        socket2::SockRef::from(&*tcp)
+            .set_tcp_user_timeout(Some(timeout))
+            .unwrap();
+    });
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
