@@ -1,0 +1,409 @@
+//! Fan-out comparison, one run, same machine: tower-sse against the
+//! hand-rolled axum way (`axum::response::Sse` over `tokio::sync::broadcast`,
+//! an `Event` built per subscriber) and Nchan (the nginx pub/sub module).
+//!
+//! `cargo bench --bench fanout --features axum` (installs nginx + Nchan from
+//! Debian's packages when missing: run as root, or `FANOUT_SKIP=nchan`).
+//!
+//! Each server runs in its own process(es), so its CPU time and memory are
+//! read from `/proc` apart from the load client's (see `server.rs`). The
+//! client opens real TCP subscribers (HTTP/1.1 `GET`), waits until each has
+//! its response head (every server subscribes before answering), publishes
+//! events with `POST` on one keep-alive connection, each carrying its send
+//! time, and waits until every subscriber has every event of its topic: a
+//! lost event fails the run.
+//!
+//! Scenarios (`FANOUT_SCENARIOS`, comma-separated, default all):
+//! - `burst`: 5,000 subscribers × 300 events as fast as the publisher goes,
+//!   repeated `FANOUT_REPEAT` times (default 3), servers interleaved; the
+//!   ratios are medians of the per-repetition ratios;
+//! - `sweep`: the burst at 1,000 and 2,500 subscribers too, for the chart;
+//! - `paced`: 10,000 subscribers × 100 events/s for 5 s; idle memory per
+//!   subscriber is read here, with all 10,000 connected and nothing sent;
+//! - `topics`: 1,000 topics × 10 subscribers, 20,000 events round-robin;
+//! - `churn`: 50,000 connect/disconnect cycles, 100 at a time;
+//! - `stuck`: 1,000 readers × 300 paced 4 KiB events, with and without 100
+//!   clients that never read (tower-sse only).
+//!
+//! `FANOUT_QUICK=1` shrinks every scenario (to check the bench itself).
+//! A full run rewrites the generated part of `BENCHMARKS.md` and
+//! `docs/fanout.svg`.
+
+mod client;
+mod report;
+mod server;
+
+use client::{Control, Sub};
+use server::{Kind, ServerProcess};
+use std::time::{Duration, Instant};
+
+fn main() {
+    if let Ok(kind) = std::env::var("FANOUT_SERVER") {
+        return server::serve(&kind);
+    }
+    let quick = std::env::var("FANOUT_QUICK").is_ok();
+    let scale = |n: usize| if quick { (n / 20).max(2) } else { n };
+    let repeat = env_or("FANOUT_REPEAT", if quick { 1 } else { 3 });
+    let scenarios = std::env::var("FANOUT_SCENARIOS")
+        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,stuck".into());
+    let skip = std::env::var("FANOUT_SKIP").unwrap_or_default();
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| !skip.split(',').any(|s| s == k.name()))
+        .collect();
+    let wants = |name: &str| scenarios.split(',').any(|s| s == name);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut report = report::Report::new(quick);
+
+    if wants("burst") {
+        let (n, m) = (scale(5000), 300);
+        println!("\n== burst: {n} subscribers × {m} events, {repeat} repetitions");
+        let mut runs = Vec::new();
+        for rep in 0..repeat {
+            let mut one = Vec::new();
+            for &kind in &kinds {
+                let figures = runtime.block_on(run(kind, &Load::burst(n, m)));
+                println!("  #{rep} {figures}");
+                one.push(figures);
+            }
+            runs.push(one);
+        }
+        report.burst(n, m, runs);
+    }
+    if wants("sweep") {
+        for n in [scale(1000), scale(2500)] {
+            println!("\n== sweep: burst at {n} subscribers × 300 events");
+            for &kind in &kinds {
+                let figures = runtime.block_on(run(kind, &Load::burst(n, 300)));
+                println!("  {figures}");
+                report.sweep(n, figures);
+            }
+        }
+    }
+    if wants("paced") {
+        let n = scale(10_000);
+        println!("\n== paced: {n} subscribers × 100 events/s for 5 s");
+        let runs = kinds
+            .iter()
+            .map(|&kind| {
+                let figures = runtime.block_on(run(kind, &Load::paced(n, 500, 100)));
+                println!("  {figures}");
+                figures
+            })
+            .collect();
+        report.paced(n, runs);
+    }
+    if wants("topics") {
+        let (topics, m) = (scale(1000), scale(20_000));
+        println!("\n== topics: {topics} topics × 10 subscribers, {m} events round-robin");
+        let runs = kinds
+            .iter()
+            .map(|&kind| {
+                let figures = runtime.block_on(run(kind, &Load::topics(topics, 10, m)));
+                println!("  {figures}");
+                figures
+            })
+            .collect();
+        report.topics(topics, m, runs);
+    }
+    if wants("churn") {
+        let cycles = scale(50_000);
+        println!("\n== churn: {cycles} connect/disconnect cycles, 100 at a time");
+        let runs = kinds
+            .iter()
+            .map(|&kind| {
+                let figures = runtime.block_on(churn(kind, cycles));
+                println!("  {figures}");
+                figures
+            })
+            .collect();
+        report.churn(cycles, runs);
+    }
+    if wants("stuck") {
+        let (n, k) = (scale(1000), scale(100));
+        println!("\n== stuck: {n} readers × 300 paced 4 KiB events, with and without {k} never-reading clients");
+        let mut load = Load::paced(n, 300, 100);
+        load.padding = 4096;
+        let without = runtime.block_on(run(Kind::TowerSse, &load));
+        println!("  without: {without}");
+        load.stuck = k;
+        let with = runtime.block_on(run(Kind::TowerSse, &load));
+        println!("  with:    {with}");
+        report.stuck(n, k, without, with);
+    }
+    report.finish();
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What the client does to a server: who subscribes to what, then what is
+/// published, how fast.
+pub struct Load {
+    /// Subscribers per topic.
+    topics: Vec<(String, usize)>,
+    /// Events: the index of their topic, in publishing order.
+    schedule: Vec<usize>,
+    /// Events per second, or as fast as the publisher goes.
+    rate: Option<u32>,
+    /// Bytes of data added to each event (a second `data:` line).
+    padding: usize,
+    /// Clients that never read, subscribed to the first topic.
+    stuck: usize,
+}
+
+impl Load {
+    fn burst(n: usize, m: usize) -> Load {
+        Load {
+            topics: vec![("all".into(), n)],
+            schedule: vec![0; m],
+            rate: None,
+            padding: 0,
+            stuck: 0,
+        }
+    }
+
+    fn paced(n: usize, m: usize, rate: u32) -> Load {
+        Load {
+            rate: Some(rate),
+            ..Load::burst(n, m)
+        }
+    }
+
+    fn topics(topics: usize, each: usize, m: usize) -> Load {
+        Load {
+            topics: (0..topics).map(|t| (format!("t{t}"), each)).collect(),
+            schedule: (0..m).map(|i| i % topics).collect(),
+            rate: None,
+            padding: 0,
+            stuck: 0,
+        }
+    }
+}
+
+/// What one server did under one load.
+#[derive(Clone)]
+pub struct Figures {
+    pub kind: Kind,
+    pub subscribers: usize,
+    /// Server CPU (user + system, all its processes) per delivered event.
+    pub cpu_ns: f64,
+    pub per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub connect_s: f64,
+    /// Server memory (PSS) per connected idle subscriber.
+    pub idle_bytes: f64,
+    /// Server memory growth while the events went out.
+    pub growth_bytes: f64,
+    pub events_per_read: f64,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>14}: CPU {:6.0} ns/delivery, {:9.0} deliveries/s, p50 {:7.0} µs, p99 {:7.0} µs, max {:7.0} µs, connect {:.2} s, {:5.0} B/idle subscriber, +{:.1} MB while sending, {:.1} events/read",
+            self.kind.name(),
+            self.cpu_ns,
+            self.per_s,
+            self.p50_us,
+            self.p99_us,
+            self.max_us,
+            self.connect_s,
+            self.idle_bytes,
+            self.growth_bytes / 1e6,
+            self.events_per_read
+        )
+    }
+}
+
+async fn run(kind: Kind, load: &Load) -> Figures {
+    let server = ServerProcess::start(kind);
+    let addr = server.addr();
+    let epoch = Instant::now();
+    let mut control = Control::connect(&addr).await;
+    control.get(&kind.count_path("warm-up")).await;
+    let memory_before = server.memory();
+
+    let mut stuck = Vec::new();
+    for _ in 0..load.stuck {
+        stuck.push(client::stuck(&addr, &kind.sub_path(&load.topics[0].0)).await);
+    }
+    let connect_start = Instant::now();
+    let mut subscribers: Vec<(Sub, usize)> = Vec::new();
+    for (topic_index, (topic, n)) in load.topics.iter().enumerate() {
+        let events = load.schedule.iter().filter(|&&t| t == topic_index).count();
+        for _ in 0..*n {
+            subscribers.push((
+                client::subscribe(&addr, &kind.sub_path(topic)).await,
+                events,
+            ));
+        }
+    }
+    let connect_s = connect_start.elapsed().as_secs_f64();
+    let n = subscribers.len();
+    let memory_idle = server.memory();
+
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|(reader, m)| tokio::spawn(client::read_events(reader, m, epoch)))
+        .collect();
+    client::READS.store(0, std::sync::atomic::Ordering::Relaxed);
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    let padding = "x".repeat(load.padding);
+    let mut ticks = load
+        .rate
+        .map(|rate| tokio::time::interval(Duration::from_secs(1) / rate));
+    let paths: Vec<String> = load
+        .topics
+        .iter()
+        .map(|(topic, _)| format!("/pub/{topic}"))
+        .collect();
+    for &topic in &load.schedule {
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
+        let sent = epoch.elapsed().as_nanos().to_string();
+        let body = if padding.is_empty() {
+            sent
+        } else {
+            format!("{sent}\n{padding}")
+        };
+        control.post(&paths[topic], &body).await;
+    }
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for reader in readers {
+        let histogram = tokio::time::timeout(Duration::from_secs(120), reader)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: events were lost: a subscriber did not get all of its events",
+                    kind.name()
+                )
+            })
+            .unwrap();
+        latencies.add(histogram).unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (server.cpu() - cpu_before).as_secs_f64();
+    let deliveries: usize = load
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(t, (_, n))| n * load.schedule.iter().filter(|&&s| s == t).count())
+        .sum();
+    assert_eq!(
+        latencies.len(),
+        deliveries as u64,
+        "{}: deliveries missing",
+        kind.name()
+    );
+    let reads = client::READS.load(std::sync::atomic::Ordering::Relaxed);
+    let growth = server.memory().saturating_sub(memory_idle);
+    drop(stuck);
+    Figures {
+        kind,
+        subscribers: n,
+        cpu_ns: cpu * 1e9 / deliveries as f64,
+        per_s: deliveries as f64 / elapsed,
+        p50_us: latencies.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: latencies.value_at_quantile(0.99) as f64 / 1e3,
+        max_us: latencies.max() as f64 / 1e3,
+        connect_s,
+        idle_bytes: memory_idle.saturating_sub(memory_before) as f64 / n as f64,
+        growth_bytes: growth as f64,
+        events_per_read: deliveries as f64 / reads as f64,
+    }
+}
+
+/// What a server did under connect/disconnect churn.
+pub struct Churn {
+    pub kind: Kind,
+    pub cycles_per_s: f64,
+    pub cpu_us_per_cycle: f64,
+    pub memory_start: u64,
+    pub memory_warm: u64,
+    pub memory_end: u64,
+    /// Time until the server counted 0 subscribers after the last close.
+    pub settle_s: f64,
+}
+
+impl std::fmt::Display for Churn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>14}: {:6.0} cycles/s, CPU {:5.1} µs/cycle, memory start {:.1} MB, after warm-up {:.1} MB, end {:.1} MB, count 0 after {:.2} s",
+            self.kind.name(),
+            self.cycles_per_s,
+            self.cpu_us_per_cycle,
+            self.memory_start as f64 / 1e6,
+            self.memory_warm as f64 / 1e6,
+            self.memory_end as f64 / 1e6,
+            self.settle_s
+        )
+    }
+}
+
+/// `cycles` subscribers connect, get their response head and close (FIN),
+/// 100 at a time; then the server must count none and its memory is read.
+async fn churn(kind: Kind, cycles: usize) -> Churn {
+    let server = ServerProcess::start(kind);
+    let addr = server.addr();
+    let path = kind.sub_path("churn");
+    let count_path = kind.count_path("churn");
+    let mut control = Control::connect(&addr).await;
+    control.get(&count_path).await;
+    let memory_start = server.memory();
+    let warm_up = (cycles / 50).max(1);
+    let cycle = |from: usize, to: usize| {
+        let addr = addr.clone();
+        let path = path.clone();
+        async move {
+            let tasks: Vec<_> = (0..100)
+                .map(|lane| {
+                    let (addr, path) = (addr.clone(), path.clone());
+                    tokio::spawn(async move {
+                        // Each lane its own loopback source address.
+                        let source = std::net::IpAddr::from([127, 0, 1, lane as u8 + 1]);
+                        for _ in (from + lane..to).step_by(100) {
+                            drop(client::subscribe_from(source, &addr, &path).await);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+    cycle(0, warm_up).await;
+    control.wait_count(&count_path, 0).await;
+    let memory_warm = server.memory();
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    cycle(warm_up, cycles).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let settle_s = control.wait_count(&count_path, 0).await.as_secs_f64();
+    let cpu = (server.cpu() - cpu_before).as_secs_f64();
+    Churn {
+        kind,
+        cycles_per_s: (cycles - warm_up) as f64 / elapsed,
+        cpu_us_per_cycle: cpu * 1e6 / (cycles - warm_up) as f64,
+        memory_start,
+        memory_warm,
+        memory_end: server.memory(),
+        settle_s,
+    }
+}

@@ -1,0 +1,445 @@
+//! Tables of figures and ratios (printed, and written into BENCHMARKS.md
+//! between its `fanout` markers) and the chart (docs/fanout.svg).
+
+use crate::{server::Kind, Churn, Figures};
+use std::fmt::Write;
+
+const BEGIN: &str = "<!-- fanout:begin (written by `cargo bench --bench fanout`) -->";
+const END: &str = "<!-- fanout:end -->";
+
+#[derive(Default)]
+pub struct Report {
+    quick: bool,
+    text: String,
+    /// (subscribers, figures) points for the chart.
+    points: Vec<(usize, Figures)>,
+    targets: Vec<(String, bool)>,
+}
+
+/// A figure of [`Figures`]: its name, how to read it, how to show it, and
+/// whether lower is better.
+struct Row {
+    name: &'static str,
+    get: fn(&Figures) -> f64,
+    unit: &'static str,
+    lower_is_better: bool,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        name: "server CPU per delivery",
+        get: |f| f.cpu_ns,
+        unit: "ns",
+        lower_is_better: true,
+    },
+    Row {
+        name: "deliveries per second",
+        get: |f| f.per_s,
+        unit: "/s",
+        lower_is_better: false,
+    },
+    Row {
+        name: "latency p50",
+        get: |f| f.p50_us,
+        unit: "µs",
+        lower_is_better: true,
+    },
+    Row {
+        name: "latency p99",
+        get: |f| f.p99_us,
+        unit: "µs",
+        lower_is_better: true,
+    },
+    Row {
+        name: "latency max",
+        get: |f| f.max_us,
+        unit: "µs",
+        lower_is_better: true,
+    },
+    Row {
+        name: "time to connect all",
+        get: |f| f.connect_s * 1e3,
+        unit: "ms",
+        lower_is_better: true,
+    },
+    Row {
+        name: "memory per idle subscriber",
+        get: |f| f.idle_bytes,
+        unit: "B",
+        lower_is_better: true,
+    },
+    Row {
+        name: "events per client read",
+        get: |f| f.events_per_read,
+        unit: "",
+        lower_is_better: false,
+    },
+];
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn show(value: f64, unit: &str) -> String {
+    let digits = if value.abs() >= 100.0 {
+        0
+    } else if value.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.digits$} {unit}").trim_end().to_string()
+}
+
+impl Report {
+    pub fn new(quick: bool) -> Report {
+        Report {
+            quick,
+            ..Report::default()
+        }
+    }
+
+    /// A table: one column per server, then ratios tower-sse / each peer.
+    /// `runs` holds one set of figures per repetition (servers in the same
+    /// order); values are medians, ratios medians of per-repetition ratios.
+    fn table(&mut self, runs: &[Vec<Figures>]) -> Vec<(Kind, f64)> {
+        let kinds: Vec<Kind> = runs[0].iter().map(|f| f.kind).collect();
+        let ours = kinds.iter().position(|k| *k == Kind::TowerSse);
+        let peers: Vec<usize> = (0..kinds.len()).filter(|&i| Some(i) != ours).collect();
+        let mut t = String::from("| figure |");
+        for k in &kinds {
+            write!(t, " {} |", k.name()).unwrap();
+        }
+        if ours.is_some() {
+            for &p in &peers {
+                write!(t, " tower-sse / {} |", kinds[p].name()).unwrap();
+            }
+        }
+        t.push_str("\n|---|");
+        for _ in 0..kinds.len() + if ours.is_some() { peers.len() } else { 0 } {
+            t.push_str("---:|");
+        }
+        t.push('\n');
+        let mut cpu_ratios = Vec::new();
+        for row in ROWS {
+            write!(t, "| {} |", row.name).unwrap();
+            for i in 0..kinds.len() {
+                let v = median(runs.iter().map(|r| (row.get)(&r[i])).collect());
+                write!(t, " {} |", show(v, row.unit)).unwrap();
+            }
+            if let Some(o) = ours {
+                for &p in &peers {
+                    let ratio = median(
+                        runs.iter()
+                            .map(|r| (row.get)(&r[o]) / (row.get)(&r[p]))
+                            .collect(),
+                    );
+                    let better = if row.lower_is_better {
+                        ratio <= 1.0
+                    } else {
+                        ratio >= 1.0
+                    };
+                    write!(t, " {ratio:.2}×{} |", if better { "" } else { " (worse)" }).unwrap();
+                    if row.name == "server CPU per delivery" {
+                        cpu_ratios.push((kinds[p], ratio));
+                    }
+                }
+            }
+            t.push('\n');
+        }
+        if runs.len() > 1 {
+            if let Some(o) = ours {
+                for &p in &peers {
+                    let each: Vec<String> = runs
+                        .iter()
+                        .map(|r| format!("{:.2}", r[o].cpu_ns / r[p].cpu_ns))
+                        .collect();
+                    writeln!(
+                        t,
+                        "\nCPU per delivery, tower-sse / {} in each repetition: {}.",
+                        kinds[p].name(),
+                        each.join(", ")
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        self.text.push_str(&t);
+        println!("\n{t}");
+        cpu_ratios
+    }
+
+    fn heading(&mut self, text: &str) {
+        write!(self.text, "\n### {text}\n\n").unwrap();
+    }
+
+    fn target(&mut self, what: String, met: bool) {
+        println!("target {}: {what}", if met { "met" } else { "MISSED" });
+        self.targets.push((what, met));
+    }
+
+    fn ratio_of(runs: &[Vec<Figures>], peer: Kind, get: fn(&Figures) -> f64) -> Option<f64> {
+        let o = runs[0].iter().position(|f| f.kind == Kind::TowerSse)?;
+        let p = runs[0].iter().position(|f| f.kind == peer)?;
+        Some(median(
+            runs.iter().map(|r| get(&r[o]) / get(&r[p])).collect(),
+        ))
+    }
+
+    pub fn burst(&mut self, n: usize, m: usize, runs: Vec<Vec<Figures>>) {
+        self.heading(&format!(
+            "Burst: {n} subscribers × {m} events as fast as the publisher goes (median of {} repetitions)",
+            runs.len()
+        ));
+        self.table(&runs);
+        if let Some(r) = Self::ratio_of(&runs, Kind::AxumBroadcast, |f| f.cpu_ns) {
+            self.target(
+                format!("burst CPU per delivery ≤ 0.5× axum-broadcast: {r:.2}×"),
+                r <= 0.5,
+            );
+        }
+        if let Some(r) = Self::ratio_of(&runs, Kind::Nchan, |f| f.cpu_ns) {
+            self.target(
+                format!("burst CPU per delivery ≤ 0.2× nchan: {r:.2}×"),
+                r <= 0.2,
+            );
+        }
+        // The chart's point at n: the median figures.
+        for i in 0..runs[0].len() {
+            let mut f = runs[0][i].clone();
+            f.p99_us = median(runs.iter().map(|r| r[i].p99_us).collect());
+            f.cpu_ns = median(runs.iter().map(|r| r[i].cpu_ns).collect());
+            self.points.push((n, f));
+        }
+    }
+
+    pub fn sweep(&mut self, n: usize, figures: Figures) {
+        self.points.push((n, figures));
+    }
+
+    pub fn paced(&mut self, n: usize, runs: Vec<Figures>) {
+        self.heading(&format!(
+            "Paced: {n} subscribers × 100 events/s for 5 s (memory per idle subscriber read with all {n} connected)"
+        ));
+        let runs = vec![runs];
+        self.table(&runs);
+        if let Some(r) = Self::ratio_of(&runs, Kind::AxumBroadcast, |f| f.p99_us) {
+            self.target(
+                format!("paced p99 latency ≤ axum-broadcast's: {r:.2}×"),
+                r <= 1.0,
+            );
+        }
+        if let Some(r) = Self::ratio_of(&runs, Kind::AxumBroadcast, |f| f.idle_bytes) {
+            self.target(
+                format!("idle memory per subscriber ≤ axum-broadcast's: {r:.2}×"),
+                r <= 1.0,
+            );
+        }
+    }
+
+    pub fn topics(&mut self, topics: usize, m: usize, runs: Vec<Figures>) {
+        self.heading(&format!(
+            "Topics: {topics} topics × 10 subscribers, {m} events spread round-robin"
+        ));
+        self.table(&[runs]);
+    }
+
+    pub fn churn(&mut self, cycles: usize, runs: Vec<Churn>) {
+        self.heading(&format!(
+            "Churn: {cycles} connect / response head / close cycles, 100 at a time"
+        ));
+        let mut t = String::from(
+            "| server | cycles/s | CPU per cycle | memory at start | after 2% warm-up | at the end | end − warm-up | count back to 0 after |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for c in &runs {
+            writeln!(
+                t,
+                "| {} | {:.0} | {:.1} µs | {:.1} MB | {:.1} MB | {:.1} MB | {:+.2} MB | {:.2} s |",
+                c.kind.name(),
+                c.cycles_per_s,
+                c.cpu_us_per_cycle,
+                c.memory_start as f64 / 1e6,
+                c.memory_warm as f64 / 1e6,
+                c.memory_end as f64 / 1e6,
+                (c.memory_end as f64 - c.memory_warm as f64) / 1e6,
+                c.settle_s
+            )
+            .unwrap();
+        }
+        if let (Some(o), Some(p)) = (
+            runs.iter().find(|c| c.kind == Kind::TowerSse),
+            runs.iter().find(|c| c.kind == Kind::AxumBroadcast),
+        ) {
+            writeln!(
+                t,
+                "\nRatios tower-sse / axum-broadcast: CPU per cycle {:.2}×, cycles/s {:.2}×.",
+                o.cpu_us_per_cycle / p.cpu_us_per_cycle,
+                o.cycles_per_s / p.cycles_per_s
+            )
+            .unwrap();
+        }
+        println!("\n{t}");
+        self.text.push_str(&t);
+    }
+
+    pub fn stuck(&mut self, n: usize, k: usize, without: Figures, with: Figures) {
+        self.heading(&format!(
+            "Never-reading clients (tower-sse): {n} readers × 300 events of 4 KiB at 100/s, without and with {k} clients that never read"
+        ));
+        let mut t = String::from(
+            "| | readers' p50 | readers' p99 | readers' max | server memory growth while sending |\n|---|---:|---:|---:|---:|\n",
+        );
+        for (name, f) in [("without", &without), (&*format!("with {k} stuck"), &with)] {
+            writeln!(
+                t,
+                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.1} MB |",
+                f.p50_us,
+                f.p99_us,
+                f.max_us,
+                f.growth_bytes / 1e6
+            )
+            .unwrap();
+        }
+        writeln!(
+            t,
+            "\nRatios with / without: p50 {:.2}×, p99 {:.2}×. Memory held per stuck client: {:.0} KB (the events themselves live once, in the shared history).",
+            with.p50_us / without.p50_us,
+            with.p99_us / without.p99_us,
+            (with.growth_bytes - without.growth_bytes) / k as f64 / 1e3
+        )
+        .unwrap();
+        println!("\n{t}");
+        self.text.push_str(&t);
+    }
+
+    pub fn finish(mut self) {
+        if !self.targets.is_empty() {
+            self.text.push_str("\n### Targets\n\n");
+            for (what, met) in &self.targets {
+                writeln!(
+                    self.text,
+                    "- {} {what}",
+                    if *met { "met:" } else { "**missed**:" }
+                )
+                .unwrap();
+            }
+        }
+        if self.quick {
+            println!("(quick run: BENCHMARKS.md and the chart are left alone)");
+            return;
+        }
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut section = format!("{BEGIN}\n\nMeasured {} on {}.\n", today(), machine());
+        if !self.points.is_empty() {
+            chart(&self.points, &format!("{root}/docs/fanout.svg"));
+            section.push_str(
+                "\n![p99 latency and CPU per delivery against subscribers](docs/fanout.svg)\n",
+            );
+        }
+        section.push_str(&self.text);
+        section.push('\n');
+        section.push_str(END);
+        let path = format!("{root}/BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let new = match (old.find(BEGIN), old.find(END)) {
+            (Some(b), Some(e)) => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
+            _ => format!("{old}\n{section}\n"),
+        };
+        std::fs::write(&path, new).unwrap();
+        println!("wrote BENCHMARKS.md and docs/fanout.svg");
+    }
+}
+
+fn today() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "an unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, Linux {}; client and servers share the cores, each server in its own process(es) with 2 worker threads (nginx: 2 worker processes)",
+        kernel.trim()
+    )
+}
+
+/// p99 latency and CPU per delivery against subscribers, one line per
+/// server, as SVG.
+fn chart(points: &[(usize, Figures)], path: &str) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 400)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let (left, right) = root.split_horizontally(480);
+    let max_n = points.iter().map(|(n, _)| *n).max().unwrap_or(1) as f64 * 1.05;
+    let colors = [
+        RGBColor(200, 60, 30),
+        RGBColor(40, 90, 180),
+        RGBColor(60, 150, 60),
+    ];
+    let panels: [(&str, fn(&Figures) -> f64); 2] = [
+        ("p99 latency (ms), burst", |f| f.p99_us / 1e3),
+        ("server CPU per delivery (ns), burst", |f| f.cpu_ns),
+    ];
+    for (area, (title, get)) in [&left, &right].into_iter().zip(panels) {
+        let max_y = points.iter().map(|(_, f)| get(f)).fold(0.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..max_n, 0.0..max_y)
+            .unwrap();
+        chart
+            .configure_mesh()
+            .x_desc("subscribers")
+            .light_line_style(WHITE)
+            .draw()
+            .unwrap();
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let mut line: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|(_, f)| f.kind == kind)
+                .map(|(n, f)| (*n as f64, get(f)))
+                .collect();
+            if line.is_empty() {
+                continue;
+            }
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let color = colors[i];
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+                .unwrap()
+                .label(kind.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .unwrap();
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .unwrap();
+    }
+    root.present().unwrap();
+}
