@@ -16,11 +16,14 @@ pub struct Report {
     targets: Vec<(String, bool)>,
 }
 
+/// Reads one figure.
+type Get = fn(&Figures) -> f64;
+
 /// A figure of [`Figures`]: its name, how to read it, how to show it, and
 /// whether lower is better.
 struct Row {
     name: &'static str,
-    get: fn(&Figures) -> f64,
+    get: Get,
     unit: &'static str,
     lower_is_better: bool,
 }
@@ -184,7 +187,7 @@ impl Report {
         self.targets.push((what, met));
     }
 
-    fn ratio_of(runs: &[Vec<Figures>], peer: Kind, get: fn(&Figures) -> f64) -> Option<f64> {
+    fn ratio_of(runs: &[Vec<Figures>], peer: Kind, get: Get) -> Option<f64> {
         let o = runs[0].iter().position(|f| f.kind == Kind::TowerSse)?;
         let p = runs[0].iter().position(|f| f.kind == peer)?;
         Some(median(
@@ -392,7 +395,7 @@ fn chart(points: &[(usize, Figures)], path: &str) {
         RGBColor(40, 90, 180),
         RGBColor(60, 150, 60),
     ];
-    let panels: [(&str, fn(&Figures) -> f64); 2] = [
+    let panels: [(&str, Get); 2] = [
         ("p99 latency (ms), burst", |f| f.p99_us / 1e3),
         ("server CPU per delivery (ns), burst", |f| f.cpu_ns),
     ];
