@@ -33,6 +33,10 @@ use crate::{event::Event, Error, EventId};
 /// [`publish`]: crate::Publisher::publish
 pub(crate) const DEFAULT_TOPIC: &str = "";
 
+/// Up to this many subscribers, `publish` wakes a topic's readers itself;
+/// beyond, the hub's fan-out task does, so `publish` stays O(1) in them.
+const WAKE_INLINE: usize = 32;
+
 /// The name of the event sent when a client resumes from an id the history
 /// no longer covers (see the crate docs, "Resuming").
 pub const RESET_EVENT: &str = "reset";
@@ -226,8 +230,18 @@ impl Hub {
         });
         self.published.store(id, Ordering::Release);
         state.evict(at);
-        let wake = topic.subscribers.load(Ordering::Relaxed) > 0
-            && !topic.dirty.swap(true, Ordering::AcqRel);
+        let subscribers = topic.subscribers.load(Ordering::Relaxed);
+        if subscribers == 0 {
+            return Ok(EventId(id));
+        }
+        if subscribers <= WAKE_INLINE {
+            // A few readers: wake them here, sparing the hop through the
+            // fan-out task (and its scheduling delay).
+            drop(state);
+            topic.wake_all();
+            return Ok(EventId(id));
+        }
+        let wake = !topic.dirty.swap(true, Ordering::AcqRel);
         if wake {
             state.dirty.push(topic);
         }
@@ -594,59 +608,82 @@ impl Subscription {
         if let [follow] = &mut self.follows[..] {
             return read_one(follow, out, cap, max_lag);
         }
-        // Several topics: take only events up to the newest published id, so
-        // an event of one topic never overtakes an older one of another that
-        // is being appended right now; then merge by id.
+        // Several topics: hold every ring's read lock at once (publishers
+        // append under the hub lock, one ring at a time, in id order, so this
+        // is a consistent snapshot), take only events up to the newest
+        // published id as a second guard against an event of one topic
+        // overtaking an older one of another, and merge by id, reading each
+        // ring in place (no per-read copy of the pending entries).
         let published = self.hub.published.load(Ordering::Acquire);
-        let mut batch: Vec<(u64, usize, Bytes)> = Vec::new();
-        for (i, follow) in self.follows.iter().enumerate() {
+        let mut heads = Vec::with_capacity(self.follows.len());
+        for follow in &self.follows {
             let ring = follow.topic.ring();
-            let Some(unread) = unread(&ring, follow, max_lag) else {
+            let Some(start) = unread_start(&ring, follow, max_lag) else {
                 return Read::Lagged;
             };
-            let mut size = 0;
-            for entry in unread.take_while(|e| e.id <= published) {
-                if size >= cap {
+            heads.push((ring, start, 0u64));
+        }
+        let mut first: Option<Bytes> = None;
+        loop {
+            let mut next: Option<(usize, u64)> = None;
+            for (i, (ring, at, _)) in heads.iter().enumerate() {
+                if let Some(entry) = ring.entries.get(*at) {
+                    if entry.id <= published && next.is_none_or(|(_, id)| entry.id < id) {
+                        next = Some((i, entry.id));
+                    }
+                }
+            }
+            let Some((i, _)) = next else { break };
+            let (ring, at, taken) = &mut heads[i];
+            let bytes = &ring.entries[*at].bytes;
+            if out.is_empty() && first.is_none() {
+                // Maybe the only one: share it rather than copy it.
+                first = Some(bytes.clone());
+            } else {
+                if let Some(first) = first.take() {
+                    out.extend_from_slice(&first);
+                }
+                if !out.is_empty() && out.len() + bytes.len() > cap {
                     break;
                 }
-                size += entry.bytes.len();
-                batch.push((entry.id, i, entry.bytes.clone()));
+                out.extend_from_slice(bytes);
             }
+            *at += 1;
+            *taken += 1;
         }
-        if batch.is_empty() {
-            return Read::Nothing;
+        let taken: Vec<u64> = heads.into_iter().map(|(_, _, taken)| taken).collect();
+        for (follow, taken) in self.follows.iter_mut().zip(taken) {
+            follow.cursor += taken;
         }
-        batch.sort_unstable_by_key(|(id, _, _)| *id);
-        if batch.len() == 1 && out.is_empty() {
-            let (_, i, bytes) = batch.pop().expect("one element");
-            self.follows[i].cursor += 1;
-            return Read::Events(Some(bytes));
+        match first {
+            Some(bytes) => Read::Events(Some(bytes)),
+            None if out.is_empty() => Read::Nothing,
+            None => Read::Events(None),
         }
-        for (_, i, bytes) in batch {
-            if !out.is_empty() && out.len() + bytes.len() > cap {
-                break;
-            }
-            out.extend_from_slice(&bytes);
-            self.follows[i].cursor += 1;
-        }
-        Read::Events(None)
     }
 }
 
-/// The entries after the cursor, or `None` when the subscriber lags too far:
-/// an unread event left the history, or more than `max_lag` events published
-/// since it subscribed are unread (a replayed backlog is not lag).
-fn unread<'a>(
-    ring: &'a Ring,
-    follow: &Follow,
-    max_lag: u64,
-) -> Option<impl Iterator<Item = &'a Entry> + 'a> {
+/// Index in the ring of the first entry after the cursor, or `None` when the
+/// subscriber lags too far: an unread event left the history, or more than
+/// `max_lag` events published since it subscribed are unread (a replayed
+/// backlog is not lag).
+fn unread_start(ring: &Ring, follow: &Follow, max_lag: u64) -> Option<usize> {
     let start = follow.cursor.checked_sub(ring.first_seq)?;
     let head = ring.first_seq + ring.entries.len() as u64;
     if head.saturating_sub(follow.cursor.max(follow.joined)) > max_lag {
         return None;
     }
-    Some(ring.entries.range(start as usize..))
+    Some(start as usize)
+}
+
+/// The entries after the cursor, or `None` when the subscriber lags too far.
+fn unread<'a>(
+    ring: &'a Ring,
+    follow: &Follow,
+    max_lag: u64,
+) -> Option<impl Iterator<Item = &'a Entry> + 'a> {
+    let start = unread_start(ring, follow, max_lag)?;
+    Some(ring.entries.range(start..))
 }
 
 fn read_one(follow: &mut Follow, out: &mut BytesMut, cap: usize, max_lag: u64) -> Read {

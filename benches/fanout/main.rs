@@ -26,8 +26,8 @@
 //!   clients that never read (tower-sse only).
 //!
 //! `FANOUT_QUICK=1` shrinks every scenario (to check the bench itself).
-//! A full run rewrites the generated part of `BENCHMARKS.md` and
-//! `docs/fanout.svg`.
+//! A full run (none of the variables above set) rewrites the generated part
+//! of `BENCHMARKS.md` and `docs/fanout.svg`.
 
 mod client;
 mod report;
@@ -58,7 +58,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut report = report::Report::new(quick);
+    // Only a full run (every scenario, every server, full size) rewrites
+    // BENCHMARKS.md and the chart.
+    let full = !quick
+        && std::env::var_os("FANOUT_SCENARIOS").is_none()
+        && std::env::var_os("FANOUT_SKIP").is_none();
+    let mut report = report::Report::new(!full);
 
     if wants("burst") {
         let (n, m) = (scale(5000), 300);

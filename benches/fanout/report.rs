@@ -334,7 +334,7 @@ impl Report {
             }
         }
         if self.quick {
-            println!("(quick run: BENCHMARKS.md and the chart are left alone)");
+            println!("(partial run: BENCHMARKS.md and the chart are left alone)");
             return;
         }
         let root = env!("CARGO_MANIFEST_DIR");
