@@ -212,6 +212,9 @@ pub struct Figures {
     /// Server memory growth while the events went out.
     pub growth_bytes: f64,
     pub events_per_read: f64,
+    /// Events the publisher got accepted per second (below the target rate
+    /// when the server answers `POST` slowly).
+    pub publish_per_s: f64,
 }
 
 impl std::fmt::Display for Figures {
@@ -288,6 +291,7 @@ async fn run(kind: Kind, load: &Load) -> Figures {
         };
         control.post(&paths[topic], &body).await;
     }
+    let publish_s = start.elapsed().as_secs_f64();
     let mut latencies = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for reader in readers {
         let histogram = tokio::time::timeout(Duration::from_secs(120), reader)
@@ -330,6 +334,7 @@ async fn run(kind: Kind, load: &Load) -> Figures {
         idle_bytes: memory_idle.saturating_sub(memory_before) as f64 / n as f64,
         growth_bytes: growth as f64,
         events_per_read: deliveries as f64 / reads as f64,
+        publish_per_s: load.schedule.len() as f64 / publish_s,
     }
 }
 

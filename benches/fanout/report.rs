@@ -72,6 +72,12 @@ const ROWS: &[Row] = &[
         lower_is_better: true,
     },
     Row {
+        name: "events published per second",
+        get: |f| f.publish_per_s,
+        unit: "/s",
+        lower_is_better: false,
+    },
+    Row {
         name: "events per client read",
         get: |f| f.events_per_read,
         unit: "",
