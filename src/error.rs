@@ -28,6 +28,13 @@ pub enum Error {
     /// The topic name is empty, too long, or has a character outside the
     /// allowed set (see [`Publisher::publish_to`](crate::Publisher::publish_to)).
     InvalidTopic,
+    /// The hub publishes through a backplane, which answers asynchronously:
+    /// use [`Publisher::send`](crate::Publisher::send) or
+    /// [`Publisher::send_to`](crate::Publisher::send_to).
+    NeedsSend,
+    /// The backplane (Redis) did not take the event: it is unreachable, or
+    /// answered with an error. The event reached no one.
+    Backplane(String),
     /// The hub was closed with [`Publisher::close`](crate::Publisher::close);
     /// no more events are accepted.
     Closed,
@@ -52,6 +59,10 @@ impl fmt::Display for Error {
             Error::InvalidTopic => f.write_str(
                 "invalid topic: use 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`",
             ),
+            Error::NeedsSend => f.write_str(
+                "this hub publishes through a backplane: use `Publisher::send` or `send_to`",
+            ),
+            Error::Backplane(e) => write!(f, "the backplane did not take the event: {e}"),
             Error::Closed => f.write_str("the event hub is closed; no more events are accepted"),
         }
     }

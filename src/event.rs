@@ -219,15 +219,27 @@ impl Prepared {
     /// Appends the `id:` line (unless the event set its own) and the blank
     /// line that dispatches the event. Never reallocates: room was reserved.
     pub(crate) fn finish(mut self, id: Option<u64>) -> Bytes {
-        if let Some(id) = id {
-            self.buf.put_slice(b"id: ");
-            self.buf
-                .put_slice(itoa::Buffer::new().format(id).as_bytes());
-            self.buf.put_u8(b'\n');
-        }
-        self.buf.put_u8(b'\n');
+        finish(&mut self.buf, id);
         self.buf.freeze()
     }
+
+    /// The encoded fields, without the `id:` line the hub adds and the
+    /// blank line (what a backplane carries between nodes).
+    #[cfg(feature = "redis")]
+    pub(crate) fn fields(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Appends the hub's `id:` line (when given) and the blank line that
+/// dispatches the event.
+pub(crate) fn finish(buf: &mut BytesMut, id: Option<u64>) {
+    if let Some(id) = id {
+        buf.put_slice(b"id: ");
+        buf.put_slice(itoa::Buffer::new().format(id).as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
 }
 
 /// Splits text at `\r\n`, `\n` and `\r`, the line ends of the SSE format.

@@ -81,6 +81,18 @@ pub(crate) struct Hub {
     /// Wakes the fan-out task when a topic with subscribers got events.
     notify: Notify,
     fan_out: Mutex<Option<JoinHandle<()>>>,
+    /// Where events go and come from when instances share one stream.
+    #[cfg(feature = "redis")]
+    backplane: std::sync::OnceLock<Arc<crate::backplane::Link>>,
+    #[cfg(feature = "redis")]
+    backplane_task: Mutex<Option<JoinHandle<()>>>,
+    /// The newest id, for streams waiting for this instance to catch up with
+    /// an id a browser saw on another instance.
+    #[cfg(feature = "redis")]
+    newest: watch::Sender<u64>,
+    /// Whether the backplane's reader has loaded the history.
+    #[cfg(feature = "redis")]
+    loaded: watch::Sender<bool>,
 }
 
 struct State {
@@ -182,7 +194,92 @@ impl Hub {
             default_topic,
             notify: Notify::new(),
             fan_out: Mutex::new(None),
+            #[cfg(feature = "redis")]
+            backplane: std::sync::OnceLock::new(),
+            #[cfg(feature = "redis")]
+            backplane_task: Mutex::new(None),
+            #[cfg(feature = "redis")]
+            newest: watch::Sender::new(start - 1),
+            #[cfg(feature = "redis")]
+            loaded: watch::Sender::new(false),
         })
+    }
+
+    /// Routes this hub's events through `link`, and starts reading from it
+    /// if a Tokio runtime is at hand (otherwise with the first stream).
+    /// A hub keeps the first backplane it is given.
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_backplane(self: &Arc<Self>, link: Arc<crate::backplane::Link>) -> bool {
+        let set = self.backplane.set(link).is_ok();
+        if set {
+            self.ensure_backplane();
+        }
+        set
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn backplane(&self) -> Option<&Arc<crate::backplane::Link>> {
+        self.backplane.get()
+    }
+
+    /// With a backplane, a new stream waits (a bounded time) before it
+    /// subscribes while this instance has not loaded the stream's history
+    /// yet, or when the browser comes back from another instance with an id
+    /// this one has not read yet. Returns the id to wait for, if any.
+    #[cfg(feature = "redis")]
+    pub(crate) fn wait_for(&self, resume: &Resume<'_>) -> Option<u64> {
+        self.backplane.get()?;
+        let ahead = match resume {
+            Resume::After(last) => last
+                .parse::<u64>()
+                .ok()
+                .filter(|id| *id > self.published.load(Ordering::Acquire)),
+            _ => None,
+        };
+        match (ahead, *self.loaded.borrow()) {
+            (Some(id), _) => Some(id),
+            (None, false) => Some(0),
+            (None, true) => None,
+        }
+    }
+
+    /// Waits until this instance has loaded the backplane's history and read
+    /// the event `id`, or `timeout`.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn caught_up(&self, id: u64, timeout: Duration) {
+        let mut loaded = self.loaded.subscribe();
+        let mut newest = self.newest.subscribe();
+        tokio::time::timeout(timeout, async {
+            loaded.wait_for(|l| *l).await.ok();
+            newest.wait_for(|n| *n >= id).await.ok();
+        })
+        .await
+        .ok();
+    }
+
+    /// Called by the backplane's reader once the history is loaded.
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_loaded(&self) {
+        self.loaded.send_replace(true);
+    }
+
+    /// Starts (or restarts) the task that reads the backplane, when there is
+    /// one and a runtime to run it on.
+    #[cfg(feature = "redis")]
+    fn ensure_backplane(self: &Arc<Self>) {
+        let Some(link) = self.backplane.get() else {
+            return;
+        };
+        let mut task = self
+            .backplane_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) || self.is_closed() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            *task = Some(runtime.spawn(crate::backplane::read(self.clone(), link.clone())));
+        }
     }
 
     pub(crate) fn set_limits(&self, limits: &Limits) {
@@ -205,15 +302,109 @@ impl Hub {
     }
 
     pub(crate) fn publish(&self, topic: &str, event: Event) -> Result<EventId, Error> {
+        #[cfg(feature = "redis")]
+        if self.backplane.get().is_some() {
+            return Err(Error::NeedsSend);
+        }
         let custom_id: Option<Box<str>> = event.custom_id().map(Into::into);
-        let prepared = event.prepare(self.max_event_size.load(Ordering::Relaxed))?;
+        let prepared = event.prepare(self.max_event_size())?;
+        let with_id = custom_id.is_none();
+        self.append(topic, None, custom_id, |id| {
+            prepared.finish(with_id.then_some(id))
+        })
+    }
+
+    pub(crate) fn max_event_size(&self) -> usize {
+        self.max_event_size.load(Ordering::Relaxed)
+    }
+
+    /// The history's count limit.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn history_limit(&self) -> usize {
+        self.state().history_limit
+    }
+
+    /// Appends an event whose id was assigned elsewhere (by the backplane),
+    /// in the order of those ids: an id not above the newest one is a
+    /// duplicate and is skipped. `fields` is the encoded event without its
+    /// `id:` line and blank line.
+    #[cfg(feature = "redis")]
+    pub(crate) fn insert(
+        &self,
+        topic: &str,
+        id: u64,
+        custom_id: Option<Box<str>>,
+        fields: &[u8],
+    ) -> Result<(), Error> {
+        let with_id = custom_id.is_none();
+        self.append(topic, Some(id), custom_id, |id| {
+            let mut buf = bytes::BytesMut::with_capacity(fields.len() + 32);
+            buf.extend_from_slice(fields);
+            crate::event::finish(&mut buf, with_id.then_some(id));
+            buf.freeze()
+        })
+        .map(drop)
+    }
+
+    /// Forgets the whole history and ends every stream: from now on only
+    /// ids above `up_to` are known, so a client resuming from an older one
+    /// gets the reset event. For the backplane, when it cannot tell what it
+    /// missed.
+    #[cfg(feature = "redis")]
+    pub(crate) fn restart_history(&self, up_to: u64) {
+        let topics: Vec<Arc<Topic>> = {
+            let mut state = self.state();
+            state.history.clear();
+            state.custom_ids = 0;
+            state.evicted_up_to = state.evicted_up_to.max(up_to);
+            state.next_id = state.next_id.max(up_to + 1);
+            self.published.fetch_max(up_to, Ordering::AcqRel);
+            self.newest.send_modify(|n| *n = (*n).max(up_to));
+            for topic in state.topics.values() {
+                let mut ring = topic.ring_mut();
+                ring.first_seq += ring.entries.len() as u64;
+                ring.entries.clear();
+                ring.evicted_up_to = ring.evicted_up_to.max(up_to);
+            }
+            let empty: Vec<Arc<Topic>> = state
+                .topics
+                .values()
+                .filter(|t| t.subscribers.load(Ordering::Relaxed) == 0)
+                .cloned()
+                .collect();
+            for topic in &empty {
+                state.forget(topic);
+            }
+            state.topics.values().cloned().collect()
+        };
+        self.generation.fetch_add(1, Ordering::Release);
+        for topic in topics {
+            topic.wake_all();
+        }
+    }
+
+    /// Appends an event to `topic` with the next id (or `external`, which
+    /// must be above every id so far) and wakes its readers. `encode` gets
+    /// the id and returns the event's bytes.
+    fn append(
+        &self,
+        topic: &str,
+        external: Option<u64>,
+        custom_id: Option<Box<str>>,
+        encode: impl FnOnce(u64) -> Bytes,
+    ) -> Result<EventId, Error> {
         let mut state = self.state();
         if state.closed {
             return Err(Error::Closed);
         }
-        let id = state.next_id;
-        state.next_id += 1;
-        let bytes = prepared.finish(custom_id.is_none().then_some(id));
+        let id = match external {
+            None => state.next_id,
+            Some(id) if id >= state.next_id => id,
+            // Already have it (a backplane re-read after reconnecting).
+            Some(id) => return Ok(EventId(id)),
+        };
+        state.next_id = id + 1;
+        let bytes = encode(id);
         let topic = if topic == DEFAULT_TOPIC {
             self.default_topic.clone()
         } else {
@@ -229,6 +420,10 @@ impl Hub {
             at,
         });
         self.published.store(id, Ordering::Release);
+        #[cfg(feature = "redis")]
+        if external.is_some() {
+            self.newest.send_replace(id);
+        }
         state.evict(at);
         let subscribers = topic.subscribers.load(Ordering::Relaxed);
         if subscribers == 0 {
@@ -378,6 +573,8 @@ impl Hub {
     /// Starts the task that wakes subscribers, or restarts it if the runtime
     /// it ran on is gone.
     fn ensure_fan_out(self: &Arc<Self>) -> Result<(), SubscribeError> {
+        #[cfg(feature = "redis")]
+        self.ensure_backplane();
         let mut task = self.fan_out.lock().unwrap_or_else(|e| e.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(());

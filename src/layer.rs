@@ -90,6 +90,25 @@ impl SseLayer {
         }
     }
 
+    /// Shares the event stream with other instances through Redis: events
+    /// sent on any instance reach streams on every instance, ids are global,
+    /// and a browser resumes on whichever instance it reconnects to. Publish
+    /// with [`Publisher::send`]/[`send_to`](Publisher::send_to) (the
+    /// synchronous `publish` returns [`Error::NeedsSend`](crate::Error::NeedsSend)).
+    /// The history (its count; [`history_ttl`](SseLayer::history_ttl) is
+    /// local only) is kept in the Redis Stream too. A hub keeps the first
+    /// backplane it is given. See [`RedisBackplane`](crate::RedisBackplane).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn backplane(self, backplane: crate::RedisBackplane) -> Self {
+        if !self.publisher.hub().set_backplane(backplane.into_link()) {
+            tracing::warn!(
+                "SseLayer::backplane: this layer's hub already has a backplane; keeping it"
+            );
+        }
+        self
+    }
+
     /// A handle to publish from outside a request, e.g. a background task.
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()

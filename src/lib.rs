@@ -76,6 +76,7 @@
 //!
 //! * `axum`: [`Publisher`] is an axum extractor.
 //! * `json`: [`Event::json_data`].
+//! * `redis`: [`RedisBackplane`], for several instances sharing one stream.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -86,6 +87,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod authorize;
+#[cfg(feature = "redis")]
+mod backplane;
 mod body;
 mod error;
 mod event;
@@ -96,6 +99,8 @@ mod service;
 mod subscribe;
 
 pub use authorize::Access;
+#[cfg(feature = "redis")]
+pub use backplane::RedisBackplane;
 pub use body::{EventStream, SseBody};
 pub use error::Error;
 pub use event::{Event, EventId};

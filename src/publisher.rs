@@ -90,6 +90,31 @@ impl Publisher {
         self.hub().publish(topic, event)
     }
 
+    /// Publishes `event` to every subscriber and waits until it is accepted:
+    /// through the backplane when the layer has one (the id comes from it,
+    /// and an `Err` means no instance got the event), else as
+    /// [`publish`](Publisher::publish) does.
+    pub async fn send(&self, event: Event) -> Result<EventId, Error> {
+        self.send_to_topic(DEFAULT_TOPIC, event).await
+    }
+
+    /// Publishes `event` to the subscribers of `topic` and waits until it is
+    /// accepted; see [`send`](Publisher::send).
+    pub async fn send_to(&self, topic: &str, event: Event) -> Result<EventId, Error> {
+        if !is_valid_topic(topic) {
+            return Err(Error::InvalidTopic);
+        }
+        self.send_to_topic(topic, event).await
+    }
+
+    async fn send_to_topic(&self, topic: &str, event: Event) -> Result<EventId, Error> {
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.hub().backplane() {
+            return link.publish(self.hub(), topic, event).await;
+        }
+        self.hub().publish(topic, event)
+    }
+
     /// How many event streams are open now.
     pub fn subscriber_count(&self) -> usize {
         self.hub().subscriber_count()

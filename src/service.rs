@@ -94,7 +94,7 @@ impl<S> SseService<S> {
             config: self.config.clone(),
         };
         let Some(authorize) = &self.config.authorize else {
-            return Kind::ready(open.open(&Access::all()));
+            return Kind::opened(open.open(&Access::all()));
         };
         match panic::catch_unwind(AssertUnwindSafe(|| (authorize.0)(parts))) {
             Ok(future) => Kind::Authorize {
@@ -114,15 +114,29 @@ struct Open {
     config: Arc<Config>,
 }
 
+/// How long a stream resuming from an id this instance has not read yet
+/// waits for it (the backplane's reader is normally milliseconds behind).
+#[cfg(feature = "redis")]
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The answer to a stream request: now, or once this instance caught up.
+/// (Returned and taken apart at once, so its size does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Now(Response<OwnBody>),
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Later(Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>),
+}
+
 impl Open {
-    fn open(self, access: &Access) -> Response<OwnBody> {
+    fn open(self, access: &Access) -> Opened {
         let mut topics: Vec<&str> = Vec::with_capacity(self.request.topics.len());
         for topic in &self.request.topics {
             if !access.allows(topic) {
-                return text(
+                return Opened::Now(text(
                     StatusCode::FORBIDDEN,
                     format!("not allowed to follow topic {topic:?}\n"),
-                );
+                ));
             }
             topics.push(topic);
         }
@@ -137,12 +151,28 @@ impl Open {
             }
         }
         if self.head {
-            return stream_headers(OwnBody::full(Bytes::new()));
+            return Opened::Now(stream_headers(OwnBody::full(Bytes::new())));
         }
+        #[cfg(feature = "redis")]
+        if let Some(id) = self.publisher.hub().wait_for(&self.request.resume()) {
+            // The backplane's history is not loaded yet, or the browser saw an
+            // event on another instance that this one has not read yet: wait
+            // (briefly) rather than answer with a reset or replay too much.
+            let topics: Vec<String> = topics.into_iter().map(str::to_owned).collect();
+            return Opened::Later(Box::pin(async move {
+                self.publisher.hub().caught_up(id, CATCH_UP).await;
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                self.subscribe(&topics)
+            }));
+        }
+        Opened::Now(self.subscribe(&topics))
+    }
+
+    fn subscribe(&self, topics: &[&str]) -> Response<OwnBody> {
         match self
             .publisher
             .hub()
-            .subscribe(&topics, self.request.resume())
+            .subscribe(topics, self.request.resume())
         {
             Ok(subscription) => stream_headers(OwnBody::Stream(EventStream::new(
                 subscription,
@@ -168,6 +198,21 @@ impl Open {
         );
         response
     }
+}
+
+/// Polled again after it answered: a 500 rather than a panic.
+fn gone<B>() -> Response<SseBody<B>> {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "tower-sse: response future polled after completion\n".into(),
+    )
+    .map(SseBody::own)
+}
+
+/// Asks to be polled again at once (the state just changed).
+fn self_poll_again<T>(cx: &mut Context<'_>) -> Poll<T> {
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 fn hook_panicked() -> Response<OwnBody> {
@@ -244,6 +289,7 @@ pin_project! {
         Inner { #[pin] future: F },
         Ready { response: Option<Response<SseBody<B>>> },
         Authorize { future: DecisionFuture, open: Option<Open> },
+        Waiting { future: Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>> },
     }
 }
 
@@ -251,6 +297,13 @@ impl<F, B> Kind<F, B> {
     fn ready(response: Response<OwnBody>) -> Self {
         Kind::Ready {
             response: Some(response.map(SseBody::own)),
+        }
+    }
+
+    fn opened(opened: Opened) -> Self {
+        match opened {
+            Opened::Now(response) => Kind::ready(response),
+            Opened::Later(future) => Kind::Waiting { future },
         }
     }
 }
@@ -262,13 +315,18 @@ where
     type Output = Result<Response<SseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        let response = match kind.as_mut().project() {
             KindProj::Inner { future } => {
                 return future
                     .poll(cx)
                     .map(|result| result.map(|response| response.map(SseBody::inner)))
             }
             KindProj::Ready { response } => response.take(),
+            KindProj::Waiting { future } => match future.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(response) => Some(response.map(SseBody::own)),
+            },
             KindProj::Authorize { future, open } => {
                 // A panicking hook fails this request only.
                 let decision =
@@ -277,16 +335,23 @@ where
                         Ok(Poll::Ready(decision)) => Some(decision),
                         Err(_) => None,
                     };
-                open.take().map(|open| {
-                    let response = match decision {
-                        Some(Ok(access)) => open.open(&access),
-                        Some(Err(refusal)) => refusal.map(OwnBody::full),
-                        None => hook_panicked(),
-                    };
-                    response.map(SseBody::own)
-                })
+                let Some(open) = open.take() else {
+                    return Poll::Ready(Ok(gone()));
+                };
+                let opened = match decision {
+                    Some(Ok(access)) => open.open(&access),
+                    Some(Err(refusal)) => Opened::Now(refusal.map(OwnBody::full)),
+                    None => Opened::Now(hook_panicked()),
+                };
+                match opened {
+                    Opened::Now(response) => Some(response.map(SseBody::own)),
+                    Opened::Later(future) => {
+                        kind.set(Kind::Waiting { future });
+                        return self_poll_again(cx);
+                    }
+                }
             }
         };
-        Poll::Ready(Ok(response.expect("ResponseFuture polled after completion")))
+        Poll::Ready(Ok(response.unwrap_or_else(gone)))
     }
 }

@@ -1,0 +1,321 @@
+//! The Redis backplane against a real `redis-server`: each test starts its
+//! own on a free loopback port (no persistence) and stops it. Needs only the
+//! binary: `apt-get install redis-server` (`.ci/run` installs it if absent).
+//! Run with `cargo test --features axum,redis --test redis`.
+
+mod common;
+
+use axum::Router;
+use common::{within, Server, Subscriber};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+use tower_sse::{Error, Event, RedisBackplane, SseLayer, RESET_EVENT};
+
+/// A `redis-server` of this test; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    /// Starts on `port`, returning once it says it accepts connections.
+    fn start_on(port: u16) -> Redis {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server is needed for this test (apt-get install redis-server): {e}")
+            });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("redis-server exited before accepting connections")
+                .unwrap();
+            if line.contains("Ready to accept connections") {
+                break;
+            }
+        }
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One instance of the app: its own server and hub, sharing `key` in Redis.
+async fn node(redis: &Redis, key: &str) -> Server {
+    let backplane = RedisBackplane::connect(&redis.url())
+        .await
+        .unwrap()
+        .key(key);
+    let layer = SseLayer::new("/events").history(100).backplane(backplane);
+    let publisher = layer.publisher();
+    Server::start(Router::new().layer(layer), publisher).await
+}
+
+fn key() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test:{}:{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Sends until Redis takes the event (the publishing connection may need a
+/// moment to reconnect after Redis came back).
+async fn send_when_up(server: &Server, data: &str) -> tower_sse::EventId {
+    within("Redis to take an event", async {
+        loop {
+            match server.publisher.send(Event::default().data(data)).await {
+                Ok(id) => return id,
+                Err(Error::Backplane(_)) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connect_fails_clearly_when_redis_is_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = RedisBackplane::connect(&format!("redis://127.0.0.1:{port}/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backplane(_)), "{err:?}");
+    assert!(err.to_string().contains("backplane"), "{err}");
+}
+
+#[tokio::test]
+async fn an_event_sent_on_one_node_reaches_both_with_one_id() {
+    let redis = Redis::start();
+    let key = key();
+    let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let mut on_a = Subscriber::connect(&a.url("/events")).await;
+    let mut on_b = Subscriber::connect(&b.url("/events")).await;
+
+    let id = a
+        .publisher
+        .send(Event::default().data("from A"))
+        .await
+        .unwrap();
+    let id_b = b
+        .publisher
+        .send(Event::default().data("from B"))
+        .await
+        .unwrap();
+    assert!(id_b > id);
+    for subscriber in [&mut on_a, &mut on_b] {
+        let events = subscriber.take(2).await;
+        assert_eq!(events[0].data, "from A");
+        assert_eq!(events[0].id, id.to_string());
+        assert_eq!(events[1].data, "from B");
+        assert_eq!(events[1].id, id_b.to_string());
+    }
+    // The synchronous publish cannot wait for Redis: it says so.
+    assert!(matches!(
+        a.publisher.publish(Event::default().data("x")),
+        Err(Error::NeedsSend)
+    ));
+}
+
+#[tokio::test]
+async fn a_browser_that_read_on_a_resumes_exactly_on_b() {
+    let redis = Redis::start();
+    let key = key();
+    let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let mut on_a = Subscriber::connect(&a.url("/events")).await;
+    for i in 1..=3 {
+        a.publisher
+            .send(Event::default().data(format!("e{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(on_a.next().await.unwrap().data, "e1");
+    let last = on_a.last_event_id().unwrap();
+    drop(on_a);
+    for i in 4..=5 {
+        b.publisher
+            .send(Event::default().data(format!("e{i}")))
+            .await
+            .unwrap();
+    }
+    let mut on_b = Subscriber::resume(&b.url("/events"), Some(&last)).await;
+    let data: Vec<String> = on_b.take(4).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(data, ["e2", "e3", "e4", "e5"]);
+
+    // Straight from A to B with the newest id, which B may not have read yet:
+    // B waits for it instead of answering with a reset.
+    let mut on_a = Subscriber::connect(&a.url("/events")).await;
+    let newest = a.publisher.send(Event::default().data("e6")).await.unwrap();
+    assert_eq!(on_a.next().await.unwrap().id, newest.to_string());
+    let mut on_b = Subscriber::resume(&b.url("/events"), Some(&newest.to_string())).await;
+    b.publisher.send(Event::default().data("e7")).await.unwrap();
+    let next = on_b.next().await.unwrap();
+    assert_eq!((next.event.as_str(), next.data.as_str()), ("message", "e7"));
+}
+
+#[tokio::test]
+async fn a_node_that_starts_later_serves_the_history_from_redis() {
+    let redis = Redis::start();
+    let key = key();
+    let a = node(&redis, &key).await;
+    let first = a
+        .publisher
+        .send(Event::default().data("before B"))
+        .await
+        .unwrap();
+    a.publisher
+        .send(Event::default().data("also before B"))
+        .await
+        .unwrap();
+    let b = node(&redis, &key).await;
+    let mut on_b = Subscriber::resume(&b.url("/events"), Some(&first.to_string())).await;
+    assert_eq!(on_b.next().await.unwrap().data, "also before B");
+    // An id older than the stream's history gets the reset event.
+    let mut old = Subscriber::resume(&b.url("/events"), Some("1")).await;
+    a.publisher
+        .send(Event::default().data("live"))
+        .await
+        .unwrap();
+    assert_eq!(old.next().await.unwrap().event, RESET_EVENT);
+    assert_eq!(old.next().await.unwrap().data, "live");
+}
+
+#[tokio::test]
+async fn dropped_redis_connections_are_caught_up_without_a_reset() {
+    let redis = Redis::start();
+    let key = key();
+    let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let mut on_b = Subscriber::connect(&b.url("/events")).await;
+    a.publisher
+        .send(Event::default().data("before"))
+        .await
+        .unwrap();
+    assert_eq!(on_b.next().await.unwrap().data, "before");
+
+    // Every client connection is cut; Redis keeps its data.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or(redis::Value::Nil);
+
+    send_when_up(&a, "after").await;
+    let next = on_b.next().await.unwrap();
+    assert_eq!(
+        (next.event.as_str(), next.data.as_str()),
+        ("message", "after")
+    );
+}
+
+#[tokio::test]
+async fn redis_restarting_empty_means_errors_while_down_then_a_reset() {
+    let mut redis = Redis::start();
+    let key = key();
+    let a = node(&redis, &key).await;
+    let mut on_a = Subscriber::connect(&a.url("/events")).await;
+    a.publisher
+        .send(Event::default().data("before"))
+        .await
+        .unwrap();
+    assert_eq!(on_a.next().await.unwrap().data, "before");
+    let last = on_a.last_event_id().unwrap();
+
+    redis.kill();
+    // Never a success for an event that went nowhere.
+    let err = a
+        .publisher
+        .send(Event::default().data("lost"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backplane(_)), "{err:?}");
+
+    let port = redis.port;
+    let _redis = Redis::start_on(port);
+    // The node cannot know what the new, empty Redis lost: it restarts its
+    // history and ends the streams; a browser coming back gets the reset.
+    assert!(on_a.next().await.is_none(), "the stream ends");
+    let mut again = Subscriber::resume(&a.url("/events"), Some(&last)).await;
+    send_when_up(&a, "after").await;
+    assert_eq!(again.next().await.unwrap().event, RESET_EVENT);
+    assert_eq!(again.next().await.unwrap().data, "after");
+}
+
+#[tokio::test]
+async fn two_nodes_with_a_thousand_subscribers_each_lose_nothing() {
+    let redis = Redis::start();
+    let key = key();
+    let nodes = [node(&redis, &key).await, node(&redis, &key).await];
+    let mut readers = Vec::new();
+    for node in &nodes {
+        for _ in 0..1000 {
+            readers.push(Subscriber::connect(&node.url("/events")).await);
+        }
+    }
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let node = &nodes[i % 2];
+        ids.push(
+            node.publisher
+                .send(Event::default().data(format!("{i}")))
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| tokio::spawn(async move { reader.take(20).await }))
+        .collect();
+    for task in tasks {
+        let events = within("every event on every subscriber", task)
+            .await
+            .unwrap();
+        let got: Vec<(String, String)> = events.into_iter().map(|e| (e.id, e.data)).collect();
+        let want: Vec<(String, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
