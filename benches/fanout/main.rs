@@ -2,7 +2,7 @@
 //! hand-rolled axum way (`axum::response::Sse` over `tokio::sync::broadcast`,
 //! an `Event` built per subscriber) and Nchan (the nginx pub/sub module).
 //!
-//! `cargo bench --bench fanout --features axum` (installs nginx + Nchan from
+//! `cargo bench --bench fanout --features axum,redis` (installs nginx + Nchan from
 //! Debian's packages when missing: run as root, or `FANOUT_SKIP=nchan`).
 //!
 //! Each server runs in its own process(es), so its CPU time and memory are
@@ -22,6 +22,9 @@
 //!   subscriber is read here, with all 10,000 connected and nothing sent;
 //! - `topics`: 1,000 topics × 10 subscribers, 20,000 events round-robin;
 //! - `churn`: 50,000 connect/disconnect cycles, 100 at a time;
+//! - `cross`: two tower-sse nodes sharing a Redis backplane (a
+//!   `redis-server` the bench starts), 100 subscribers on node B, 3,000
+//!   events at 1,000/s published on node A, against one node without Redis;
 //! - `stuck`: 1,000 readers × 300 paced 4 KiB events, with and without 100
 //!   clients that never read (tower-sse only).
 //!
@@ -45,7 +48,7 @@ fn main() {
     let scale = |n: usize| if quick { (n / 20).max(2) } else { n };
     let repeat = env_or("FANOUT_REPEAT", if quick { 1 } else { 3 });
     let scenarios = std::env::var("FANOUT_SCENARIOS")
-        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,stuck".into());
+        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,cross,stuck".into());
     let skip = std::env::var("FANOUT_SKIP").unwrap_or_default();
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
@@ -128,6 +131,25 @@ fn main() {
             })
             .collect();
         report.churn(cycles, runs);
+    }
+    if wants("cross") {
+        let (n, m) = (scale(100), scale(3000));
+        println!("\n== cross-node: {n} subscribers on node B, 1,000 events/s published on node A through Redis, against one node without it");
+        let load = Load::paced(n, m, 1000);
+        let single = runtime.block_on(run(Kind::TowerSse, &load));
+        println!("  single node: {single}");
+        let redis = server::RedisProcess::start();
+        let a = ServerProcess::start_with(Kind::TowerSseRedis, &redis.url());
+        let b = ServerProcess::start_with(Kind::TowerSseRedis, &redis.url());
+        let cross = runtime.block_on(run_on(Kind::TowerSseRedis, &[&a, &b], &b, &a, &load));
+        let redis_cpu = redis.cpu();
+        println!("  two nodes:   {cross}");
+        report.cross(
+            n,
+            single,
+            cross,
+            redis_cpu.as_secs_f64() * 1e9 / (n * m) as f64,
+        );
     }
     if wants("stuck") {
         let (n, k) = (scale(1000), scale(100));
@@ -238,11 +260,25 @@ impl std::fmt::Display for Figures {
 
 async fn run(kind: Kind, load: &Load) -> Figures {
     let server = ServerProcess::start(kind);
-    let addr = server.addr();
+    run_on(kind, &[&server], &server, &server, load).await
+}
+
+/// Runs `load` with the subscribers on `subscribe` and the publisher on
+/// `publish`; CPU and memory are those of all `servers`.
+async fn run_on(
+    kind: Kind,
+    servers: &[&ServerProcess],
+    subscribe: &ServerProcess,
+    publish: &ServerProcess,
+    load: &Load,
+) -> Figures {
+    let cpu_of = || servers.iter().map(|s| s.cpu()).sum::<Duration>();
+    let memory_of = || servers.iter().map(|s| s.memory()).sum::<u64>();
+    let addr = subscribe.addr();
     let epoch = Instant::now();
-    let mut control = Control::connect(&addr).await;
+    let mut control = Control::connect(&publish.addr()).await;
     control.get(&kind.count_path("warm-up")).await;
-    let memory_before = server.memory();
+    let memory_before = memory_of();
 
     let mut stuck = Vec::new();
     for _ in 0..load.stuck {
@@ -261,14 +297,14 @@ async fn run(kind: Kind, load: &Load) -> Figures {
     }
     let connect_s = connect_start.elapsed().as_secs_f64();
     let n = subscribers.len();
-    let memory_idle = server.memory();
+    let memory_idle = memory_of();
 
     let readers: Vec<_> = subscribers
         .into_iter()
         .map(|(reader, m)| tokio::spawn(client::read_events(reader, m, epoch)))
         .collect();
     client::READS.store(0, std::sync::atomic::Ordering::Relaxed);
-    let cpu_before = server.cpu();
+    let cpu_before = cpu_of();
     let start = Instant::now();
     let padding = "x".repeat(load.padding);
     let mut ticks = load
@@ -306,7 +342,7 @@ async fn run(kind: Kind, load: &Load) -> Figures {
         latencies.add(histogram).unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = (server.cpu() - cpu_before).as_secs_f64();
+    let cpu = (cpu_of() - cpu_before).as_secs_f64();
     let deliveries: usize = load
         .topics
         .iter()
@@ -320,7 +356,7 @@ async fn run(kind: Kind, load: &Load) -> Figures {
         kind.name()
     );
     let reads = client::READS.load(std::sync::atomic::Ordering::Relaxed);
-    let growth = server.memory().saturating_sub(memory_idle);
+    let growth = memory_of().saturating_sub(memory_idle);
     drop(stuck);
     Figures {
         kind,

@@ -297,6 +297,39 @@ impl Report {
         self.text.push_str(&t);
     }
 
+    pub fn cross(&mut self, n: usize, single: Figures, cross: Figures, redis_cpu_ns: f64) {
+        self.heading(&format!(
+            "Cross-node (Redis backplane): {n} subscribers on node B, events published on node A at 1,000/s, against one node without Redis"
+        ));
+        let mut t = String::from(
+            "| | latency p50 | latency p99 | latency max | server CPU per delivery | events published per second |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for (name, f) in [("one node", &single), ("two nodes via Redis", &cross)] {
+            writeln!(
+                t,
+                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} ns | {:.0} |",
+                f.p50_us, f.p99_us, f.max_us, f.cpu_ns, f.publish_per_s
+            )
+            .unwrap();
+        }
+        writeln!(
+            t,
+            "\nTwo nodes / one node: p99 {:.2}× ({:+.2} ms), CPU per delivery {:.2}× (both nodes' CPU; redis-server used another {:.0} ns per delivery).",
+            cross.p99_us / single.p99_us,
+            (cross.p99_us - single.p99_us) / 1e3,
+            cross.cpu_ns / single.cpu_ns,
+            redis_cpu_ns
+        )
+        .unwrap();
+        println!("\n{t}");
+        self.text.push_str(&t);
+        let delta_ms = (cross.p99_us - single.p99_us) / 1e3;
+        self.target(
+            format!("cross-node p99 within 2 ms of one node at 1,000 events/s: {delta_ms:+.2} ms"),
+            delta_ms <= 2.0,
+        );
+    }
+
     pub fn stuck(&mut self, n: usize, k: usize, without: Figures, with: Figures) {
         self.heading(&format!(
             "Never-reading clients (tower-sse): {n} readers × 300 events of 4 KiB at 100/s, without and with {k} clients that never read"

@@ -20,6 +20,8 @@ pub enum Kind {
     TowerSse,
     AxumBroadcast,
     Nchan,
+    /// tower-sse with a Redis backplane (`FANOUT_REDIS` is its URL).
+    TowerSseRedis,
 }
 
 impl Kind {
@@ -28,7 +30,7 @@ impl Kind {
     /// Where a subscriber to `topic` connects.
     pub fn sub_path(self, topic: &str) -> String {
         match self {
-            Kind::TowerSse => format!("/events?topic={topic}"),
+            Kind::TowerSse | Kind::TowerSseRedis => format!("/events?topic={topic}"),
             _ => format!("/sub/{topic}"),
         }
     }
@@ -47,6 +49,7 @@ impl Kind {
             Kind::TowerSse => "tower-sse",
             Kind::AxumBroadcast => "axum-broadcast",
             Kind::Nchan => "nchan",
+            Kind::TowerSseRedis => "tower-sse+redis",
         }
     }
 }
@@ -60,11 +63,17 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(kind: Kind) -> ServerProcess {
+        Self::start_with(kind, "")
+    }
+
+    /// Starts `kind`, with `redis` as its backplane's URL when it has one.
+    pub fn start_with(kind: Kind, redis: &str) -> ServerProcess {
         match kind {
             Kind::Nchan => start_nchan(),
             _ => {
                 let mut child = Command::new(std::env::current_exe().unwrap())
                     .env("FANOUT_SERVER", kind.name())
+                    .env("FANOUT_REDIS", redis)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .spawn()
@@ -276,7 +285,8 @@ pub fn serve(kind: &str) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap().port());
         let app = match kind {
-            "tower-sse" => ours(),
+            "tower-sse" => ours(None).await,
+            "tower-sse+redis" => ours(std::env::var("FANOUT_REDIS").ok()).await,
             "axum-broadcast" => hand_rolled(),
             other => panic!("unknown server {other}"),
         };
@@ -296,17 +306,18 @@ pub fn serve(kind: &str) {
     });
 }
 
-/// tower-sse: the layer serves `/events?topic=…`; handlers publish.
-fn ours() -> axum::Router {
+/// tower-sse: the layer serves `/events?topic=…`; handlers publish (through
+/// Redis when `redis` is a backplane's URL).
+async fn ours(redis: Option<String>) -> axum::Router {
     use axum::extract::Path;
-    use tower_sse::{Event, Publisher, SseLayer};
+    use tower_sse::{Event, Publisher, RedisBackplane, SseLayer};
 
     async fn publish(
         publisher: Publisher,
         Path(topic): Path<String>,
         body: String,
     ) -> axum::http::StatusCode {
-        match publisher.publish_to(&topic, Event::default().data(body)) {
+        match publisher.send_to(&topic, Event::default().data(body)).await {
             Ok(_) => axum::http::StatusCode::ACCEPTED,
             Err(_) => axum::http::StatusCode::BAD_REQUEST,
         }
@@ -314,10 +325,70 @@ fn ours() -> axum::Router {
     async fn count(publisher: Publisher) -> String {
         publisher.subscriber_count().to_string()
     }
+    let mut layer = SseLayer::new("/events").history(4096).max_lag(4096);
+    if let Some(url) = redis {
+        let backplane = RedisBackplane::connect(&url).await.expect("Redis is up");
+        layer = layer.backplane(backplane.key("fanout"));
+    }
     axum::Router::new()
         .route("/pub/{topic}", axum::routing::post(publish))
         .route("/count", axum::routing::get(count))
-        .layer(SseLayer::new("/events").history(4096).max_lag(4096))
+        .layer(layer)
+}
+
+/// A `redis-server` for the cross-node scenario (installed from Debian's
+/// packages when missing), without persistence, on a free port.
+pub struct RedisProcess {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    pub fn start() -> RedisProcess {
+        if !which("redis-server") {
+            eprintln!("installing redis-server (apt-get)…");
+            let ok = Command::new("sh")
+                .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "could not install redis-server: run `apt-get install redis-server` as root, or leave out the cross scenario");
+        }
+        let port = free_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            if line.unwrap().contains("Ready to accept connections") {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        RedisProcess { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// CPU time redis-server used so far.
+    pub fn cpu(&self) -> Duration {
+        stat_fields(self.child.id()).map_or(Duration::ZERO, |f| {
+            Duration::from_millis(
+                (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) * 10,
+            )
+        })
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
 }
 
 /// What axum's documentation leads to: `Sse` over a `broadcast` receiver
