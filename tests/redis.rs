@@ -319,3 +319,35 @@ async fn two_nodes_with_a_thousand_subscribers_each_lose_nothing() {
         assert_eq!(got, want);
     }
 }
+
+#[tokio::test]
+async fn when_a_node_goes_away_its_browsers_resume_on_another() {
+    let redis = Redis::start();
+    let key = key();
+    let (mut a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let mut on_a = Subscriber::connect(&a.url("/events")).await;
+    b.publisher
+        .send(Event::default().data("one"))
+        .await
+        .unwrap();
+    assert_eq!(on_a.next().await.unwrap().data, "one");
+    let last = on_a.last_event_id().unwrap();
+
+    a.shutdown();
+    assert!(on_a.next().await.is_none(), "node A's streams end");
+    within("node A to stop", &mut a.task)
+        .await
+        .unwrap()
+        .unwrap();
+    b.publisher
+        .send(Event::default().data("two"))
+        .await
+        .unwrap();
+    let mut on_b = Subscriber::resume(&b.url("/events"), Some(&last)).await;
+    b.publisher
+        .send(Event::default().data("three"))
+        .await
+        .unwrap();
+    let data: Vec<String> = on_b.take(2).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(data, ["two", "three"]);
+}
