@@ -8,7 +8,8 @@
 //! Then open the printed address in two tabs and post from one.
 //!
 //! * `GET /` — the page: a form, a room selector, and a list fed by
-//!   `EventSource('/events?topic=room/<room>')`.
+//!   `EventSource('/events?topic=room/<room>')` or, with `--features
+//!   axum,ws`, a WebSocket to `/ws` that changes rooms without reconnecting.
 //! * `POST /publish` — form fields `message`, and optionally `room` (publish to
 //!   topic `room/<room>`; without it, to everyone), `to` (a private message to
 //!   that user's topic `user/<to>`) and `event` (the event name). Answers
@@ -46,7 +47,11 @@ pub fn app(sse: SseLayer) -> Router {
 /// The layer as the example configures it: anyone may follow the rooms; a
 /// signed-in user also follows their private topic, and only theirs.
 pub fn layer() -> SseLayer {
-    SseLayer::new("/events")
+    let layer = SseLayer::new("/events");
+    // With `--features axum,ws`, the page can switch to WebSocket.
+    #[cfg(feature = "ws")]
+    let layer = layer.websocket("/ws");
+    layer
         .keep_alive(Duration::from_secs(15))
         .retry(Duration::from_secs(2))
         .authorize(|parts: Parts| async move {
@@ -259,6 +264,8 @@ const PAGE: &str = r##"<!doctype html>
   li .meta { font-size: .75rem; color: #6b7280; }
   li.private { background: #eef2ff; border-color: #c7d2fe; }
   li.notice { background: #fff7ed; border-color: #fed7aa; }
+  .transport { font-size: .85rem; color: #6b7280; margin: -.5rem 0 1rem; }
+  .transport select { padding: .1rem .3rem; }
 </style>
 </head>
 <body>
@@ -279,6 +286,10 @@ const PAGE: &str = r##"<!doctype html>
     <input name="to" placeholder="to (private)" autocomplete="off" title="send privately to this user">
     <button>Post</button>
   </form>
+  <p class="transport"><label>via <select id="transport" title="how this page receives messages">
+    <option value="sse">EventSource (SSE)</option>
+    <option value="ws">WebSocket</option>
+  </select></label></p>
   <p id="error"></p>
   <ol id="messages"></ol>
 </main>
@@ -301,20 +312,69 @@ const PAGE: &str = r##"<!doctype html>
   }
   const when = (e) => `#${e.lastEventId} · ${new Date().toLocaleTimeString()}`;
 
-  // One connection follows the room and, when signed in, the private topic.
-  let events;
+  // One connection follows the room and, when signed in, the private topic:
+  // an EventSource, or a WebSocket that changes rooms without reconnecting.
+  const transport = document.getElementById("transport");
+  const missed = () =>
+    show("Some messages were missed while disconnected.", "reload the page to see the board as it is", "notice");
+  let events, ws, wsRoom, wsLast, wsRetry;
+  function stop() {
+    if (events) { events.close(); events = null; }
+    clearTimeout(wsRetry);
+    if (ws) { ws.onclose = null; ws.close(); ws = null; }
+  }
   function connect() {
-    if (events) events.close();
+    stop();
     list.replaceChildren();
+    if (transport.value === "ws") { wsLast = undefined; return connectWs(); }
     events = new EventSource("/events?topic=room/" + encodeURIComponent(room.value));
     events.onopen = () => { status.textContent = "live in #" + room.value; status.className = "live"; };
     events.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
     events.onmessage = (e) => show(e.data, when(e));
     events.addEventListener("private", (e) => show(e.data, "private · " + when(e), "private"));
-    events.addEventListener("reset", () =>
-      show("Some messages were missed while disconnected.", "reload the page to see the board as it is", "notice"));
+    events.addEventListener("reset", missed);
   }
-  room.addEventListener("change", connect);
+  function connectWs() {
+    wsRoom = room.value;
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    let url = scheme + location.host + "/ws?topic=room/" + encodeURIComponent(wsRoom);
+    if (wsLast) url += "&lastEventId=" + encodeURIComponent(wsLast);
+    let opened = false;
+    ws = new WebSocket(url);
+    ws.onopen = () => { opened = true; status.textContent = "live in #" + wsRoom + " (WebSocket)"; status.className = "live"; };
+    ws.onmessage = (m) => {
+      const f = JSON.parse(m.data);
+      if (f.type === "event") {
+        wsLast = f.id;
+        const meta = `#${f.id} · ${new Date().toLocaleTimeString()}`;
+        if (f.event === "private") show(f.data, "private · " + meta, "private");
+        else show(f.data, meta);
+      } else if (f.type === "reset") {
+        missed();
+      } else if (f.type === "subscribed" && f.after && !wsLast) {
+        wsLast = f.after;
+      }
+    };
+    ws.onclose = (e) => {
+      status.className = "down";
+      status.textContent = opened ? `reconnecting… (closed ${e.code}${e.reason ? ": " + e.reason : ""})`
+        : "no WebSocket here: run the example with --features axum,ws";
+      if (opened) wsRetry = setTimeout(connectWs, 2000);
+    };
+  }
+  room.addEventListener("change", () => {
+    if (transport.value === "ws" && ws && ws.readyState === WebSocket.OPEN) {
+      // Same connection, other topic.
+      list.replaceChildren();
+      ws.send(JSON.stringify({ type: "unsubscribe", topics: ["room/" + wsRoom] }));
+      wsRoom = room.value;
+      ws.send(JSON.stringify({ type: "subscribe", topics: ["room/" + wsRoom] }));
+      status.textContent = "live in #" + wsRoom + " (WebSocket)";
+    } else {
+      connect();
+    }
+  });
+  transport.addEventListener("change", connect);
   connect();
 
   fetch("/me").then(async (r) => {

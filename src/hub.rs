@@ -140,6 +140,19 @@ struct Ring {
 struct Entry {
     id: u64,
     bytes: Bytes,
+    /// The event as a WebSocket text payload, built by the first WebSocket
+    /// reader and shared by the others.
+    #[cfg(feature = "ws")]
+    ws: std::sync::OnceLock<tokio_tungstenite::tungstenite::Utf8Bytes>,
+}
+
+#[cfg(feature = "ws")]
+impl Entry {
+    fn ws(&self, topic: &str) -> tokio_tungstenite::tungstenite::Utf8Bytes {
+        self.ws
+            .get_or_init(|| crate::ws::event_frame(self.id, topic, &self.bytes))
+            .clone()
+    }
 }
 
 /// Where a new subscriber starts.
@@ -410,7 +423,12 @@ impl Hub {
         } else {
             state.topic(topic)
         };
-        topic.ring_mut().entries.push_back(Entry { id, bytes });
+        topic.ring_mut().entries.push_back(Entry {
+            id,
+            bytes,
+            #[cfg(feature = "ws")]
+            ws: std::sync::OnceLock::new(),
+        });
         let at = state.now();
         state.custom_ids += usize::from(custom_id.is_some());
         state.history.push_back(Retained {
@@ -796,6 +814,54 @@ impl Subscription {
                 .map(|prepared| prepared.finish(Some(id))),
             Start::Resumed => None,
         }
+    }
+
+    /// For a WebSocket session: the id it starts after, and whether the
+    /// client must be told it missed events (the reset).
+    #[cfg(feature = "ws")]
+    pub(crate) fn take_start_ws(&mut self) -> (Option<u64>, bool) {
+        match std::mem::replace(&mut self.start, Start::Resumed) {
+            Start::Live(id) => (Some(id), false),
+            Start::Reset(id) => (Some(id), true),
+            Start::Resumed => (None, false),
+        }
+    }
+
+    /// For a WebSocket session: up to `max` events not yet delivered, in id
+    /// order, as (hub id, shared text payload).
+    #[cfg(feature = "ws")]
+    pub(crate) fn read_ws(
+        &mut self,
+        out: &mut Vec<(u64, tokio_tungstenite::tungstenite::Utf8Bytes)>,
+        max: usize,
+    ) -> Read {
+        let max_lag = self.hub.max_lag.load(Ordering::Relaxed) as u64;
+        let published = self.hub.published.load(Ordering::Acquire);
+        let mut batch = Vec::new();
+        for (i, follow) in self.follows.iter().enumerate() {
+            let ring = follow.topic.ring();
+            let Some(start) = unread_start(&ring, follow, max_lag) else {
+                return Read::Lagged;
+            };
+            for entry in ring
+                .entries
+                .range(start..)
+                .take_while(|e| e.id <= published)
+                .take(max)
+            {
+                batch.push((entry.id, i, entry.ws(&follow.topic.name)));
+            }
+        }
+        if batch.is_empty() {
+            return Read::Nothing;
+        }
+        batch.sort_unstable_by_key(|(id, _, _)| *id);
+        batch.truncate(max);
+        for (id, i, frame) in batch {
+            self.follows[i].cursor += 1;
+            out.push((id, frame));
+        }
+        Read::Events(None)
     }
 
     /// Takes the events not yet delivered, in id order, until `out` holds

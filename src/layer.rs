@@ -64,6 +64,9 @@ pub(crate) struct Config {
     pub(crate) max_topics: usize,
     pub(crate) retry_after: Duration,
     pub(crate) authorize: Option<Authorize>,
+    /// Where the WebSocket endpoint is served, if anywhere.
+    #[cfg(feature = "ws")]
+    pub(crate) websocket: Option<Box<str>>,
 }
 
 impl SseLayer {
@@ -84,6 +87,8 @@ impl SseLayer {
                 max_topics: 64,
                 retry_after: Duration::from_secs(5),
                 authorize: None,
+                #[cfg(feature = "ws")]
+                websocket: None,
             }),
             publisher: Publisher::new(Hub::new(&limits)),
             limits,
@@ -106,6 +111,47 @@ impl SseLayer {
                 "SseLayer::backplane: this layer's hub already has a backplane; keeping it"
             );
         }
+        self
+    }
+
+    /// Also serves the hub over WebSocket at `path` (e.g. `"/ws"`), for
+    /// clients that change topics without reconnecting or cannot use
+    /// `EventSource`: same topics, same authorization hook and limits, same
+    /// ids and resume guarantees. HTTP/1.1 `Upgrade` and HTTP/2 extended
+    /// `CONNECT` (RFC 8441, when the server enables it) are accepted; the
+    /// server must be hyper-based (axum, tonic, hyper-util).
+    ///
+    /// The initial topics and resume point come from the query as for the
+    /// stream (`?topic=a&topic=b&lastEventId=42`, or the `Last-Event-ID`
+    /// header). Then, in JSON text frames:
+    ///
+    /// * client → server: `{"type":"subscribe","topics":["a"]}`,
+    ///   `{"type":"unsubscribe","topics":["a"]}`; either may carry
+    ///   `"last_event_id":"42"` to (re)start after that id. Without it, the
+    ///   session goes on right after the last event it sent, so the topics
+    ///   kept lose nothing.
+    /// * server → client: `{"type":"subscribed","topics":[…],"after":"41"}`
+    ///   after each change (`after` is the id the session continues after),
+    ///   `{"type":"reset","after":"41"}` before it when the history no longer
+    ///   covers the resume point, and each event as
+    ///   `{"type":"event","id":"42","event":"message","topic":"a","data":"…"}`
+    ///   (the payload is built once per event and shared by all sessions).
+    /// * Pings at the keep-alive interval. Close codes: `1002` protocol error
+    ///   (malformed message, invalid topic), `1003` binary message, `1008`
+    ///   topic not allowed by the hook or too many topics, `1009` message over
+    ///   64 KiB, `1013` fell behind the lag bound (reconnect with
+    ///   `lastEventId`), `1012` after [`Publisher::disconnect_all`], `1001`
+    ///   when the hub closes. A bad handshake gets `400`/`405`/`426`, a hook
+    ///   refusal its own response, `403` for a topic in the query it does not
+    ///   grant, `503` past `max_subscribers`.
+    #[cfg(feature = "ws")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
+    pub fn websocket(mut self, path: impl Into<String>) -> Self {
+        let mut path: String = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        self.config().websocket = Some(path.into());
         self
     }
 

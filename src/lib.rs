@@ -77,6 +77,7 @@
 //! * `axum`: [`Publisher`] is an axum extractor.
 //! * `json`: [`Event::json_data`].
 //! * `redis`: [`RedisBackplane`], for several instances sharing one stream.
+//! * `ws`: [`SseLayer::websocket`], the same hub over WebSocket.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -97,6 +98,8 @@ mod layer;
 mod publisher;
 mod service;
 mod subscribe;
+#[cfg(feature = "ws")]
+mod ws;
 
 pub use authorize::Access;
 #[cfg(feature = "redis")]

@@ -260,6 +260,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        #[cfg(feature = "ws")]
+        if self.config.websocket.as_deref() == Some(req.uri().path()) {
+            let (parts, _body) = req.into_parts();
+            let future = crate::ws::respond(parts, self.publisher.clone(), self.config.clone());
+            return ResponseFuture {
+                kind: Kind::Waiting {
+                    future: Box::pin(future),
+                },
+            };
+        }
         if req.uri().path() != &*self.config.path {
             req.extensions_mut().insert(self.publisher.clone());
             return ResponseFuture {

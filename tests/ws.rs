@@ -1,0 +1,233 @@
+//! The hub over WebSocket, with an independent client (tokio-tungstenite)
+//! over real TCP: live topic changes, resume, and the close codes.
+
+mod common;
+
+use axum::Router;
+use common::{within, Server};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{protocol::frame::coding::CloseCode, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+use tower_sse::{Access, Event, SseLayer};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn server(layer: SseLayer) -> Server {
+    let publisher = layer.publisher();
+    Server::start(Router::new().layer(layer.websocket("/ws")), publisher).await
+}
+
+async fn open(server: &Server, query: &str) -> Ws {
+    let url = format!("ws://{}/ws{query}", server.addr);
+    let (ws, response) = within("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next JSON message (pings skipped).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The close frame the server ends with.
+async fn closed(ws: &mut Ws) -> (CloseCode, String) {
+    loop {
+        match within("the close frame", ws.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => return (frame.code, frame.reason.to_string()),
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, message: Value) {
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn topics_change_live_without_reconnecting() {
+    let server = server(SseLayer::new("/events")).await;
+    let publisher = &server.publisher;
+    let mut ws = open(&server, "?topic=a").await;
+    let hello = next(&mut ws).await;
+    assert_eq!(hello["type"], "subscribed");
+    assert_eq!(hello["topics"], json!(["a"]));
+
+    publisher
+        .publish_to("b", Event::default().data("b1"))
+        .unwrap();
+    let a1 = publisher
+        .publish_to("a", Event::default().event("note").data("a1"))
+        .unwrap();
+    let event = next(&mut ws).await;
+    assert_eq!(
+        event,
+        json!({"type": "event", "id": a1.to_string(), "event": "note", "topic": "a", "data": "a1"})
+    );
+
+    send(&mut ws, json!({"type": "subscribe", "topics": ["b"]})).await;
+    let changed = next(&mut ws).await;
+    assert_eq!(changed["type"], "subscribed");
+    assert_eq!(changed["topics"], json!(["a", "b"]));
+    assert_eq!(changed["after"], a1.to_string());
+    publisher
+        .publish_to("b", Event::default().data("b2"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "b2");
+
+    send(&mut ws, json!({"type": "unsubscribe", "topics": ["a"]})).await;
+    assert_eq!(next(&mut ws).await["topics"], json!(["b"]));
+    publisher
+        .publish_to("a", Event::default().data("a2"))
+        .unwrap();
+    publisher
+        .publish(Event::default().data("everyone"))
+        .unwrap();
+    publisher
+        .publish_to("b", Event::default().data("b3"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "everyone");
+    assert_eq!(next(&mut ws).await["data"], "b3");
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_resumes_without_loss() {
+    let server = server(SseLayer::new("/events")).await;
+    let publisher = &server.publisher;
+    let mut ws = open(&server, "?topic=a").await;
+    next(&mut ws).await;
+    for i in 1..=3 {
+        publisher
+            .publish_to("a", Event::default().data(format!("e{i}")))
+            .unwrap();
+    }
+    let first = next(&mut ws).await;
+    assert_eq!(first["data"], "e1");
+    drop(ws);
+    publisher
+        .publish_to("a", Event::default().data("e4"))
+        .unwrap();
+
+    let id = first["id"].as_str().unwrap();
+    let mut ws = open(&server, &format!("?topic=a&lastEventId={id}")).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let data: Vec<Value> = [
+        next(&mut ws).await,
+        next(&mut ws).await,
+        next(&mut ws).await,
+    ]
+    .into_iter()
+    .map(|e| e["data"].clone())
+    .collect();
+    assert_eq!(data, [json!("e2"), json!("e3"), json!("e4")]);
+
+    // A resume point the history no longer covers: reset first.
+    let mut ws = open(&server, "?lastEventId=1").await;
+    assert_eq!(next(&mut ws).await["type"], "reset");
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+}
+
+#[tokio::test]
+async fn malformed_messages_close_with_a_reason_and_the_server_lives() {
+    let server = server(SseLayer::new("/events")).await;
+    for (message, code) in [
+        (Message::Text("not json".into()), CloseCode::Protocol),
+        (
+            Message::Text(r#"{"type":"dance"}"#.into()),
+            CloseCode::Protocol,
+        ),
+        (
+            Message::Text(r#"{"type":"subscribe","topics":["bad topic"]}"#.into()),
+            CloseCode::Protocol,
+        ),
+        (
+            Message::Binary(vec![1, 2, 3].into()),
+            CloseCode::Unsupported,
+        ),
+        (
+            Message::Text(format!("\"{}\"", "x".repeat(100 * 1024)).into()),
+            CloseCode::Size,
+        ),
+    ] {
+        let mut ws = open(&server, "").await;
+        next(&mut ws).await;
+        ws.send(message).await.unwrap();
+        let (got, reason) = closed(&mut ws).await;
+        assert_eq!(got, code, "{reason}");
+        assert!(!reason.is_empty());
+    }
+    let mut ws = open(&server, "").await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+}
+
+#[tokio::test]
+async fn the_authorize_hook_and_limits_apply() {
+    let layer = SseLayer::new("/events")
+        .max_subscribers(1)
+        .authorize(|_parts| async { Ok(Access::only(["public"]).follow("mine")) });
+    let server = server(layer).await;
+
+    // A topic the hook does not grant, asked in the query: 403.
+    let url = format!("ws://{}/ws?topic=secret", server.addr);
+    let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+
+    let mut ws = open(&server, "?topic=public").await;
+    next(&mut ws).await;
+    server
+        .publisher
+        .publish_to("mine", Event::default().data("private"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "private");
+
+    // Past max_subscribers: 503.
+    let url = format!("ws://{}/ws", server.addr);
+    let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+
+    // Asking for it later: closed with policy violation.
+    send(&mut ws, json!({"type": "subscribe", "topics": ["secret"]})).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("secret"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_plain_get_on_the_websocket_path_gets_a_400_saying_why() {
+    let server = server(SseLayer::new("/events")).await;
+    let response = common::client()
+        .get(server.url("/ws"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("WebSocket"));
+}
+
+#[tokio::test]
+async fn disconnect_all_and_shutdown_close_with_their_codes() {
+    let mut server = server(SseLayer::new("/events")).await;
+    let mut ws = open(&server, "").await;
+    next(&mut ws).await;
+    server.publisher.disconnect_all();
+    assert_eq!(closed(&mut ws).await.0, CloseCode::Restart);
+
+    let mut ws = open(&server, "").await;
+    next(&mut ws).await;
+    server.shutdown();
+    assert_eq!(closed(&mut ws).await.0, CloseCode::Away);
+}
