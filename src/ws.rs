@@ -192,7 +192,11 @@ pub(crate) async fn respond(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                // Small buffers: a session mostly idles (tungstenite's
+                // defaults, 128 KiB each, would cost that per client).
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(4 * 1024)
+                    .write_buffer_size(16 * 1024)
                     .max_message_size(Some(MAX_MESSAGE))
                     .max_frame_size(Some(MAX_MESSAGE));
                 let ws = WebSocketStream::from_raw_socket(

@@ -57,6 +57,57 @@ async fn subscribe_on(stream: TcpStream, path: &str) -> Sub {
     }
 }
 
+/// A WebSocket subscriber (tower-sse's `/ws`), once it got `subscribed`.
+pub type WsSub = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub async fn subscribe_ws(addr: &str, path: &str) -> WsSub {
+    use futures_util::StreamExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) if t.contains("subscribed") => {
+            ws
+        }
+        other => panic!("expected `subscribed`, got {other:?}"),
+    }
+}
+
+/// Reads `m` events from a WebSocket subscriber (the first line of each
+/// event's data is its send time) and records their latency.
+pub async fn read_ws_events(
+    mut ws: WsSub,
+    m: usize,
+    epoch: Instant,
+) -> hdrhistogram::Histogram<u64> {
+    use futures_util::StreamExt;
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let mut seen = 0;
+    while seen < m {
+        READS.fetch_add(1, Ordering::Relaxed);
+        let message = match ws.next().await {
+            Some(Ok(message)) => message,
+            other => panic!("WebSocket ended after {seen} of {m} events: {other:?}"),
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if value["type"] != "event" {
+            continue;
+        }
+        let sent: u64 = value["data"]
+            .as_str()
+            .and_then(|d| d.lines().next())
+            .and_then(|l| l.parse().ok())
+            .unwrap();
+        histogram.record(now.saturating_sub(sent).max(1)).unwrap();
+        seen += 1;
+    }
+    histogram
+}
+
 /// A subscriber that never reads, with a 4 KiB receive buffer: once its
 /// window is full the server can send it nothing more.
 pub async fn stuck(addr: &str, path: &str) -> TcpStream {

@@ -2,7 +2,7 @@
 //! hand-rolled axum way (`axum::response::Sse` over `tokio::sync::broadcast`,
 //! an `Event` built per subscriber) and Nchan (the nginx pub/sub module).
 //!
-//! `cargo bench --bench fanout --features axum,redis` (installs nginx + Nchan from
+//! `cargo bench --bench fanout --features axum,redis,ws` (installs nginx + Nchan from
 //! Debian's packages when missing: run as root, or `FANOUT_SKIP=nchan`).
 //!
 //! Each server runs in its own process(es), so its CPU time and memory are
@@ -14,6 +14,10 @@
 //! lost event fails the run.
 //!
 //! Scenarios (`FANOUT_SCENARIOS`, comma-separated, default all):
+//! tower-sse runs twice in each fan-out scenario: with `EventSource`-style
+//! subscribers (`tower-sse`) and with WebSocket subscribers on `/ws` of the
+//! same server (`tower-sse-ws`).
+//!
 //! - `burst`: 5,000 subscribers × 300 events as fast as the publisher goes,
 //!   repeated `FANOUT_REPEAT` times (default 3), servers interleaved; the
 //!   ratios are medians of the per-repetition ratios;
@@ -36,7 +40,13 @@ mod client;
 mod report;
 mod server;
 
-use client::{Control, Sub};
+use client::{Control, Sub, WsSub};
+
+/// A subscriber of either transport.
+enum Reader {
+    Sse(Sub),
+    Ws(Box<WsSub>),
+}
 use server::{Kind, ServerProcess};
 use std::time::{Duration, Instant};
 
@@ -122,8 +132,11 @@ fn main() {
     if wants("churn") {
         let cycles = scale(50_000);
         println!("\n== churn: {cycles} connect/disconnect cycles, 100 at a time");
+        // (Churn is measured for the SSE servers: a WebSocket handshake is
+        // another request shape.)
         let runs = kinds
             .iter()
+            .filter(|k| **k != Kind::TowerSseWs)
             .map(|&kind| {
                 let figures = runtime.block_on(churn(kind, cycles));
                 println!("  {figures}");
@@ -285,12 +298,18 @@ async fn run_on(
         stuck.push(client::stuck(&addr, &kind.sub_path(&load.topics[0].0)).await);
     }
     let connect_start = Instant::now();
-    let mut subscribers: Vec<(Sub, usize)> = Vec::new();
+    let mut subscribers: Vec<(Reader, usize)> = Vec::new();
     for (topic_index, (topic, n)) in load.topics.iter().enumerate() {
         let events = load.schedule.iter().filter(|&&t| t == topic_index).count();
         for _ in 0..*n {
             subscribers.push((
-                client::subscribe(&addr, &kind.sub_path(topic)).await,
+                if kind == Kind::TowerSseWs {
+                    Reader::Ws(Box::new(
+                        client::subscribe_ws(&addr, &kind.sub_path(topic)).await,
+                    ))
+                } else {
+                    Reader::Sse(client::subscribe(&addr, &kind.sub_path(topic)).await)
+                },
                 events,
             ));
         }
@@ -301,7 +320,14 @@ async fn run_on(
 
     let readers: Vec<_> = subscribers
         .into_iter()
-        .map(|(reader, m)| tokio::spawn(client::read_events(reader, m, epoch)))
+        .map(|(reader, m)| {
+            tokio::spawn(async move {
+                match reader {
+                    Reader::Sse(reader) => client::read_events(reader, m, epoch).await,
+                    Reader::Ws(ws) => client::read_ws_events(*ws, m, epoch).await,
+                }
+            })
+        })
         .collect();
     client::READS.store(0, std::sync::atomic::Ordering::Relaxed);
     let cpu_before = cpu_of();

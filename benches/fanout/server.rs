@@ -22,15 +22,23 @@ pub enum Kind {
     Nchan,
     /// tower-sse with a Redis backplane (`FANOUT_REDIS` is its URL).
     TowerSseRedis,
+    /// tower-sse's server, its subscribers on WebSocket (`/ws`).
+    TowerSseWs,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::TowerSse, Kind::AxumBroadcast, Kind::Nchan];
+    pub const ALL: [Kind; 4] = [
+        Kind::TowerSse,
+        Kind::AxumBroadcast,
+        Kind::Nchan,
+        Kind::TowerSseWs,
+    ];
 
     /// Where a subscriber to `topic` connects.
     pub fn sub_path(self, topic: &str) -> String {
         match self {
             Kind::TowerSse | Kind::TowerSseRedis => format!("/events?topic={topic}"),
+            Kind::TowerSseWs => format!("/ws?topic={topic}"),
             _ => format!("/sub/{topic}"),
         }
     }
@@ -50,6 +58,7 @@ impl Kind {
             Kind::AxumBroadcast => "axum-broadcast",
             Kind::Nchan => "nchan",
             Kind::TowerSseRedis => "tower-sse+redis",
+            Kind::TowerSseWs => "tower-sse-ws",
         }
     }
 }
@@ -285,7 +294,7 @@ pub fn serve(kind: &str) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap().port());
         let app = match kind {
-            "tower-sse" => ours(None).await,
+            "tower-sse" | "tower-sse-ws" => ours(None).await,
             "tower-sse+redis" => ours(std::env::var("FANOUT_REDIS").ok()).await,
             "axum-broadcast" => hand_rolled(),
             other => panic!("unknown server {other}"),
@@ -325,7 +334,10 @@ async fn ours(redis: Option<String>) -> axum::Router {
     async fn count(publisher: Publisher) -> String {
         publisher.subscriber_count().to_string()
     }
-    let mut layer = SseLayer::new("/events").history(4096).max_lag(4096);
+    let mut layer = SseLayer::new("/events")
+        .history(4096)
+        .max_lag(4096)
+        .websocket("/ws");
     if let Some(url) = redis {
         let backplane = RedisBackplane::connect(&url).await.expect("Redis is up");
         layer = layer.backplane(backplane.key("fanout"));
