@@ -433,6 +433,8 @@ fn chart(points: &[(usize, Figures)], path: &str) {
         RGBColor(200, 60, 30),
         RGBColor(40, 90, 180),
         RGBColor(60, 150, 60),
+        RGBColor(150, 80, 170),
+        RGBColor(120, 120, 120),
     ];
     let panels: [(&str, Get); 2] = [
         ("p99 latency (ms), burst", |f| f.p99_us / 1e3),
@@ -463,7 +465,7 @@ fn chart(points: &[(usize, Figures)], path: &str) {
                 continue;
             }
             line.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let color = colors[i];
+            let color = colors[i % colors.len()];
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
                 .unwrap()
