@@ -1,7 +1,8 @@
 // Drives Debian's Chromium (headless) against the bulletin example: two pages
 // see each other's posts live; after the server drops every stream, the
 // browser reconnects by itself and shows each missed message exactly once,
-// in order. Usage: node bulletin.mjs <base url> <screenshot path>
+// in order; then one page switches to WebSocket and changes rooms on the same
+// connection. Usage: node bulletin.mjs <base url> <screenshot path>
 // Run by tests/browser.rs, which serves the app and the /test/drop hook.
 import { chromium } from "playwright-core";
 
@@ -56,7 +57,29 @@ try {
 
   await b.setViewportSize({ width: 800, height: 520 });
   await b.screenshot({ path: screenshot });
-  console.log(`ok: live in both pages; resumed after the drop without loss or duplicate; screenshot ${screenshot}`);
+
+  // WebSocket: page B switches transport and gets A's posts; then it changes
+  // room on the same connection and gets that room's posts only.
+  await b.selectOption("#transport", "ws");
+  await b.waitForSelector("#status.live >> text=(WebSocket)");
+  await a.fill("input[name=message]", "over websocket");
+  await a.click("form#post button");
+  await b.waitForSelector("li >> text=over websocket");
+  await b.selectOption("#room", "random");
+  await b.waitForSelector("#status.live >> text=#random (WebSocket)");
+  await a.fill("input[name=message]", "for general only");
+  await a.click("form#post button");
+  await a.waitForSelector("li >> text=for general only");
+  await a.selectOption("#room", "random");
+  await a.waitForSelector("#status.live >> text=#random");
+  await a.fill("input[name=message]", "for random");
+  await a.click("form#post button");
+  await b.waitForSelector("li >> text=for random");
+  const onB = await texts(b);
+  if (JSON.stringify(onB) !== JSON.stringify(["for random"])) {
+    fail(`after the room change over WebSocket, page B shows ${JSON.stringify(onB)}`);
+  }
+  console.log(`ok: live in both pages; resumed after the drop without loss or duplicate; WebSocket live and changes rooms; screenshot ${screenshot}`);
 } finally {
   await browser.close();
 }
