@@ -116,7 +116,8 @@ impl Body for EventStream {
         }
         this.done = ending;
         if !this.buf.is_empty() {
-            let bytes = this.buf.split().freeze();
+            // Taken whole, so the stream keeps no share of the sent buffer.
+            let bytes = std::mem::take(&mut this.buf).freeze();
             return this.send(bytes);
         }
         if ending || closed {
