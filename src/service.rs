@@ -133,23 +133,11 @@ impl Open {
         let mut topics: Vec<&str> = Vec::with_capacity(self.request.topics.len());
         for topic in &self.request.topics {
             if !access.allows(topic) {
-                return Opened::Now(text(
-                    StatusCode::FORBIDDEN,
-                    format!("not allowed to follow topic {topic:?}\n"),
-                ));
+                return Opened::Now(forbidden(topic));
             }
             topics.push(topic);
         }
-        for topic in access.followed() {
-            if is_valid_topic(topic) {
-                topics.push(topic);
-            } else {
-                tracing::error!(
-                    topic,
-                    "authorize hook granted an invalid topic; not followed"
-                );
-            }
-        }
+        topics.extend(followed(access));
         if self.head {
             return Opened::Now(stream_headers(OwnBody::full(Bytes::new())));
         }
@@ -179,25 +167,55 @@ impl Open {
                 &self.config.prelude,
                 self.config.keep_alive.clone(),
             ))),
-            Err(SubscribeError::Closed) => self.unavailable("the event stream is shutting down"),
-            Err(SubscribeError::TooManySubscribers) => {
-                self.unavailable("too many open event streams; try again later")
-            }
-            Err(SubscribeError::NoRuntime) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "tower-sse serves event streams only inside a Tokio runtime\n".into(),
-            ),
+            Err(error) => refused(&self.config, error),
         }
     }
+}
 
-    fn unavailable(&self, message: &str) -> Response<OwnBody> {
-        let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"));
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            self.config.retry_after.as_secs().into(),
-        );
-        response
-    }
+/// The topics `access` makes a stream follow without asking for them; an
+/// invalid one granted by the hook is logged and left out.
+pub(crate) fn followed(access: &Access) -> impl Iterator<Item = &str> {
+    access
+        .followed()
+        .iter()
+        .map(String::as_str)
+        .filter(|topic| {
+            let valid = is_valid_topic(topic);
+            if !valid {
+                tracing::error!(
+                    topic,
+                    "authorize hook granted an invalid topic; not followed"
+                );
+            }
+            valid
+        })
+}
+
+/// The answer to a stream asking for a topic its access does not grant.
+pub(crate) fn forbidden(topic: &str) -> Response<OwnBody> {
+    text(
+        StatusCode::FORBIDDEN,
+        format!("not allowed to follow topic {topic:?}\n"),
+    )
+}
+
+/// The answer when the hub refuses a subscription.
+pub(crate) fn refused(config: &Config, error: SubscribeError) -> Response<OwnBody> {
+    let message = match error {
+        SubscribeError::Closed => "the event stream is shutting down",
+        SubscribeError::TooManySubscribers => "too many open event streams; try again later",
+        SubscribeError::NoRuntime => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "tower-sse serves event streams only inside a Tokio runtime\n".into(),
+            )
+        }
+    };
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, config.retry_after.as_secs().into());
+    response
 }
 
 /// Polled again after it answered: a 500 rather than a panic.
@@ -215,7 +233,7 @@ fn self_poll_again<T>(cx: &mut Context<'_>) -> Poll<T> {
     Poll::Pending
 }
 
-fn hook_panicked() -> Response<OwnBody> {
+pub(crate) fn hook_panicked() -> Response<OwnBody> {
     tracing::error!("the authorize hook of SseLayer panicked; answering 500");
     text(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -223,7 +241,8 @@ fn hook_panicked() -> Response<OwnBody> {
     )
 }
 
-fn text(status: StatusCode, message: String) -> Response<OwnBody> {
+/// A plain-text answer; `message` ends with a line break.
+pub(crate) fn text(status: StatusCode, message: String) -> Response<OwnBody> {
     let mut response = Response::new(OwnBody::full(message));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -25,6 +25,7 @@ use crate::{
     body::OwnBody,
     hub::{Read, Resume, SubscribeError, Subscription},
     layer::Config,
+    service,
     subscribe::{self, is_valid_topic},
     Publisher,
 };
@@ -115,13 +116,9 @@ fn handshake(parts: &Parts) -> Result<Handshake, (StatusCode, &'static str)> {
     Ok(Handshake::Upgrade(derive_accept_key(key.as_bytes())))
 }
 
+/// A plain-text answer to a request that is not a usable handshake.
 fn text(status: StatusCode, message: &str) -> Response<OwnBody> {
-    let mut response = Response::new(OwnBody::full(format!("{message}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let mut response = service::text(status, format!("{message}\n"));
     if status == StatusCode::UPGRADE_REQUIRED {
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_VERSION,
@@ -162,20 +159,12 @@ pub(crate) async fn respond(
             match decision {
                 Ok(Ok(access)) => access,
                 Ok(Err(refusal)) => return refusal.map(OwnBody::full),
-                Err(_) => {
-                    tracing::error!("the authorize hook of SseLayer panicked; answering 500");
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "authorization failed");
-                }
+                Err(_) => return service::hook_panicked(),
             }
         }
     };
-    for topic in &request.topics {
-        if !access.allows(topic) {
-            return text(
-                StatusCode::FORBIDDEN,
-                &format!("not allowed to follow topic {topic:?}"),
-            );
-        }
+    if let Some(topic) = request.topics.iter().find(|t| !access.allows(t)) {
+        return service::forbidden(topic);
     }
     let topics: BTreeSet<String> = request.topics.iter().cloned().collect();
     let mut session = Session {
@@ -187,7 +176,7 @@ pub(crate) async fn respond(
         last: None,
     };
     if let Err(error) = session.subscribe(request.resume()) {
-        return session.refusal(error);
+        return service::refused(&session.config, error);
     }
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -245,38 +234,9 @@ impl Session {
         // must not be refused for counting twice.
         self.subscription = None;
         let mut topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        topics.extend(
-            self.access
-                .followed()
-                .iter()
-                .map(String::as_str)
-                .filter(|t| is_valid_topic(t)),
-        );
+        topics.extend(service::followed(&self.access));
         self.subscription = Some(self.publisher.hub().subscribe(&topics, resume)?);
         Ok(())
-    }
-
-    /// The HTTP answer to a handshake whose subscription was refused.
-    fn refusal(&self, error: SubscribeError) -> Response<OwnBody> {
-        match error {
-            SubscribeError::Closed => self.unavailable("the event stream is shutting down"),
-            SubscribeError::TooManySubscribers => {
-                self.unavailable("too many open event streams; try again later")
-            }
-            SubscribeError::NoRuntime => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "tower-sse serves event streams only inside a Tokio runtime",
-            ),
-        }
-    }
-
-    fn unavailable(&self, message: &str) -> Response<OwnBody> {
-        let mut response = text(StatusCode::SERVICE_UNAVAILABLE, message);
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            self.config.retry_after.as_secs().into(),
-        );
-        response
     }
 
     /// The frames that open a subscription: `reset` when the client's
@@ -464,7 +424,7 @@ impl Session {
             None => Resume::Live,
         };
         self.subscribe(resume).map_err(|error| {
-            let status = self.refusal(error).status();
+            let status = service::refused(&self.config, error).status();
             Close(CloseCode::Again, format!("could not subscribe: {status}"))
         })
     }
