@@ -365,7 +365,7 @@ impl Hub {
     /// missed.
     #[cfg(feature = "redis")]
     pub(crate) fn restart_history(&self, up_to: u64) {
-        let topics: Vec<Arc<Topic>> = {
+        {
             let mut state = self.state();
             state.history.clear();
             state.custom_ids = 0;
@@ -388,12 +388,8 @@ impl Hub {
             for topic in &empty {
                 state.forget(topic);
             }
-            state.topics.values().cloned().collect()
-        };
-        self.generation.fetch_add(1, Ordering::Release);
-        for topic in topics {
-            topic.wake_all();
         }
+        self.disconnect_all();
     }
 
     /// Appends an event to `topic` with the next id (or `external`, which
@@ -835,61 +831,74 @@ impl Subscription {
         out: &mut Vec<(u64, tokio_tungstenite::tungstenite::Utf8Bytes)>,
         max: usize,
     ) -> Read {
-        let max_lag = self.hub.max_lag.load(Ordering::Relaxed) as u64;
-        let published = self.hub.published.load(Ordering::Acquire);
-        let mut batch = Vec::new();
-        for (i, follow) in self.follows.iter().enumerate() {
-            let ring = follow.topic.ring();
-            let Some(start) = unread_start(&ring, follow, max_lag) else {
-                return Read::Lagged;
-            };
-            for entry in ring
-                .entries
-                .range(start..)
-                .take_while(|e| e.id <= published)
-                .take(max)
-            {
-                batch.push((entry.id, i, entry.ws(&follow.topic.name)));
+        let before = out.len();
+        let merged = self.merge(|entry, topic| {
+            if out.len() - before == max {
+                return false;
             }
+            out.push((entry.id, entry.ws(topic)));
+            true
+        });
+        match merged {
+            None => Read::Lagged,
+            Some(()) if out.len() == before => Read::Nothing,
+            Some(()) => Read::Events(None),
         }
-        if batch.is_empty() {
-            return Read::Nothing;
-        }
-        batch.sort_unstable_by_key(|(id, _, _)| *id);
-        batch.truncate(max);
-        for (id, i, frame) in batch {
-            self.follows[i].cursor += 1;
-            out.push((id, frame));
-        }
-        Read::Events(None)
     }
 
     /// Takes the events not yet delivered, in id order, until `out` holds
     /// about `cap` bytes (always at least one event when there is one).
     pub(crate) fn read(&mut self, out: &mut BytesMut, cap: usize) -> Read {
-        let max_lag = self.hub.max_lag.load(Ordering::Relaxed) as u64;
         if let [follow] = &mut self.follows[..] {
+            let max_lag = self.hub.max_lag.load(Ordering::Relaxed) as u64;
             return read_one(follow, out, cap, max_lag);
         }
-        // Several topics: hold every ring's read lock at once (publishers
-        // append under the hub lock, one ring at a time, in id order, so this
-        // is a consistent snapshot), take only events up to the newest
-        // published id as a second guard against an event of one topic
-        // overtaking an older one of another, and merge by id, reading each
-        // ring in place (no per-read copy of the pending entries).
+        let mut first: Option<Bytes> = None;
+        let merged = self.merge(|entry, _| {
+            if out.is_empty() && first.is_none() {
+                // Maybe the only one: share it rather than copy it.
+                first = Some(entry.bytes.clone());
+                return true;
+            }
+            if let Some(first) = first.take() {
+                out.extend_from_slice(&first);
+            }
+            if !out.is_empty() && out.len() + entry.bytes.len() > cap {
+                return false;
+            }
+            out.extend_from_slice(&entry.bytes);
+            true
+        });
+        match (merged, first) {
+            (None, _) => Read::Lagged,
+            (Some(()), Some(bytes)) => Read::Events(Some(bytes)),
+            (Some(()), None) if out.is_empty() => Read::Nothing,
+            (Some(()), None) => Read::Events(None),
+        }
+    }
+
+    /// Offers the undelivered events of every followed topic to `take`, in id
+    /// order, with their topic's name, until it declines one (which stays
+    /// undelivered); the cursors move past those it took. `None` when the
+    /// subscriber lags too far (see [`unread_start`]).
+    ///
+    /// Every ring's read lock is held at once (publishers append under the
+    /// hub lock, one ring at a time, in id order, so this is a consistent
+    /// snapshot); events newer than the newest published id are left out as
+    /// a second guard against an event of one topic overtaking an older one
+    /// of another; each ring is read in place (no per-read copy).
+    fn merge(&mut self, mut take: impl FnMut(&Entry, &str) -> bool) -> Option<()> {
+        let max_lag = self.hub.max_lag.load(Ordering::Relaxed) as u64;
         let published = self.hub.published.load(Ordering::Acquire);
         let mut heads = Vec::with_capacity(self.follows.len());
         for follow in &self.follows {
             let ring = follow.topic.ring();
-            let Some(start) = unread_start(&ring, follow, max_lag) else {
-                return Read::Lagged;
-            };
-            heads.push((ring, start, 0u64));
+            let start = unread_start(&ring, follow, max_lag)?;
+            heads.push((ring, &*follow.topic.name, start, 0u64));
         }
-        let mut first: Option<Bytes> = None;
         loop {
             let mut next: Option<(usize, u64)> = None;
-            for (i, (ring, at, _)) in heads.iter().enumerate() {
+            for (i, (ring, _, at, _)) in heads.iter().enumerate() {
                 if let Some(entry) = ring.entries.get(*at) {
                     if entry.id <= published && next.is_none_or(|(_, id)| entry.id < id) {
                         next = Some((i, entry.id));
@@ -897,32 +906,18 @@ impl Subscription {
                 }
             }
             let Some((i, _)) = next else { break };
-            let (ring, at, taken) = &mut heads[i];
-            let bytes = &ring.entries[*at].bytes;
-            if out.is_empty() && first.is_none() {
-                // Maybe the only one: share it rather than copy it.
-                first = Some(bytes.clone());
-            } else {
-                if let Some(first) = first.take() {
-                    out.extend_from_slice(&first);
-                }
-                if !out.is_empty() && out.len() + bytes.len() > cap {
-                    break;
-                }
-                out.extend_from_slice(bytes);
+            let (ring, name, at, taken) = &mut heads[i];
+            if !take(&ring.entries[*at], name) {
+                break;
             }
             *at += 1;
             *taken += 1;
         }
-        let taken: Vec<u64> = heads.into_iter().map(|(_, _, taken)| taken).collect();
+        let taken: Vec<u64> = heads.into_iter().map(|(_, _, _, taken)| taken).collect();
         for (follow, taken) in self.follows.iter_mut().zip(taken) {
             follow.cursor += taken;
         }
-        match first {
-            Some(bytes) => Read::Events(Some(bytes)),
-            None if out.is_empty() => Read::Nothing,
-            None => Read::Events(None),
-        }
+        Some(())
     }
 }
 
