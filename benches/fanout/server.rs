@@ -123,14 +123,7 @@ impl ServerProcess {
 
     /// User + system CPU time of all the server's processes so far.
     pub fn cpu(&self) -> Duration {
-        let ticks: u64 = self
-            .pids()
-            .into_iter()
-            .filter_map(stat_fields)
-            .map(|f| f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap())
-            .sum();
-        // The clock tick is 100 Hz on Linux x86_64 and arm64.
-        Duration::from_millis(ticks * 10)
+        self.pids().into_iter().map(cpu_of).sum()
     }
 
     /// Proportional set size of all the server's processes, in bytes (shared
@@ -148,6 +141,15 @@ impl ServerProcess {
             .sum::<u64>()
             * 1024
     }
+}
+
+/// User + system CPU time of process `pid` so far (zero once it is gone).
+fn cpu_of(pid: u32) -> Duration {
+    stat_fields(pid).map_or(Duration::ZERO, |f| {
+        let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // The clock tick is 100 Hz on Linux x86_64 and arm64.
+        Duration::from_millis(ticks * 10)
+    })
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name.
@@ -196,17 +198,25 @@ pub fn ensure_nchan() {
     if std::path::Path::new(NCHAN_MODULE).exists() && which("nginx") {
         return;
     }
-    eprintln!("installing nginx-light and libnginx-mod-nchan (apt-get)…");
+    apt_install("nginx-light libnginx-mod-nchan", "or set FANOUT_SKIP=nchan");
+}
+
+/// Installs Debian `packages` (the bench runs as root on CI machines);
+/// fails saying how to do it by hand, or `otherwise`.
+fn apt_install(packages: &str, otherwise: &str) {
+    eprintln!("installing {packages} (apt-get)…");
     let ok = Command::new("sh")
         .args([
             "-c",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan >/dev/null",
+            &format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {packages} >/dev/null"
+            ),
         ])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "could not install Nchan: run `apt-get install nginx-light libnginx-mod-nchan` as root, or set FANOUT_SKIP=nchan"
+        "could not install {packages}: run `apt-get install {packages}` as root, {otherwise}"
     );
 }
 
@@ -358,12 +368,7 @@ pub struct RedisProcess {
 impl RedisProcess {
     pub fn start() -> RedisProcess {
         if !which("redis-server") {
-            eprintln!("installing redis-server (apt-get)…");
-            let ok = Command::new("sh")
-                .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "could not install redis-server: run `apt-get install redis-server` as root, or leave out the cross scenario");
+            apt_install("redis-server", "or leave out the cross scenario");
         }
         let port = free_port();
         let mut child = Command::new("redis-server")
@@ -388,11 +393,7 @@ impl RedisProcess {
 
     /// CPU time redis-server used so far.
     pub fn cpu(&self) -> Duration {
-        stat_fields(self.child.id()).map_or(Duration::ZERO, |f| {
-            Duration::from_millis(
-                (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) * 10,
-            )
-        })
+        cpu_of(self.child.id())
     }
 }
 
