@@ -14,6 +14,15 @@ use std::{
 };
 use tower_sse::{Error, Event, RedisBackplane, SseLayer, RESET_EVENT};
 
+/// A loopback port nothing listens on (free when asked).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `redis-server` of this test; killed when dropped.
 struct Redis {
     child: Child,
@@ -22,12 +31,7 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     /// Starts on `port`, returning once it says it accepts connections.
@@ -108,11 +112,7 @@ async fn send_when_up(server: &Server, data: &str) -> tower_sse::EventId {
 
 #[tokio::test]
 async fn connect_fails_clearly_when_redis_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let err = RedisBackplane::connect(&format!("redis://127.0.0.1:{port}/"))
         .await
         .unwrap_err();
