@@ -37,6 +37,11 @@ pub(crate) const DEFAULT_TOPIC: &str = "";
 /// beyond, the hub's fan-out task does, so `publish` stays O(1) in them.
 const WAKE_INLINE: usize = 32;
 
+/// How long a new stream (SSE or WebSocket) of a hub with a backplane waits
+/// for the history to load or for the id it resumes from to arrive.
+#[cfg(feature = "redis")]
+const CATCH_UP: Duration = Duration::from_secs(2);
+
 /// The name of the event sent when a client resumes from an id the history
 /// no longer covers (see the crate docs, "Resuming").
 pub const RESET_EVENT: &str = "reset";
@@ -257,12 +262,13 @@ impl Hub {
     }
 
     /// Waits until this instance has loaded the backplane's history and read
-    /// the event `id`, or `timeout`.
+    /// the event `id`, or [`CATCH_UP`] (the reader is normally milliseconds
+    /// behind).
     #[cfg(feature = "redis")]
-    pub(crate) async fn caught_up(&self, id: u64, timeout: Duration) {
+    pub(crate) async fn caught_up(&self, id: u64) {
         let mut loaded = self.loaded.subscribe();
         let mut newest = self.newest.subscribe();
-        tokio::time::timeout(timeout, async {
+        tokio::time::timeout(CATCH_UP, async {
             loaded.wait_for(|l| *l).await.ok();
             newest.wait_for(|n| *n >= id).await.ok();
         })

@@ -114,11 +114,6 @@ struct Open {
     config: Arc<Config>,
 }
 
-/// How long a stream resuming from an id this instance has not read yet
-/// waits for it (the backplane's reader is normally milliseconds behind).
-#[cfg(feature = "redis")]
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The answer to a stream request: now, or once this instance caught up.
 /// (Returned and taken apart at once, so its size does not matter.)
 #[allow(clippy::large_enum_variant)]
@@ -148,7 +143,7 @@ impl Open {
             // (briefly) rather than answer with a reset or replay too much.
             let topics: Vec<String> = topics.into_iter().map(str::to_owned).collect();
             return Opened::Later(Box::pin(async move {
-                self.publisher.hub().caught_up(id, CATCH_UP).await;
+                self.publisher.hub().caught_up(id).await;
                 let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
                 self.subscribe(&topics)
             }));

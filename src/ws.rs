@@ -175,6 +175,12 @@ pub(crate) async fn respond(
         subscription: None,
         last: None,
     };
+    // With a backplane, the same wait as a stream's: for the history to load,
+    // or for an id the client saw on another instance.
+    #[cfg(feature = "redis")]
+    if let Some(id) = session.publisher.hub().wait_for(&request.resume()) {
+        session.publisher.hub().caught_up(id).await;
+    }
     if let Err(error) = session.subscribe(request.resume()) {
         return service::refused(&session.config, error);
     }

@@ -1,7 +1,7 @@
 //! The Redis backplane against a real `redis-server`: each test starts its
 //! own on a free loopback port (no persistence) and stops it. Needs only the
 //! binary: `apt-get install redis-server` (`.ci/run` installs it if absent).
-//! Run with `cargo test --features axum,redis --test redis`.
+//! Run with `cargo test --features axum,redis,ws --test redis`.
 
 mod common;
 
@@ -82,6 +82,8 @@ async fn node(redis: &Redis, key: &str) -> Server {
         .unwrap()
         .key(key);
     let layer = SseLayer::new("/events").history(100).backplane(backplane);
+    #[cfg(feature = "ws")]
+    let layer = layer.websocket("/ws");
     let publisher = layer.publisher();
     Server::start(Router::new().layer(layer), publisher).await
 }
@@ -350,4 +352,38 @@ async fn when_a_node_goes_away_its_browsers_resume_on_another() {
         .unwrap();
     let data: Vec<String> = on_b.take(2).await.into_iter().map(|e| e.data).collect();
     assert_eq!(data, ["two", "three"]);
+}
+
+/// The WebSocket path waits for the backplane like the stream path: a client
+/// coming from node A with the newest id gets no reset on node B.
+#[cfg(feature = "ws")]
+#[tokio::test]
+async fn a_websocket_client_resumes_on_another_node_without_a_reset() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start();
+    let key = key();
+    let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let newest = a.publisher.send(Event::default().data("e1")).await.unwrap();
+    let url = format!("ws://{}/ws?lastEventId={newest}", b.addr);
+    let (mut ws, _) = within("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    b.publisher.send(Event::default().data("e2")).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.last().is_none_or(|(kind, _)| kind != "event") {
+        let text = match within("a message", ws.next()).await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        kinds.push((
+            value["type"].as_str().unwrap().to_owned(),
+            value["data"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let want = [("subscribed", ""), ("event", "e2")].map(|(k, d)| (k.to_owned(), d.to_owned()));
+    assert_eq!(kinds, want);
 }
