@@ -139,7 +139,12 @@ async fn publish(publisher: Publisher, headers: HeaderMap, Form(post): Form<Post
         }
         publish_public(&publisher, room, event)
     };
-    match published {
+    // Stored once awaited (with a backplane: once the engine holds it).
+    let stored = match published {
+        Ok(published) => published.await,
+        Err(e) => Err(e),
+    };
+    match stored {
         // A browser posting the form without script gets the page back.
         Ok(_) if wants_html(&headers) => Redirect::to("/").into_response(),
         Ok(id) => (StatusCode::ACCEPTED, format!("published as event {id}\n")).into_response(),
@@ -147,6 +152,9 @@ async fn publish(publisher: Publisher, headers: HeaderMap, Form(post): Form<Post
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
         ),
+        Err(e @ tower_sse::Error::Backplane(_)) => {
+            reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Err(e) => reject(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -156,7 +164,7 @@ fn publish_public(
     publisher: &Publisher,
     room: &str,
     event: Event,
-) -> Result<tower_sse::EventId, tower_sse::Error> {
+) -> Result<tower_sse::Published, tower_sse::Error> {
     if room.is_empty() {
         publisher.publish(event)
     } else {

@@ -13,6 +13,16 @@ pub(crate) type DecisionFuture = Pin<Box<dyn Future<Output = Decision> + Send>>;
 #[derive(Clone)]
 pub(crate) struct Authorize(pub(crate) Arc<dyn Fn(Parts) -> DecisionFuture + Send + Sync>);
 
+impl Authorize {
+    pub(crate) fn new<F, Fut>(hook: F) -> Self
+    where
+        F: Fn(Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Decision> + Send + 'static,
+    {
+        Authorize(Arc::new(move |parts| Box::pin(hook(parts))))
+    }
+}
+
 impl fmt::Debug for Authorize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Authorize(..)")

@@ -1,8 +1,11 @@
-//! The error type of publishing and encoding events.
+//! The error type of publishing events.
 
 use std::fmt;
 
-/// Why an event could not be encoded or published.
+/// An error of any kind, as engines report them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an event could not be published.
 ///
 /// Nothing is sent to any subscriber when `publish` returns an error.
 #[derive(Debug)]
@@ -17,10 +20,10 @@ pub enum Error {
     /// The event could not be serialized to JSON.
     #[cfg(feature = "json")]
     Json(serde_json::Error),
-    /// The encoded event is larger than the configured maximum
-    /// ([`SseLayer::max_event_size`](crate::SseLayer::max_event_size)).
+    /// The event is larger than the configured maximum
+    /// ([`HubBuilder::max_event_size`](crate::HubBuilder::max_event_size)).
     TooLarge {
-        /// Encoded size of the rejected event, in bytes.
+        /// Size of the rejected event (name, data and ids), in bytes.
         size: usize,
         /// The configured maximum, in bytes.
         limit: usize,
@@ -28,13 +31,9 @@ pub enum Error {
     /// The topic name is empty, too long, or has a character outside the
     /// allowed set (see [`Publisher::publish_to`](crate::Publisher::publish_to)).
     InvalidTopic,
-    /// The hub publishes through a backplane, which answers asynchronously:
-    /// use [`Publisher::send`](crate::Publisher::send) or
-    /// [`Publisher::send_to`](crate::Publisher::send_to).
-    NeedsSend,
-    /// The backplane (Redis) did not take the event: it is unreachable, or
-    /// answered with an error. The event reached no one.
-    Backplane(String),
+    /// The backplane did not take the event: it is unreachable, answered
+    /// with an error, or is not keeping up. The source is the engine's error.
+    Backplane(BoxError),
     /// The hub was closed with [`Publisher::close`](crate::Publisher::close);
     /// no more events are accepted.
     Closed,
@@ -53,14 +52,11 @@ impl fmt::Display for Error {
             Error::Json(e) => write!(f, "event data could not be serialized to JSON: {e}"),
             Error::TooLarge { size, limit } => write!(
                 f,
-                "event is {size} bytes encoded, more than the limit of {limit} bytes \
-                 (raise it with `SseLayer::max_event_size`)"
+                "event is {size} bytes, more than the limit of {limit} bytes \
+                 (raise it with `HubBuilder::max_event_size`)"
             ),
             Error::InvalidTopic => f.write_str(
                 "invalid topic: use 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`",
-            ),
-            Error::NeedsSend => f.write_str(
-                "this hub publishes through a backplane: use `Publisher::send` or `send_to`",
             ),
             Error::Backplane(e) => write!(f, "the backplane did not take the event: {e}"),
             Error::Closed => f.write_str("the event hub is closed; no more events are accepted"),
@@ -73,6 +69,7 @@ impl std::error::Error for Error {
         match self {
             #[cfg(feature = "json")]
             Error::Json(e) => Some(e),
+            Error::Backplane(e) => Some(&**e),
             _ => None,
         }
     }

@@ -1,15 +1,14 @@
-//! [`Event`]: the builder of one server-sent event and its wire encoding.
+//! [`Event`]: the builder of one server-sent event, and [`EventId`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::{fmt, time::Duration};
 
-use crate::Error;
+use crate::{
+    wire::{self, Lines},
+    Error,
+};
 
-/// Room kept at the end of an event's buffer for the `id:` line and the blank
-/// line that ends the event, so finishing it at publish time never reallocates.
-const ID_RESERVE: usize = "id: 18446744073709551615\n\n".len();
-
-/// One server-sent event, built field by field and encoded as it is built.
+/// One server-sent event, built field by field.
 ///
 /// The method names follow [`axum::response::sse::Event`], so code moves
 /// between the two without surprises. Unlike axum's builder, nothing here
@@ -17,7 +16,10 @@ const ID_RESERVE: usize = "id: 18446744073709551615\n\n".len();
 /// the event is published (or [`encode`](Event::encode)d), and nothing of it
 /// is sent.
 ///
-/// Encoding follows the WHATWG HTML standard, section "Server-sent events":
+/// An event is transport-neutral: the hub keeps its fields (name, data, id)
+/// and each transport encodes them once per event — the `text/event-stream`
+/// bytes for `EventSource`, a JSON text frame for WebSocket. The stream
+/// encoding follows the WHATWG HTML standard, section "Server-sent events":
 ///
 /// * data containing `\n`, `\r\n` or `\r` becomes one `data:` line per line,
 ///   which every conforming client joins back with `\n`;
@@ -47,9 +49,13 @@ const ID_RESERVE: usize = "id: 18446744073709551615\n\n".len();
 #[derive(Clone, Default)]
 #[must_use]
 pub struct Event {
-    buf: BytesMut,
-    id: Option<Box<str>>,
-    has_data: bool,
+    pub(crate) name: Option<Box<str>>,
+    /// Lines joined with `\n`.
+    pub(crate) data: Option<String>,
+    pub(crate) id: Option<Box<str>>,
+    pub(crate) retry: Option<Duration>,
+    /// Lines joined with `\n`.
+    pub(crate) comment: Option<String>,
     fault: Option<Fault>,
 }
 
@@ -62,6 +68,23 @@ enum Fault {
     Json(String),
 }
 
+/// Appends `text` to `field` as more lines, line breaks normalized to `\n`.
+fn add_lines(field: &mut Option<String>, text: &str) {
+    let buf = match field {
+        Some(buf) => {
+            buf.push('\n');
+            buf
+        }
+        None => field.insert(String::with_capacity(text.len())),
+    };
+    for (i, line) in Lines::new(text).enumerate() {
+        if i > 0 {
+            buf.push('\n');
+        }
+        buf.push_str(line);
+    }
+}
+
 impl Event {
     /// Adds data to the event.
     ///
@@ -70,10 +93,7 @@ impl Event {
     /// adds more lines, so `data("a").data("b")` is received as `"a\nb"`.
     /// Empty data is sent as one empty `data:` line and still dispatched.
     pub fn data(mut self, data: impl AsRef<str>) -> Self {
-        self.has_data = true;
-        for line in Lines::new(data.as_ref()) {
-            self.field("data", line);
-        }
+        add_lines(&mut self.data, data.as_ref());
         self
     }
 
@@ -83,15 +103,9 @@ impl Event {
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn json_data<T: serde::Serialize>(mut self, data: T) -> Self {
-        let start = self.buf.len();
-        self.buf.put_slice(b"data: ");
-        match serde_json::to_writer((&mut self.buf).writer(), &data) {
-            Ok(()) => {
-                self.buf.put_u8(b'\n');
-                self.has_data = true;
-            }
+        match serde_json::to_string(&data) {
+            Ok(json) => add_lines(&mut self.data, &json),
             Err(e) => {
-                self.buf.truncate(start);
                 self.fault.get_or_insert(Fault::Json(e.to_string()));
             }
         }
@@ -108,7 +122,7 @@ impl Event {
         if name.contains(['\n', '\r']) {
             self.fault.get_or_insert(Fault::EventName);
         } else {
-            self.field("event", name);
+            self.name = Some(name.into());
         }
         self
     }
@@ -118,7 +132,8 @@ impl Event {
     /// The browser sends the id of the last event it received back in the
     /// `Last-Event-ID` header when it reconnects; tower-sse finds an id it
     /// assigned in O(log n) and an id set here by searching the history,
-    /// so prefer the hub's ids unless the client needs yours.
+    /// so prefer the hub's ids unless the client needs yours. The hub still
+    /// gives the event its own id, which orders it ([`EventId`]).
     ///
     /// An id containing `\n`, `\r` or NUL is reported as [`Error::InvalidId`]
     /// on publish.
@@ -135,157 +150,85 @@ impl Event {
     /// Sets how long the browser waits before reconnecting after the
     /// connection is lost (`retry:` field, whole milliseconds).
     pub fn retry(mut self, duration: Duration) -> Self {
-        self.buf.put_slice(b"retry: ");
-        self.buf
-            .put_slice(itoa::Buffer::new().format(duration.as_millis()).as_bytes());
-        self.buf.put_u8(b'\n');
+        self.retry = Some(duration);
         self
     }
 
-    /// Adds a comment line, which clients ignore (useful for debugging on the
-    /// wire). Line breaks split it into several comment lines.
+    /// Adds a comment, which clients ignore (useful for debugging on the
+    /// wire; a WebSocket client does not get it). Line breaks split it into
+    /// several comment lines.
     pub fn comment(mut self, comment: impl AsRef<str>) -> Self {
-        for line in Lines::new(comment.as_ref()) {
-            self.field("", line);
-        }
+        add_lines(&mut self.comment, comment.as_ref());
         self
     }
 
-    /// Encodes the event as it goes on the wire, with the id set by
+    /// Encodes the event as a `text/event-stream` block, with the id set by
     /// [`id`](Event::id) if any (the hub adds its own id when publishing).
     ///
-    /// This is what [`Publisher::publish`](crate::Publisher::publish) does,
-    /// minus the hub; useful to test or to serve an event elsewhere.
+    /// Useful to test, or to serve an event elsewhere.
     pub fn encode(self) -> Result<Bytes, Error> {
-        Ok(self.prepare(usize::MAX)?.finish(None))
+        self.check()?;
+        Ok(wire::encode(&wire::Fields {
+            event: self.name.as_deref(),
+            retry_ms: self.retry.map(|r| r.as_millis()),
+            comment: self.comment.as_deref(),
+            data: self.data.as_deref(),
+            id: self.id.as_deref().map_or(wire::Id::None, wire::Id::Text),
+        }))
     }
 
-    /// The id set by [`id`](Event::id), if any.
-    pub(crate) fn custom_id(&self) -> Option<&str> {
-        self.id.as_deref()
-    }
-
-    /// Checks the event and its size; the result only lacks its id.
-    pub(crate) fn prepare(mut self, limit: usize) -> Result<Prepared, Error> {
-        if let Some(fault) = self.fault {
-            return Err(match fault {
-                Fault::EventName => Error::InvalidEventName,
-                Fault::Id => Error::InvalidId,
-                #[cfg(feature = "json")]
-                Fault::Json(msg) => {
-                    Error::Json(<serde_json::Error as serde::ser::Error>::custom(msg))
-                }
-            });
+    /// The first invalid input given to the builder, as an error.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match &self.fault {
+            None => Ok(()),
+            Some(Fault::EventName) => Err(Error::InvalidEventName),
+            Some(Fault::Id) => Err(Error::InvalidId),
+            #[cfg(feature = "json")]
+            Some(Fault::Json(msg)) => Err(Error::Json(
+                <serde_json::Error as serde::ser::Error>::custom(msg),
+            )),
         }
-        if !self.has_data {
-            self.buf.put_slice(b"data:\n");
-        }
-        if let Some(id) = self.id.take() {
-            self.field("id", &id);
-        }
-        let size = self.buf.len() + ID_RESERVE;
-        if size > limit {
-            return Err(Error::TooLarge { size, limit });
-        }
-        self.buf.reserve(ID_RESERVE);
-        Ok(Prepared { buf: self.buf })
-    }
-
-    fn field(&mut self, name: &str, value: &str) {
-        self.buf.reserve(name.len() + value.len() + 3);
-        self.buf.put_slice(name.as_bytes());
-        self.buf.put_slice(b": ");
-        self.buf.put_slice(value.as_bytes());
-        self.buf.put_u8(b'\n');
     }
 }
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Event")
-            .field("fields", &String::from_utf8_lossy(&self.buf))
+            .field("event", &self.name)
+            .field("data", &self.data)
             .field("id", &self.id)
+            .field("retry", &self.retry)
+            .field("comment", &self.comment)
             .field("fault", &self.fault)
             .finish()
     }
 }
 
-/// A valid event whose fields are encoded; only the hub's id is missing.
-pub(crate) struct Prepared {
-    buf: BytesMut,
-}
-
-impl Prepared {
-    /// Appends the `id:` line (unless the event set its own) and the blank
-    /// line that dispatches the event. Never reallocates: room was reserved.
-    pub(crate) fn finish(mut self, id: Option<u64>) -> Bytes {
-        finish(&mut self.buf, id);
-        self.buf.freeze()
-    }
-
-    /// The encoded fields, without the `id:` line the hub adds and the
-    /// blank line (what a backplane carries between nodes).
-    #[cfg(feature = "redis")]
-    pub(crate) fn fields(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-/// Appends the hub's `id:` line (when given) and the blank line that
-/// dispatches the event.
-pub(crate) fn finish(buf: &mut BytesMut, id: Option<u64>) {
-    if let Some(id) = id {
-        buf.put_slice(b"id: ");
-        buf.put_slice(itoa::Buffer::new().format(id).as_bytes());
-        buf.put_u8(b'\n');
-    }
-    buf.put_u8(b'\n');
-}
-
-/// Splits text at `\r\n`, `\n` and `\r`, the line ends of the SSE format.
-/// Yields at least one (possibly empty) line, and an empty last line when the
-/// text ends with a line break, so the client rebuilds the text exactly.
-struct Lines<'a> {
-    rest: Option<&'a str>,
-}
-
-impl<'a> Lines<'a> {
-    fn new(text: &'a str) -> Self {
-        Lines { rest: Some(text) }
-    }
-}
-
-impl<'a> Iterator for Lines<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
-        let text = self.rest?;
-        match text.find(['\r', '\n']) {
-            None => {
-                self.rest = None;
-                Some(text)
-            }
-            Some(i) => {
-                let skip = if text[i..].starts_with("\r\n") { 2 } else { 1 };
-                self.rest = Some(&text[i + skip..]);
-                Some(&text[..i])
-            }
-        }
-    }
-}
-
-/// The id of a published event, increasing with every event of a hub.
+/// The id of a published event, increasing with every event of a hub (with
+/// a backplane, of every hub sharing it).
 ///
-/// It is what the browser sends back in `Last-Event-ID`. Ids start from the
-/// time the hub was created (in microseconds since the Unix epoch), so an id
-/// from before a server restart is never mistaken for a newer event.
+/// It is what the browser sends back in `Last-Event-ID`. Ids of a hub of its
+/// own start from the time the hub was created (in microseconds since the
+/// Unix epoch), so an id from before a server restart is never mistaken for
+/// a newer event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId(pub(crate) u64);
+pub struct EventId(u64);
 
 impl EventId {
+    /// The id of this number (as a backplane gives it).
+    pub const fn new(id: u64) -> Self {
+        EventId(id)
+    }
+
     /// The id as a number.
-    pub fn as_u64(self) -> u64 {
+    pub const fn as_u64(self) -> u64 {
         self.0
+    }
+}
+
+impl From<u64> for EventId {
+    fn from(id: u64) -> Self {
+        EventId(id)
     }
 }
 
@@ -353,24 +296,22 @@ mod tests {
 
     #[test]
     fn too_large_is_an_error() {
-        let err = Event::default()
-            .data("x".repeat(100))
-            .prepare(64)
+        let publisher = crate::Hub::builder().max_event_size(64).build().publisher();
+        let err = publisher
+            .publish(Event::default().data("x".repeat(100)))
             .err()
             .unwrap();
-        assert!(matches!(err, Error::TooLarge { limit: 64, .. }));
+        assert!(matches!(
+            err,
+            Error::TooLarge {
+                limit: 64,
+                size: 100
+            }
+        ));
         assert!(err.to_string().contains("max_event_size"));
-    }
-
-    #[test]
-    fn hub_id_is_appended_without_reallocating() {
-        let prepared = Event::default().data("x").prepare(usize::MAX).unwrap();
-        let capacity = prepared.buf.capacity();
-        let ptr = prepared.buf.as_ptr();
-        let bytes = prepared.finish(Some(u64::MAX));
-        assert_eq!(&bytes[..], b"data: x\nid: 18446744073709551615\n\n");
-        assert_eq!(bytes.as_ptr(), ptr);
-        assert!(bytes.len() <= capacity);
+        assert!(publisher
+            .publish(Event::default().data("x".repeat(64)))
+            .is_ok());
     }
 
     #[cfg(feature = "json")]

@@ -1,14 +1,15 @@
 //! [`SseLayer`]: where the stream is served and how it behaves.
 
-use bytes::{BufMut, Bytes, BytesMut};
 use http::{request::Parts, Response};
 use std::{future::Future, sync::Arc, time::Duration};
 use tower_layer::Layer;
 
 use crate::{
     authorize::Authorize,
-    hub::{Hub, Limits},
-    Access, Publisher, SseService,
+    config::Config,
+    hub::Hub,
+    service::{Routes, SseService},
+    sse, wire, Access, Publisher,
 };
 
 /// Serves a Server-Sent Events stream on one path of any tower service, and
@@ -16,14 +17,15 @@ use crate::{
 ///
 /// `GET` on the path opens an event stream; `HEAD` answers its headers;
 /// any other method gets `405 Method Not Allowed`. Every other request goes
-/// to the wrapped service with a [`Publisher`] in its extensions.
+/// to the wrapped service with a [`Publisher`] in its extensions (which also
+/// opens streams under routes of your own: [`Subscribe`](crate::Subscribe)).
 ///
-/// The layer owns the hub: every service it makes, every clone of it and
-/// every publisher taken from it share that hub. Builder methods may be
-/// called in any order, also after [`publisher`](SseLayer::publisher); the
-/// hub's settings (`history`, `history_ttl`, `max_lag`, `max_event_size`,
-/// `max_subscribers`) apply to the shared hub, the others to this layer and
-/// the services it makes from then on.
+/// The layer holds configuration and a handle to its [`Hub`]: every service
+/// it makes, every clone of it and every publisher taken from it share that
+/// hub. [`SseLayer::new`] makes a hub with the default settings; give it
+/// one built with [`Hub::builder`] (history, lag bound, limits, backplane)
+/// with [`hub`](SseLayer::hub). The builder methods here set how this
+/// layer's streams behave, and change no other layer.
 ///
 /// # Example
 ///
@@ -31,16 +33,17 @@ use crate::{
 /// # #[cfg(feature = "axum")] {
 /// use axum::{routing::post, Router};
 /// use std::time::Duration;
-/// use tower_sse::{Event, Publisher, SseLayer};
+/// use tower_sse::{Event, Hub, Publisher, SseLayer};
 ///
 /// async fn publish(publisher: Publisher, body: String) {
 ///     publisher.publish(Event::default().data(body)).ok();
 /// }
 ///
 /// # async fn run() {
+/// let hub = Hub::builder().history(4096).build();
 /// let app = Router::new()
 ///     .route("/publish", post(publish))
-///     .layer(SseLayer::new("/events").keep_alive(Duration::from_secs(20)));
+///     .layer(SseLayer::new("/events").hub(&hub).keep_alive(Duration::from_secs(20)));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
 /// axum::serve(listener, app).await.unwrap();
 /// # }
@@ -48,69 +51,45 @@ use crate::{
 /// ```
 #[derive(Clone, Debug)]
 pub struct SseLayer {
+    path: Box<str>,
+    websocket: Option<Box<str>>,
     config: Arc<Config>,
-    limits: Limits,
-    publisher: Publisher,
+    hub: Hub,
 }
 
-/// What the service needs to answer a stream request.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) path: Box<str>,
-    pub(crate) keep_alive: Option<(Duration, Bytes)>,
-    /// Sent first on every stream (the `retry:` hint), possibly empty.
-    pub(crate) prelude: Bytes,
-    pub(crate) topic_param: Box<str>,
-    pub(crate) max_topics: usize,
-    pub(crate) retry_after: Duration,
-    pub(crate) authorize: Option<Authorize>,
-    /// Where the WebSocket endpoint is served, if anywhere.
-    #[cfg(feature = "ws")]
-    pub(crate) websocket: Option<Box<str>>,
+/// `path` with a leading `/`.
+fn absolute(path: String) -> Box<str> {
+    if path.starts_with('/') {
+        path.into()
+    } else {
+        format!("/{path}").into()
+    }
 }
 
 impl SseLayer {
     /// A layer serving the event stream at `path` (e.g. `"/events"`; a
-    /// missing leading `/` is added), with a new hub.
+    /// missing leading `/` is added), with a new hub of default settings.
     pub fn new(path: impl Into<String>) -> Self {
-        let mut path: String = path.into();
-        if !path.starts_with('/') {
-            path.insert(0, '/');
-        }
-        let limits = Limits::default();
         SseLayer {
-            config: Arc::new(Config {
-                path: path.into(),
-                keep_alive: Some((Duration::from_secs(15), comment("keep-alive"))),
-                prelude: Bytes::new(),
-                topic_param: "topic".into(),
-                max_topics: 64,
-                retry_after: Duration::from_secs(5),
-                authorize: None,
-                #[cfg(feature = "ws")]
-                websocket: None,
-            }),
-            publisher: Publisher::new(Hub::new(&limits)),
-            limits,
+            path: absolute(path.into()),
+            websocket: None,
+            config: Arc::new(Config::default()),
+            hub: Hub::new(),
         }
+        .hub_ready()
     }
 
-    /// Shares the event stream with other instances through Redis: events
-    /// sent on any instance reach streams on every instance, ids are global,
-    /// and a browser resumes on whichever instance it reconnects to. Publish
-    /// with [`Publisher::send`]/[`send_to`](Publisher::send_to) (the
-    /// synchronous `publish` returns [`Error::NeedsSend`](crate::Error::NeedsSend)).
-    /// The history (its count; [`history_ttl`](SseLayer::history_ttl) is
-    /// local only) is kept in the Redis Stream too. A hub keeps the first
-    /// backplane it is given. See [`RedisBackplane`](crate::RedisBackplane).
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn backplane(self, backplane: crate::RedisBackplane) -> Self {
-        if !self.publisher.hub().set_backplane(backplane.into_link()) {
-            tracing::warn!(
-                "SseLayer::backplane: this layer's hub already has a backplane; keeping it"
-            );
-        }
+    /// Serves `hub` instead of the layer's own: layers (and clones) given
+    /// the same hub serve the same events. Build one with [`Hub::builder`]
+    /// to choose its history, lag bound, limits and backplane.
+    pub fn hub(mut self, hub: &Hub) -> Self {
+        self.hub = hub.clone();
+        self.hub_ready()
+    }
+
+    /// The hub builds each event's stream bytes as it is published.
+    fn hub_ready(self) -> Self {
+        self.hub.encode_eagerly(&sse::ENCODING);
         self
     }
 
@@ -147,35 +126,30 @@ impl SseLayer {
     #[cfg(feature = "ws")]
     #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
     pub fn websocket(mut self, path: impl Into<String>) -> Self {
-        let mut path: String = path.into();
-        if !path.starts_with('/') {
-            path.insert(0, '/');
-        }
-        self.config().websocket = Some(path.into());
+        self.websocket = Some(absolute(path.into()));
         self
     }
 
-    /// A handle to publish from outside a request, e.g. a background task.
+    /// A handle to publish from outside a request, e.g. a background task
+    /// (streams it opens have this layer's settings as they are now).
     pub fn publisher(&self) -> Publisher {
-        self.publisher.clone()
+        Publisher::new(self.hub.clone(), self.config.clone())
     }
 
     fn config(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }
 
-    fn limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
-        change(&mut self.limits);
-        self.publisher.hub().set_limits(&self.limits);
-        self
-    }
-
     /// Sends a comment when a stream has sent nothing for `interval`, so
-    /// proxies and load balancers do not close it as idle. Default: 15 s.
-    /// Real traffic postpones it; an idle stream costs one timer.
+    /// proxies and load balancers do not close it as idle (a WebSocket
+    /// session sends a ping instead). Default: 15 s. Real traffic postpones
+    /// it; an idle stream costs one timer.
     pub fn keep_alive(mut self, interval: Duration) -> Self {
         let text = self.config().keep_alive.take().map(|(_, text)| text);
-        self.config().keep_alive = Some((interval, text.unwrap_or_else(|| comment("keep-alive"))));
+        self.config().keep_alive = Some((
+            interval,
+            text.unwrap_or_else(|| wire::comment_block("keep-alive")),
+        ));
         self
     }
 
@@ -187,7 +161,7 @@ impl SseLayer {
             .keep_alive
             .as_ref()
             .map_or(Duration::from_secs(15), |(interval, _)| *interval);
-        self.config().keep_alive = Some((interval, comment(text)));
+        self.config().keep_alive = Some((interval, wire::comment_block(text)));
         self
     }
 
@@ -206,43 +180,24 @@ impl SseLayer {
         self
     }
 
-    /// How many events a subscriber may have unread before its stream is
-    /// ended. The browser reconnects with `Last-Event-ID` and is replayed
-    /// from history, so nothing is lost while the history covers the gap.
-    /// Default: 1024. The hub keeps at least this many events.
-    pub fn max_lag(self, events: usize) -> Self {
-        self.limits(|l| l.max_lag = events.max(1))
-    }
-
-    /// How many recent events (of all topics together) the hub keeps, so a
-    /// browser that reconnects with `Last-Event-ID` gets what it missed.
-    /// Default: 1024 (the hub keeps at least [`max_lag`](SseLayer::max_lag)).
-    pub fn history(self, events: usize) -> Self {
-        self.limits(|l| l.history = events)
-    }
-
-    /// Also drops events older than `age` from the history. Default: no
-    /// age limit.
-    pub fn history_ttl(self, age: Duration) -> Self {
-        self.limits(|l| l.history_ttl = Some(age))
-    }
-
-    /// The largest encoded event `publish` accepts, in bytes; a larger one
-    /// is [`Error::TooLarge`](crate::Error::TooLarge). Default: 1 MiB.
-    pub fn max_event_size(self, bytes: usize) -> Self {
-        self.limits(|l| l.max_event_size = bytes)
-    }
-
-    /// How many streams may be open at once; past it, new streams get
-    /// `503 Service Unavailable` with `Retry-After`. Default: no limit.
-    pub fn max_subscribers(self, streams: usize) -> Self {
-        self.limits(|l| l.max_subscribers = streams)
-    }
-
     /// The query parameter that names a topic to follow
     /// (`/events?topic=a&topic=b`). Default: `topic`.
     pub fn topic_param(mut self, name: &str) -> Self {
         self.config().topic_param = name.into();
+        self
+    }
+
+    /// How many topics one stream may ask for; more is `400 Bad Request`.
+    /// Default: 64.
+    pub fn max_topics(mut self, topics: usize) -> Self {
+        self.config().max_topics = topics;
+        self
+    }
+
+    /// The `Retry-After` of a `503` (past `max_subscribers`, or while the
+    /// hub closes). Default: 5 s.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.config().retry_after = delay;
         self
     }
 
@@ -282,14 +237,7 @@ impl SseLayer {
         F: Fn(Parts) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Access, Response<String>>> + Send + 'static,
     {
-        self.config().authorize = Some(Authorize(Arc::new(move |parts| Box::pin(hook(parts)))));
-        self
-    }
-
-    /// How many topics one stream may follow; more is `400 Bad Request`.
-    /// Default: 64.
-    pub fn max_topics(mut self, topics: usize) -> Self {
-        self.config().max_topics = topics;
+        self.config().authorize = Some(Authorize::new(hook));
         self
     }
 }
@@ -298,18 +246,10 @@ impl<S> Layer<S> for SseLayer {
     type Service = SseService<S>;
 
     fn layer(&self, inner: S) -> SseService<S> {
-        SseService::new(inner, self.config.clone(), self.publisher.clone())
+        let routes = Routes {
+            stream: self.path.clone(),
+            websocket: self.websocket.clone(),
+        };
+        SseService::new(inner, Arc::new(routes), self.publisher())
     }
-}
-
-/// Encodes `text` as one or more comment lines ending the block.
-fn comment(text: &str) -> Bytes {
-    let mut buf = BytesMut::new();
-    for line in text.split(['\n', '\r']) {
-        buf.put_slice(b":");
-        buf.put_slice(line.as_bytes());
-        buf.put_u8(b'\n');
-    }
-    buf.put_u8(b'\n');
-    buf.freeze()
 }

@@ -88,28 +88,46 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod authorize;
-#[cfg(feature = "redis")]
-mod backplane;
+pub mod backplane;
 mod body;
+mod config;
 mod error;
 mod event;
 mod hub;
 mod layer;
+mod open;
+mod published;
 mod publisher;
+mod record;
+mod request;
 mod service;
+mod sse;
+mod stream;
 mod subscribe;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+mod topic;
+mod wire;
 #[cfg(feature = "ws")]
 mod ws;
 
 pub use authorize::Access;
 #[cfg(feature = "redis")]
-pub use backplane::RedisBackplane;
-pub use body::{EventStream, SseBody};
-pub use error::Error;
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use backplane::redis::RedisBackplane;
+pub use body::SseBody;
+pub use error::{BoxError, Error};
 pub use event::{Event, EventId};
-pub use hub::RESET_EVENT;
+pub use hub::{BackplaneStatus, Hub, HubBuilder};
 pub use layer::SseLayer;
+pub use open::Refusal;
+pub use published::Published;
 #[cfg(feature = "axum")]
 pub use publisher::MissingPublisher;
 pub use publisher::Publisher;
+pub use record::{Message, Record};
 pub use service::{ResponseFuture, SseService};
+pub use sse::{EventStream, RESET_EVENT};
+pub use stream::{Lagged, RecordStream};
+pub use subscribe::Subscribe;

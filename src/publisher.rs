@@ -1,79 +1,88 @@
-//! [`Publisher`]: the handle every request handler gets to broadcast events.
+//! [`Publisher`]: the handle every request handler gets to broadcast events
+//! and to open streams of its own.
 
 use std::{fmt, sync::Arc};
 
 use crate::{
-    event::Event,
-    hub::{Hub, DEFAULT_TOPIC},
-    subscribe::is_valid_topic,
-    Error, EventId,
+    config::{self, Config},
+    hub::{BackplaneStatus, Hub},
+    Error, Event, Message, Published, Subscribe,
 };
 
-/// Broadcasts events to every connected subscriber.
+/// Broadcasts events to every connected subscriber, and opens streams.
 ///
 /// [`SseService`](crate::SseService) puts a `Publisher` into the extensions
 /// of every request it passes on, so any handler can publish; background
-/// tasks get one from [`SseLayer::publisher`](crate::SseLayer::publisher).
-/// Clones are cheap and share one hub.
+/// tasks get one from [`SseLayer::publisher`](crate::SseLayer::publisher) or
+/// [`Hub::publisher`]. Clones are cheap and share one hub.
 ///
-/// Publishing encodes the event once, appends it to the hub's history and
-/// returns: it never waits for subscribers, and it costs the same with none
-/// or ten thousand of them. Subscribers are woken by a task of the hub.
-///
-/// When the last `Publisher` (including the ones inside layers and services)
-/// is dropped, the hub is closed as by [`close`](Publisher::close).
+/// Publishing checks the event and hands it to the hub, and returns: it never
+/// waits for subscribers, and it costs the same with none or ten thousand of
+/// them. The same call works with and without a backplane: the returned
+/// [`Published`] may be awaited for the event's id once it is stored (with a
+/// backplane, once the engine holds it), or dropped.
 ///
 /// # Example
 ///
 /// ```
+/// # async fn run() -> Result<(), tower_sse::Error> {
 /// use tower_sse::{Event, SseLayer};
 ///
 /// let layer = SseLayer::new("/events");
 /// let publisher = layer.publisher();
-/// let id = publisher.publish(Event::default().event("tick").data("1")).unwrap();
-/// let next = publisher.publish_to("orders/42", Event::default().data("paid")).unwrap();
+/// let id = publisher.publish(Event::default().event("tick").data("1"))?.await?;
+/// let next = publisher.publish_to("orders/42", Event::default().data("paid"))?.await?;
 /// assert!(next > id);
 /// assert_eq!(publisher.subscriber_count(), 0);
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Publisher {
-    handle: Arc<Handle>,
+    hub: Hub,
+    /// The settings of streams it opens: its layer's.
+    config: Arc<Config>,
 }
 
-/// Closes the hub when the last publisher goes away.
-struct Handle {
-    hub: Arc<Hub>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.hub.close();
+impl Hub {
+    /// A publisher of this hub. Streams it opens with
+    /// [`subscribe`](Publisher::subscribe) have the default settings; the
+    /// publisher a layer gives has the layer's.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.clone(), config::default())
     }
 }
 
 impl Publisher {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Publisher {
-            handle: Arc::new(Handle { hub }),
-        }
+    pub(crate) fn new(hub: Hub, config: Arc<Config>) -> Self {
+        Publisher { hub, config }
     }
 
-    pub(crate) fn hub(&self) -> &Arc<Hub> {
-        &self.handle.hub
+    /// The settings of the streams it opens.
+    pub(crate) fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The hub it publishes to.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// Publishes `event` to every subscriber, whatever topics they follow.
     ///
-    /// Returns the id the event got (or, if the event set its own with
-    /// [`Event::id`], the hub's id that orders it). Errors: the event is
-    /// invalid ([`Error::InvalidEventName`], [`Error::InvalidId`], ...),
-    /// larger than [`SseLayer::max_event_size`](crate::SseLayer::max_event_size)
-    /// ([`Error::TooLarge`]), or the hub is closed ([`Error::Closed`]).
-    /// An event that was refused reaches no one; one that was accepted
-    /// reaches every subscriber that keeps up, or is in the history for
-    /// those that reconnect.
-    pub fn publish(&self, event: Event) -> Result<EventId, Error> {
-        self.hub().publish(DEFAULT_TOPIC, event)
+    /// `Err` when the event is refused: invalid ([`Error::InvalidEventName`],
+    /// [`Error::InvalidId`], ...), larger than
+    /// [`HubBuilder::max_event_size`](crate::HubBuilder::max_event_size)
+    /// ([`Error::TooLarge`]), the hub is closed ([`Error::Closed`]), or its
+    /// backplane is down or not keeping up ([`Error::Backplane`]). A refused
+    /// event reaches no one.
+    ///
+    /// `Ok` when the hub took it: it reaches every subscriber that keeps up,
+    /// and is in the history for those that reconnect. Without a backplane
+    /// it is stored already; with one, await the [`Published`] to learn
+    /// whether the engine took it (an event the engine then refuses whose
+    /// `Published` was dropped is logged as lost).
+    pub fn publish(&self, event: Event) -> Result<Published, Error> {
+        self.hub.publish(Message::new(None, event)?)
     }
 
     /// Publishes `event` to the subscribers of `topic` only.
@@ -83,41 +92,20 @@ impl Publisher {
     /// [`Error::InvalidTopic`]. Publishing to a topic nobody follows costs
     /// little: the event is kept in the history for those who subscribe
     /// later with a `Last-Event-ID`.
-    pub fn publish_to(&self, topic: &str, event: Event) -> Result<EventId, Error> {
-        if !is_valid_topic(topic) {
-            return Err(Error::InvalidTopic);
-        }
-        self.hub().publish(topic, event)
+    pub fn publish_to(&self, topic: &str, event: Event) -> Result<Published, Error> {
+        self.hub.publish(Message::new(Some(topic), event)?)
     }
 
-    /// Publishes `event` to every subscriber and waits until it is accepted:
-    /// through the backplane when the layer has one (the id comes from it,
-    /// and an `Err` means no instance got the event), else as
-    /// [`publish`](Publisher::publish) does.
-    pub async fn send(&self, event: Event) -> Result<EventId, Error> {
-        self.send_to_topic(DEFAULT_TOPIC, event).await
+    /// A stream of this hub to open from code — a handler with a route of
+    /// its own, a gRPC method — with the settings of the layer this
+    /// publisher came from. See [`Subscribe`].
+    pub fn subscribe(&self) -> Subscribe {
+        Subscribe::new(self.hub.clone(), self.config.clone())
     }
 
-    /// Publishes `event` to the subscribers of `topic` and waits until it is
-    /// accepted; see [`send`](Publisher::send).
-    pub async fn send_to(&self, topic: &str, event: Event) -> Result<EventId, Error> {
-        if !is_valid_topic(topic) {
-            return Err(Error::InvalidTopic);
-        }
-        self.send_to_topic(topic, event).await
-    }
-
-    async fn send_to_topic(&self, topic: &str, event: Event) -> Result<EventId, Error> {
-        #[cfg(feature = "redis")]
-        if let Some(link) = self.hub().backplane() {
-            return link.publish(self.hub(), topic, event).await;
-        }
-        self.hub().publish(topic, event)
-    }
-
-    /// How many event streams are open now.
+    /// How many streams (of every transport) are open now.
     pub fn subscriber_count(&self) -> usize {
-        self.hub().subscriber_count()
+        self.hub.subscriber_count()
     }
 
     /// A receiver of the number of open streams, updated as streams open
@@ -132,7 +120,13 @@ impl Publisher {
     /// # }
     /// ```
     pub fn watch_subscribers(&self) -> tokio::sync::watch::Receiver<usize> {
-        self.hub().watch_subscribers()
+        self.hub.watch_subscribers()
+    }
+
+    /// The state of the hub's backplane ([`BackplaneStatus::None`] without
+    /// one): for a readiness check.
+    pub fn backplane_status(&self) -> BackplaneStatus {
+        self.hub.backplane_status()
     }
 
     /// Ends every open stream but keeps the hub open: browsers reconnect by
@@ -141,7 +135,7 @@ impl Publisher {
     /// connections to other instances before a deploy, or to test a
     /// client's reconnection.
     pub fn disconnect_all(&self) {
-        self.hub().disconnect_all();
+        self.hub.disconnect_all();
     }
 
     /// Closes the hub: every open stream ends once it has sent what was
@@ -152,6 +146,7 @@ impl Publisher {
     /// wait forever for streams that never end:
     ///
     /// ```no_run
+    /// # #[cfg(feature = "axum")]
     /// # async fn run(listener: tokio::net::TcpListener, app: axum::Router, layer: tower_sse::SseLayer) {
     /// let publisher = layer.publisher();
     /// axum::serve(listener, app)
@@ -164,12 +159,12 @@ impl Publisher {
     /// # }
     /// ```
     pub fn close(&self) {
-        self.hub().close();
+        self.hub.close();
     }
 
     /// Whether [`close`](Publisher::close) was called (or every handle dropped).
     pub fn is_closed(&self) -> bool {
-        self.hub().is_closed()
+        self.hub.is_closed()
     }
 }
 
@@ -185,6 +180,7 @@ impl fmt::Debug for Publisher {
 #[cfg(feature = "axum")]
 mod axum_impl {
     use super::Publisher;
+    use crate::Subscribe;
     use axum_core::{
         extract::FromRequestParts,
         response::{IntoResponse, Response},
@@ -192,9 +188,9 @@ mod axum_impl {
     use http::{request::Parts, StatusCode};
     use std::fmt;
 
-    /// Rejection of the [`Publisher`] extractor: the request did not pass
-    /// through an [`SseLayer`](crate::SseLayer). Answers `500` with a message
-    /// that says so.
+    /// Rejection of the [`Publisher`] and [`Subscribe`] extractors: the
+    /// request did not pass through an [`SseLayer`](crate::SseLayer).
+    /// Answers `500` with a message that says so.
     #[derive(Debug)]
     #[non_exhaustive]
     pub struct MissingPublisher;
@@ -204,7 +200,7 @@ mod axum_impl {
             f.write_str(
                 "no tower_sse::Publisher in the request extensions: \
                  add `.layer(SseLayer::new(\"/events\"))` to the router \
-                 (after the routes that extract `Publisher`)",
+                 (after the routes that extract `Publisher` or `Subscribe`)",
             )
         }
     }
@@ -226,6 +222,19 @@ mod axum_impl {
                 .get::<Publisher>()
                 .cloned()
                 .ok_or(MissingPublisher)
+        }
+    }
+
+    /// The layer's publisher, with the request's resume point and head.
+    impl<S: Send + Sync> FromRequestParts<S> for Subscribe {
+        type Rejection = MissingPublisher;
+
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+            let publisher = parts
+                .extensions
+                .get::<Publisher>()
+                .ok_or(MissingPublisher)?;
+            Ok(publisher.subscribe().request(parts))
         }
     }
 }

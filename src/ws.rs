@@ -1,33 +1,39 @@
-//! The same hub over WebSocket (feature `ws`), for clients that change
-//! their topics without reconnecting or cannot use `EventSource`.
+//! The WebSocket transport (feature `ws`): the same hub for clients that
+//! change their topics without reconnecting or cannot use `EventSource`.
 //!
 //! The protocol (JSON text frames) is documented on
 //! [`SseLayer::websocket`](crate::SseLayer::websocket).
 
-use std::{collections::BTreeSet, future::poll_fn, sync::Arc, task::Poll, time::Duration};
+use std::{collections::BTreeSet, future::poll_fn, task::Poll, time::Duration};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio_tungstenite::{
     tungstenite::{
         handshake::derive_accept_key,
-        protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig},
+        protocol::{
+            frame::{
+                coding::{CloseCode, Data, OpCode},
+                Frame,
+            },
+            CloseFrame, Role, WebSocketConfig,
+        },
         Message, Utf8Bytes,
     },
     WebSocketStream,
 };
 
 use crate::{
-    authorize::Access,
     body::OwnBody,
-    hub::{Read, Resume, SubscribeError, Subscription},
-    layer::Config,
-    service,
-    subscribe::{self, is_valid_topic},
-    Publisher,
+    hub::{Ended, Resume, StartKind, Subscription},
+    open::{self, Kind, Refusal},
+    record::Encoding,
+    request,
+    service::{refused, text},
+    topic, Access, Publisher, Record, RESET_EVENT,
 };
 
 /// The largest message a client may send, and the largest frame.
@@ -35,32 +41,26 @@ pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Events sent per wake-up before checking the client's messages again.
 const BATCH: usize = 256;
 
-/// One event as the text frame every WebSocket client gets: built once per
-/// event from its encoded fields, then shared.
-pub(crate) fn event_frame(hub_id: u64, topic: &str, sse: &[u8]) -> Utf8Bytes {
-    let text = String::from_utf8_lossy(sse);
-    let (mut event, mut data, mut id) = (None, Vec::new(), None);
-    for line in text.split('\n') {
-        let Some((field, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => event = Some(value),
-            "data" => data.push(value),
-            "id" => id = Some(value),
-            _ => {}
-        }
-    }
+/// A record as the JSON text every WebSocket client gets: built once per
+/// event, from the record's fields, by the first session that sends it.
+const ENCODING: Encoding = Encoding { slot: 1, encode };
+
+fn encode(record: &Record) -> Bytes {
     json!({
         "type": "event",
-        "id": id.map_or_else(|| hub_id.to_string(), str::to_owned),
-        "event": event.unwrap_or("message"),
-        "topic": topic,
-        "data": data.join("\n"),
+        "id": record.last_event_id(),
+        "event": record.event().unwrap_or("message"),
+        "topic": record.topic().unwrap_or(""),
+        "data": record.data(),
     })
     .to_string()
     .into()
+}
+
+/// A shared encoded event as a text frame (valid UTF-8: it came from a
+/// `String`), without copying or checking it again.
+fn event_frame(json: &Bytes) -> Message {
+    Message::Frame(Frame::message(json.clone(), OpCode::Data(Data::Text), true))
 }
 
 /// What makes a request a WebSocket handshake, and how to answer it.
@@ -117,8 +117,8 @@ fn handshake(parts: &Parts) -> Result<Handshake, (StatusCode, &'static str)> {
 }
 
 /// A plain-text answer to a request that is not a usable handshake.
-fn text(status: StatusCode, message: &str) -> Response<OwnBody> {
-    let mut response = service::text(status, format!("{message}\n"));
+fn not_a_handshake(status: StatusCode, message: &str) -> Response<OwnBody> {
+    let mut response = text(status, format!("{message}\n"));
     if status == StatusCode::UPGRADE_REQUIRED {
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_VERSION,
@@ -128,62 +128,38 @@ fn text(status: StatusCode, message: &str) -> Response<OwnBody> {
     response
 }
 
-/// Answers a request on the WebSocket path: checks the handshake, runs the
-/// authorization hook, subscribes, and hands the upgraded connection to a
-/// session task.
-pub(crate) async fn respond(
-    mut parts: Parts,
-    publisher: Publisher,
-    config: Arc<Config>,
-) -> Response<OwnBody> {
+/// Answers a request on the WebSocket path: checks the handshake, opens the
+/// subscription as the stream path does, and hands the upgraded connection
+/// to a session task.
+pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<OwnBody> {
     let handshake = match handshake(&parts) {
         Ok(handshake) => handshake,
-        Err((status, message)) => return text(status, message),
+        Err((status, message)) => return not_a_handshake(status, message),
     };
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return text(
+        return not_a_handshake(
             StatusCode::INTERNAL_SERVER_ERROR,
             "WebSocket needs a hyper-based server that supports upgrades",
         );
     };
-    let request = match subscribe::parse(&parts, &config.topic_param, config.max_topics) {
-        Ok(request) => request,
-        Err(rejection) => return text(rejection.status, &rejection.message),
+    let config = publisher.config().clone();
+    let opened = async {
+        let request = request::parse(&parts, &config.topic_param, config.max_topics)?;
+        let access = open::authorize(&config, parts).await?;
+        let mut session = Session {
+            publisher,
+            access,
+            topics: request.topics.into_iter().collect(),
+            subscription: None,
+            last: None,
+        };
+        session.subscribe(&request.resume).await?;
+        Ok::<_, Refusal>(session)
     };
-    let access = match &config.authorize {
-        None => Access::all(),
-        Some(hook) => {
-            let decision = std::panic::AssertUnwindSafe(async { (hook.0)(parts).await })
-                .catch_unwind()
-                .await;
-            match decision {
-                Ok(Ok(access)) => access,
-                Ok(Err(refusal)) => return refusal.map(OwnBody::full),
-                Err(_) => return service::hook_panicked(),
-            }
-        }
+    let session = match opened.await {
+        Ok(session) => session,
+        Err(refusal) => return refused(refusal),
     };
-    if let Some(topic) = request.topics.iter().find(|t| !access.allows(t)) {
-        return service::forbidden(topic);
-    }
-    let topics: BTreeSet<String> = request.topics.iter().cloned().collect();
-    let mut session = Session {
-        publisher,
-        config,
-        access,
-        topics,
-        subscription: None,
-        last: None,
-    };
-    // With a backplane, the same wait as a stream's: for the history to load,
-    // or for an id the client saw on another instance.
-    #[cfg(feature = "redis")]
-    if let Some(id) = session.publisher.hub().wait_for(&request.resume()) {
-        session.publisher.hub().caught_up(id).await;
-    }
-    if let Err(error) = session.subscribe(request.resume()) {
-        return service::refused(&session.config, error);
-    }
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -221,9 +197,21 @@ pub(crate) async fn respond(
 /// Why a session ends, and the close frame that says so.
 struct Close(CloseCode, String);
 
+impl Close {
+    /// The close that refuses a change of topics.
+    fn refusal(refusal: &Refusal) -> Close {
+        let code = match refusal.kind() {
+            Kind::Invalid => CloseCode::Protocol,
+            Kind::TooManyTopics | Kind::Forbidden | Kind::Hook => CloseCode::Policy,
+            Kind::Unavailable => CloseCode::Again,
+            Kind::Internal => CloseCode::Error,
+        };
+        Close(code, format!("could not subscribe: {refusal}"))
+    }
+}
+
 struct Session {
     publisher: Publisher,
-    config: Arc<Config>,
     access: Access,
     /// Topics the client asked for (the default topic and topics the hook
     /// makes it follow come on top).
@@ -234,31 +222,35 @@ struct Session {
 }
 
 impl Session {
-    /// (Re)subscribes to the current topics from `resume`.
-    fn subscribe(&mut self, resume: Resume<'_>) -> Result<(), SubscribeError> {
+    /// (Re)subscribes to the current topics from `resume`, through the same
+    /// checks as the stream path.
+    async fn subscribe(&mut self, resume: &Resume) -> Result<(), Refusal> {
+        let config = self.publisher.config();
+        let topics = open::topics(config, &self.access, self.topics.iter().map(String::as_str))?;
         // Leave first: a session that changes topics at the subscriber limit
         // must not be refused for counting twice.
         self.subscription = None;
-        let mut topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        topics.extend(service::followed(&self.access));
-        self.subscription = Some(self.publisher.hub().subscribe(&topics, resume)?);
+        let subscription = open::subscribe(self.publisher.hub(), config, &topics, resume).await?;
+        self.subscription = Some(subscription);
         Ok(())
     }
 
     /// The frames that open a subscription: `reset` when the client's
     /// resume point is gone, then `subscribed` with the id it starts after.
     fn opening(&mut self) -> Vec<Utf8Bytes> {
-        let Some(subscription) = &mut self.subscription else {
+        let Some(subscription) = &self.subscription else {
             return Vec::new();
         };
-        let (after, reset) = subscription.take_start_ws();
-        if after.is_some() {
-            self.last = after;
-        }
-        let after = self.last.map(|id| id.to_string());
+        let start = subscription.start();
+        self.last = Some(start.after);
+        let after = start.after.to_string();
         let mut frames = Vec::new();
-        if reset {
-            frames.push(json!({"type": "reset", "after": after}).to_string().into());
+        if start.kind == StartKind::Reset {
+            frames.push(
+                json!({"type": RESET_EVENT, "after": after})
+                    .to_string()
+                    .into(),
+            );
         }
         frames.push(
             json!({"type": "subscribed", "topics": self.topics, "after": after})
@@ -298,7 +290,7 @@ impl Session {
             ws.feed(Message::Text(frame)).await.ok()?;
         }
         ws.flush().await.ok()?;
-        let interval = self.config.keep_alive.as_ref().map(|(i, _)| *i);
+        let interval = self.publisher.config().keep_alive.as_ref().map(|(i, _)| *i);
         let mut ping = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         ping.tick().await;
         let mut out = Vec::with_capacity(BATCH);
@@ -308,7 +300,7 @@ impl Session {
                 incoming = ws.next() => match incoming {
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Ok(Message::Text(message))) => {
-                        if let Err(close) = self.handle(&message) {
+                        if let Err(close) = self.handle(&message).await {
                             return Some(close);
                         }
                         for frame in self.opening() {
@@ -336,30 +328,38 @@ impl Session {
                 },
                 read = poll_fn(|cx| {
                     subscription.register(cx.waker());
-                    if subscription.is_disconnected() {
+                    let ended = subscription.ended();
+                    if ended == Some(Ended::Disconnected) {
                         return Poll::Ready(Err(Close(
                             CloseCode::Restart,
                             "the server ended every stream; reconnect with last_event_id".into(),
                         )));
                     }
-                    match subscription.read_ws(&mut out, BATCH) {
-                        Read::Events(_) => Poll::Ready(Ok(())),
-                        Read::Lagged => Poll::Ready(Err(Close(
+                    let read = subscription.read(|record| {
+                        if out.len() == BATCH {
+                            return false;
+                        }
+                        out.push((record.id().as_u64(), record.encoded(&ENCODING).clone()));
+                        true
+                    });
+                    match read {
+                        Err(_) => Poll::Ready(Err(Close(
                             CloseCode::Again,
                             "fell behind the lag bound; reconnect with last_event_id".into(),
                         ))),
-                        Read::Nothing if subscription.is_closed() => Poll::Ready(Err(Close(
+                        Ok(()) if !out.is_empty() => Poll::Ready(Ok(())),
+                        Ok(()) if ended.is_some() => Poll::Ready(Err(Close(
                             CloseCode::Away,
                             "the server is shutting down".into(),
                         ))),
-                        Read::Nothing => Poll::Pending,
+                        Ok(()) => Poll::Pending,
                     }
                 }) => {
                     if let Err(close) = read {
                         return Some(close);
                     }
-                    for (id, frame) in out.drain(..) {
-                        ws.feed(Message::Text(frame)).await.ok()?;
+                    for (id, json) in out.drain(..) {
+                        ws.feed(event_frame(&json)).await.ok()?;
                         self.last = Some(id);
                     }
                     ws.flush().await.ok()?;
@@ -372,7 +372,7 @@ impl Session {
     }
 
     /// A client message: `subscribe` or `unsubscribe`.
-    fn handle(&mut self, message: &str) -> Result<(), Close> {
+    async fn handle(&mut self, message: &str) -> Result<(), Close> {
         let protocol = |why: &str| Close(CloseCode::Protocol, format!("protocol error: {why}"));
         let message: Value =
             serde_json::from_str(message).map_err(|_| protocol("a message is a JSON object"))?;
@@ -385,12 +385,8 @@ impl Session {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(protocol("`topics` is an array of strings")),
         };
-        for topic in &topics {
-            if !is_valid_topic(topic) {
-                return Err(protocol(&format!(
-                    "invalid topic {topic:?}: use 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`"
-                )));
-            }
+        if let Some(bad) = topics.iter().find(|t| !topic::is_valid(t)) {
+            return Err(Close::refusal(&Refusal::invalid_topic(bad)));
         }
         let last_event_id = match message.get("last_event_id") {
             None | Some(Value::Null) => None,
@@ -398,23 +394,7 @@ impl Session {
             Some(_) => return Err(protocol("`last_event_id` is a string")),
         };
         match kind {
-            Some("subscribe") => {
-                for topic in &topics {
-                    if !self.access.allows(topic) {
-                        return Err(Close(
-                            CloseCode::Policy,
-                            format!("not allowed to follow topic {topic:?}"),
-                        ));
-                    }
-                }
-                self.topics.extend(topics.iter().map(|t| (*t).to_owned()));
-                if self.topics.len() > self.config.max_topics {
-                    return Err(Close(
-                        CloseCode::Policy,
-                        format!("too many topics: at most {}", self.config.max_topics),
-                    ));
-                }
-            }
+            Some("subscribe") => self.topics.extend(topics.iter().map(|t| (*t).to_owned())),
             Some("unsubscribe") => {
                 for topic in &topics {
                     self.topics.remove(*topic);
@@ -424,37 +404,12 @@ impl Session {
         }
         // Continue right after what was sent (or where the client says), so
         // changing topics loses nothing of the topics kept.
-        let resume_from = last_event_id.or_else(|| self.last.map(|id| id.to_string()));
-        let resume = match &resume_from {
+        let resume = match last_event_id.or_else(|| self.last.map(|id| id.to_string())) {
             Some(id) => Resume::After(id),
             None => Resume::Live,
         };
-        self.subscribe(resume).map_err(|error| {
-            let status = service::refused(&self.config, error).status();
-            Close(CloseCode::Again, format!("could not subscribe: {status}"))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_event_becomes_one_json_frame() {
-        let frame = event_frame(
-            7,
-            "room/a",
-            b"event: greet\ndata: one\ndata: two\nid: 7\n\n",
-        );
-        let value: Value = serde_json::from_str(frame.as_str()).unwrap();
-        assert_eq!(
-            value,
-            json!({"type": "event", "id": "7", "event": "greet", "topic": "room/a", "data": "one\ntwo"})
-        );
-        let frame = event_frame(8, "", b"data: x\nid: custom\n\n");
-        let value: Value = serde_json::from_str(frame.as_str()).unwrap();
-        assert_eq!(value["id"], "custom");
-        assert_eq!(value["event"], "message");
+        self.subscribe(&resume)
+            .await
+            .map_err(|refusal| Close::refusal(&refusal))
     }
 }

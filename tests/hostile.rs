@@ -9,7 +9,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tower_sse::{Event, SseLayer};
+use tower_sse::{Event, Hub, SseLayer};
 
 async fn server() -> Server {
     let layer = SseLayer::new("/events").max_topics(64);
@@ -115,7 +115,8 @@ async fn invalid_percent_encoding_and_control_characters_get_a_400() {
 async fn a_client_that_never_reads_is_dropped_with_tcp_user_timeout() {
     use std::time::Duration;
 
-    let layer = SseLayer::new("/events").history(10_000).max_lag(10_000);
+    let layer =
+        SseLayer::new("/events").hub(&Hub::builder().history(10_000).max_lag(10_000).build());
     let publisher = layer.publisher();
     let addr = common::serve_with_user_timeout(
         ([127, 0, 0, 1], 0).into(),

@@ -12,7 +12,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
 };
-use tower_sse::{Error, Event, RedisBackplane, SseLayer, RESET_EVENT};
+use tower_sse::{Error, Event, Hub, RedisBackplane, SseLayer, RESET_EVENT};
 
 /// A loopback port nothing listens on (free when asked).
 fn free_port() -> u16 {
@@ -81,7 +81,8 @@ async fn node(redis: &Redis, key: &str) -> Server {
         .await
         .unwrap()
         .key(key);
-    let layer = SseLayer::new("/events").history(100).backplane(backplane);
+    let layer =
+        SseLayer::new("/events").hub(&Hub::builder().history(100).backplane(backplane).build());
     #[cfg(feature = "ws")]
     let layer = layer.websocket("/ws");
     let publisher = layer.publisher();
@@ -97,12 +98,17 @@ fn key() -> String {
     )
 }
 
+/// Publishes `event` and waits until Redis holds it.
+async fn send(publisher: &tower_sse::Publisher, event: Event) -> Result<tower_sse::EventId, Error> {
+    publisher.publish(event)?.await
+}
+
 /// Sends until Redis takes the event (the publishing connection may need a
 /// moment to reconnect after Redis came back).
 async fn send_when_up(server: &Server, data: &str) -> tower_sse::EventId {
     within("Redis to take an event", async {
         loop {
-            match server.publisher.send(Event::default().data(data)).await {
+            match send(&server.publisher, Event::default().data(data)).await {
                 Ok(id) => return id,
                 Err(Error::Backplane(_)) => tokio::task::yield_now().await,
                 Err(e) => panic!("{e}"),
@@ -130,14 +136,10 @@ async fn an_event_sent_on_one_node_reaches_both_with_one_id() {
     let mut on_a = Subscriber::connect(&a.url("/events")).await;
     let mut on_b = Subscriber::connect(&b.url("/events")).await;
 
-    let id = a
-        .publisher
-        .send(Event::default().data("from A"))
+    let id = send(&a.publisher, Event::default().data("from A"))
         .await
         .unwrap();
-    let id_b = b
-        .publisher
-        .send(Event::default().data("from B"))
+    let id_b = send(&b.publisher, Event::default().data("from B"))
         .await
         .unwrap();
     assert!(id_b > id);
@@ -148,11 +150,12 @@ async fn an_event_sent_on_one_node_reaches_both_with_one_id() {
         assert_eq!(events[1].data, "from B");
         assert_eq!(events[1].id, id_b.to_string());
     }
-    // The synchronous publish cannot wait for Redis: it says so.
-    assert!(matches!(
-        a.publisher.publish(Event::default().data("x")),
-        Err(Error::NeedsSend)
-    ));
+    // The same call as without a backplane: taken at once, fire and
+    // forget; its id comes once Redis holds it, and it reaches B.
+    let published = a.publisher.publish(Event::default().data("x")).unwrap();
+    assert_eq!(published.id(), None, "the id is Redis's to give");
+    drop(published);
+    assert_eq!(on_b.take(1).await[0].data, "x");
 }
 
 #[tokio::test]
@@ -162,8 +165,7 @@ async fn a_browser_that_read_on_a_resumes_exactly_on_b() {
     let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
     let mut on_a = Subscriber::connect(&a.url("/events")).await;
     for i in 1..=3 {
-        a.publisher
-            .send(Event::default().data(format!("e{i}")))
+        send(&a.publisher, Event::default().data(format!("e{i}")))
             .await
             .unwrap();
     }
@@ -171,8 +173,7 @@ async fn a_browser_that_read_on_a_resumes_exactly_on_b() {
     let last = on_a.last_event_id().unwrap();
     drop(on_a);
     for i in 4..=5 {
-        b.publisher
-            .send(Event::default().data(format!("e{i}")))
+        send(&b.publisher, Event::default().data(format!("e{i}")))
             .await
             .unwrap();
     }
@@ -183,10 +184,14 @@ async fn a_browser_that_read_on_a_resumes_exactly_on_b() {
     // Straight from A to B with the newest id, which B may not have read yet:
     // B waits for it instead of answering with a reset.
     let mut on_a = Subscriber::connect(&a.url("/events")).await;
-    let newest = a.publisher.send(Event::default().data("e6")).await.unwrap();
+    let newest = send(&a.publisher, Event::default().data("e6"))
+        .await
+        .unwrap();
     assert_eq!(on_a.next().await.unwrap().id, newest.to_string());
     let mut on_b = Subscriber::resume(&b.url("/events"), Some(&newest.to_string())).await;
-    b.publisher.send(Event::default().data("e7")).await.unwrap();
+    send(&b.publisher, Event::default().data("e7"))
+        .await
+        .unwrap();
     let next = on_b.next().await.unwrap();
     assert_eq!((next.event.as_str(), next.data.as_str()), ("message", "e7"));
 }
@@ -196,13 +201,10 @@ async fn a_node_that_starts_later_serves_the_history_from_redis() {
     let redis = Redis::start();
     let key = key();
     let a = node(&redis, &key).await;
-    let first = a
-        .publisher
-        .send(Event::default().data("before B"))
+    let first = send(&a.publisher, Event::default().data("before B"))
         .await
         .unwrap();
-    a.publisher
-        .send(Event::default().data("also before B"))
+    send(&a.publisher, Event::default().data("also before B"))
         .await
         .unwrap();
     let b = node(&redis, &key).await;
@@ -210,8 +212,7 @@ async fn a_node_that_starts_later_serves_the_history_from_redis() {
     assert_eq!(on_b.next().await.unwrap().data, "also before B");
     // An id older than the stream's history gets the reset event.
     let mut old = Subscriber::resume(&b.url("/events"), Some("1")).await;
-    a.publisher
-        .send(Event::default().data("live"))
+    send(&a.publisher, Event::default().data("live"))
         .await
         .unwrap();
     assert_eq!(old.next().await.unwrap().event, RESET_EVENT);
@@ -224,8 +225,7 @@ async fn dropped_redis_connections_are_caught_up_without_a_reset() {
     let key = key();
     let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
     let mut on_b = Subscriber::connect(&b.url("/events")).await;
-    a.publisher
-        .send(Event::default().data("before"))
+    send(&a.publisher, Event::default().data("before"))
         .await
         .unwrap();
     assert_eq!(on_b.next().await.unwrap().data, "before");
@@ -255,8 +255,7 @@ async fn redis_restarting_empty_means_errors_while_down_then_a_reset() {
     let key = key();
     let a = node(&redis, &key).await;
     let mut on_a = Subscriber::connect(&a.url("/events")).await;
-    a.publisher
-        .send(Event::default().data("before"))
+    send(&a.publisher, Event::default().data("before"))
         .await
         .unwrap();
     assert_eq!(on_a.next().await.unwrap().data, "before");
@@ -264,9 +263,7 @@ async fn redis_restarting_empty_means_errors_while_down_then_a_reset() {
 
     redis.kill();
     // Never a success for an event that went nowhere.
-    let err = a
-        .publisher
-        .send(Event::default().data("lost"))
+    let err = send(&a.publisher, Event::default().data("lost"))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Backplane(_)), "{err:?}");
@@ -297,8 +294,7 @@ async fn two_nodes_with_a_thousand_subscribers_each_lose_nothing() {
     for i in 0..20 {
         let node = &nodes[i % 2];
         ids.push(
-            node.publisher
-                .send(Event::default().data(format!("{i}")))
+            send(&node.publisher, Event::default().data(format!("{i}")))
                 .await
                 .unwrap()
                 .to_string(),
@@ -328,8 +324,7 @@ async fn when_a_node_goes_away_its_browsers_resume_on_another() {
     let key = key();
     let (mut a, b) = (node(&redis, &key).await, node(&redis, &key).await);
     let mut on_a = Subscriber::connect(&a.url("/events")).await;
-    b.publisher
-        .send(Event::default().data("one"))
+    send(&b.publisher, Event::default().data("one"))
         .await
         .unwrap();
     assert_eq!(on_a.next().await.unwrap().data, "one");
@@ -341,13 +336,11 @@ async fn when_a_node_goes_away_its_browsers_resume_on_another() {
         .await
         .unwrap()
         .unwrap();
-    b.publisher
-        .send(Event::default().data("two"))
+    send(&b.publisher, Event::default().data("two"))
         .await
         .unwrap();
     let mut on_b = Subscriber::resume(&b.url("/events"), Some(&last)).await;
-    b.publisher
-        .send(Event::default().data("three"))
+    send(&b.publisher, Event::default().data("three"))
         .await
         .unwrap();
     let data: Vec<String> = on_b.take(2).await.into_iter().map(|e| e.data).collect();
@@ -365,12 +358,16 @@ async fn a_websocket_client_resumes_on_another_node_without_a_reset() {
     let redis = Redis::start();
     let key = key();
     let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
-    let newest = a.publisher.send(Event::default().data("e1")).await.unwrap();
+    let newest = send(&a.publisher, Event::default().data("e1"))
+        .await
+        .unwrap();
     let url = format!("ws://{}/ws?lastEventId={newest}", b.addr);
     let (mut ws, _) = within("the handshake", tokio_tungstenite::connect_async(url))
         .await
         .unwrap();
-    b.publisher.send(Event::default().data("e2")).await.unwrap();
+    send(&b.publisher, Event::default().data("e2"))
+        .await
+        .unwrap();
     let mut kinds = Vec::new();
     while kinds.last().is_none_or(|(kind, _)| kind != "event") {
         let text = match within("a message", ws.next()).await {

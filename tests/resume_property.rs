@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use std::convert::Infallible;
 use tower::{service_fn, ServiceExt};
 use tower_layer::Layer;
-use tower_sse::{Event, SseBody, SseLayer};
+use tower_sse::{Event, Hub, SseBody, SseLayer};
 
 const TOPICS: [&str; 3] = ["a", "b", "c"];
 
@@ -137,7 +137,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let layer = SseLayer::new("/events").max_lag(3).history(100_000);
+        let layer =
+            SseLayer::new("/events").hub(&Hub::builder().max_lag(3).history(100_000).build());
         let publisher = layer.publisher();
         let mut published: Vec<(u64, Option<&str>)> = Vec::new();
         let mut clients: Vec<Client> = (0..3).map(|_| Client::new()).collect();
@@ -150,7 +151,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Some(t) => (publisher.publish_to(t, event), Some(*t)),
                 None => (publisher.publish(event), None),
             };
-            published.push((id.unwrap().as_u64(), topic));
+            published.push((id.unwrap().id().unwrap().as_u64(), topic));
         };
         for op in ops {
             match op {

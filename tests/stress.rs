@@ -16,7 +16,7 @@ use std::{
 };
 use tower::{service_fn, ServiceExt};
 use tower_layer::Layer;
-use tower_sse::{Event, SseBody, SseLayer};
+use tower_sse::{Event, Hub, SseBody, SseLayer};
 
 type Body = SseBody<Empty<Bytes>>;
 
@@ -69,9 +69,8 @@ async fn publish_subscribe_unsubscribe_races_lose_nothing() {
 
 async fn stress() {
     const EVENTS_PER_THREAD: usize = 20_000;
-    let layer = SseLayer::new("/events")
-        .history(1_000_000)
-        .max_lag(1_000_000);
+    let layer =
+        SseLayer::new("/events").hub(&Hub::builder().history(1_000_000).max_lag(1_000_000).build());
     let publisher = layer.publisher();
     let published = Arc::new(Mutex::new(Vec::<(u64, &'static str)>::new()));
     let done = Arc::new(AtomicBool::new(false));
@@ -144,7 +143,7 @@ async fn stress() {
                     } else {
                         p.publish_to(topic, event)
                     };
-                    published.push((id.unwrap().as_u64(), topic));
+                    published.push((id.unwrap().id().unwrap().as_u64(), topic));
                     drop(published);
                     if i.is_multiple_of(97) {
                         std::thread::yield_now();

@@ -10,7 +10,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc, Mutex,
 };
-use tower_sse::{Access, Event, Publisher, SseLayer};
+use tower_sse::{Access, Event, Hub, Publisher, SseLayer};
 
 async fn server(layer: SseLayer) -> Server {
     let publisher = layer.publisher();
@@ -34,7 +34,7 @@ fn publish(p: &Publisher, topic: Option<&str>, text: &str) -> (String, String) {
         Some(topic) => p.publish_to(topic, data(text)),
         None => p.publish(data(text)),
     };
-    (id.unwrap().to_string(), text.to_owned())
+    (id.unwrap().id().unwrap().to_string(), text.to_owned())
 }
 
 #[tokio::test]
@@ -116,7 +116,8 @@ async fn the_last_event_id_may_come_in_the_query() {
 
 #[tokio::test]
 async fn a_gap_beyond_the_history_gets_the_reset_event_then_live_events() {
-    let server = server(SseLayer::new("/events").history(5).max_lag(5)).await;
+    let server =
+        server(SseLayer::new("/events").hub(&Hub::builder().history(5).max_lag(5).build())).await;
     let url = server.url("/events");
     let p = &server.publisher;
     let (old, _) = publish(p, None, "old");
@@ -176,7 +177,9 @@ async fn ids_set_by_the_app_resume_too() {
 /// The current-thread runtime makes the burst land between two polls.
 #[tokio::test(flavor = "current_thread")]
 async fn a_lagging_subscriber_is_cut_off_and_replayed_without_loss() {
-    let server = server(SseLayer::new("/events").max_lag(10).history(1000)).await;
+    let server =
+        server(SseLayer::new("/events").hub(&Hub::builder().max_lag(10).history(1000).build()))
+            .await;
     let url = server.url("/events");
     let mut count = server.publisher.watch_subscribers();
     let mut sub = Subscriber::connect(&url).await;
@@ -216,7 +219,10 @@ async fn resume_while_publishing_continuously_loses_and_repeats_nothing() {
 
 async fn resume_race() {
     const TARGET: usize = 6000;
-    let server = server(SseLayer::new("/events").history(1_000_000).max_lag(256)).await;
+    let server = server(
+        SseLayer::new("/events").hub(&Hub::builder().history(1_000_000).max_lag(256).build()),
+    )
+    .await;
     let url = server.url("/events?topic=a&topic=b");
     let published = Arc::new(Mutex::new(Vec::<(u64, &'static str)>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,7 +242,7 @@ async fn resume_race() {
                 published
                     .lock()
                     .unwrap()
-                    .push((id.unwrap().as_u64(), topic));
+                    .push((id.unwrap().id().unwrap().as_u64(), topic));
                 i += 1;
                 if i.is_multiple_of(16) {
                     std::thread::yield_now();
@@ -368,7 +374,8 @@ async fn authorization_grants_private_topics_and_refuses_others() {
 
 #[tokio::test]
 async fn past_the_subscriber_limit_streams_get_503_with_retry_after() {
-    let server = server(SseLayer::new("/events").max_subscribers(2)).await;
+    let server =
+        server(SseLayer::new("/events").hub(&Hub::builder().max_subscribers(2).build())).await;
     let url = server.url("/events");
     let _a = Subscriber::connect(&url).await;
     let b = Subscriber::connect(&url).await;

@@ -12,7 +12,7 @@ use tokio_tungstenite::{
     tungstenite::{protocol::frame::coding::CloseCode, Message},
     MaybeTlsStream, WebSocketStream,
 };
-use tower_sse::{Access, Event, SseLayer};
+use tower_sse::{Access, Event, Hub, SseLayer};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -72,6 +72,8 @@ async fn topics_change_live_without_reconnecting() {
         .unwrap();
     let a1 = publisher
         .publish_to("a", Event::default().event("note").data("a1"))
+        .unwrap()
+        .id()
         .unwrap();
     let event = next(&mut ws).await;
     assert_eq!(
@@ -177,7 +179,7 @@ async fn malformed_messages_close_with_a_reason_and_the_server_lives() {
 #[tokio::test]
 async fn the_authorize_hook_and_limits_apply() {
     let layer = SseLayer::new("/events")
-        .max_subscribers(1)
+        .hub(&Hub::builder().max_subscribers(1).build())
         .authorize(|_parts| async { Ok(Access::only(["public"]).follow("mine")) });
     let server = server(layer).await;
 

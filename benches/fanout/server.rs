@@ -329,29 +329,30 @@ pub fn serve(kind: &str) {
 /// Redis when `redis` is a backplane's URL).
 async fn ours(redis: Option<String>) -> axum::Router {
     use axum::extract::Path;
-    use tower_sse::{Event, Publisher, RedisBackplane, SseLayer};
+    use tower_sse::{Event, Hub, Publisher, RedisBackplane, SseLayer};
 
     async fn publish(
         publisher: Publisher,
         Path(topic): Path<String>,
         body: String,
     ) -> axum::http::StatusCode {
-        match publisher.send_to(&topic, Event::default().data(body)).await {
-            Ok(_) => axum::http::StatusCode::ACCEPTED,
+        match publisher.publish_to(&topic, Event::default().data(body)) {
+            Ok(published) => match published.await {
+                Ok(_) => axum::http::StatusCode::ACCEPTED,
+                Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            },
             Err(_) => axum::http::StatusCode::BAD_REQUEST,
         }
     }
     async fn count(publisher: Publisher) -> String {
         publisher.subscriber_count().to_string()
     }
-    let mut layer = SseLayer::new("/events")
-        .history(4096)
-        .max_lag(4096)
-        .websocket("/ws");
+    let mut hub = Hub::builder().history(4096).max_lag(4096);
     if let Some(url) = redis {
         let backplane = RedisBackplane::connect(&url).await.expect("Redis is up");
-        layer = layer.backplane(backplane.key("fanout"));
+        hub = hub.backplane(backplane.key("fanout"));
     }
+    let layer = SseLayer::new("/events").hub(&hub.build()).websocket("/ws");
     axum::Router::new()
         .route("/pub/{topic}", axum::routing::post(publish))
         .route("/count", axum::routing::get(count))

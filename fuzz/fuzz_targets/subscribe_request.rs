@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use std::{convert::Infallible, sync::OnceLock};
 use tower::{service_fn, ServiceExt};
 use tower_layer::Layer;
-use tower_sse::{Access, Event, SseLayer};
+use tower_sse::{Access, Event, SseLayer, Hub};
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -27,8 +27,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn layer() -> &'static SseLayer {
     static LAYER: OnceLock<SseLayer> = OnceLock::new();
     LAYER.get_or_init(|| {
-        let layer = SseLayer::new("/events")
-            .history(8)
+        let layer = SseLayer::new("/events").hub(&Hub::builder().history(8).build())
             .authorize(|_| async { Ok(Access::none().allow_prefix("ok/")) });
         let publisher = layer.publisher();
         for i in 0..12 {

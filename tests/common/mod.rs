@@ -260,3 +260,12 @@ impl Subscriber {
         events
     }
 }
+
+/// The id of an event published to a hub without a backplane (which numbers
+/// events as it takes them).
+pub fn id(published: Result<tower_sse::Published, tower_sse::Error>) -> tower_sse::EventId {
+    published
+        .unwrap()
+        .id()
+        .expect("a hub without a backplane numbers events at once")
+}

@@ -39,12 +39,15 @@ impl Notifier for NotifierService {
         if !event.is_empty() {
             sse = sse.event(event);
         }
-        let id = if topic.is_empty() {
+        let published = if topic.is_empty() {
             publisher.publish(sse)
         } else {
             publisher.publish_to(&topic, sse)
         }
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = published
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(NotifyReply { id: id.to_string() }))
     }
 }

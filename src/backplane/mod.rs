@@ -1,0 +1,136 @@
+//! The seam between the hub and an engine that shares one event stream
+//! among many instances of an app: [`Backplane`].
+//!
+//! A hub without a backplane numbers and keeps its events itself. With one,
+//! every event goes to the engine first; the engine gives it its global id,
+//! and each instance's hub reads the engine's log in id order into its own
+//! history, from which its streams are served. Fan-out stays local: an
+//! instance reads each event once, encodes it once per transport, and wakes
+//! only its own subscribers.
+//!
+//! # The contract an engine keeps
+//!
+//! * **Ids** are numbers above 0, strictly increasing across all topics in
+//!   the order of the engine's log, and the same on every instance: the id
+//!   an engine returns from [`append`](Backplane::append) is the id every
+//!   reader sees for that event. (The hub treats an id not above the last one
+//!   it applied as a duplicate and skips it.)
+//! * **Append** returns only once the engine holds the events: an `Ok` id is
+//!   what every instance will read. An `Err` means the engine may not hold
+//!   them (a connection lost mid-way may still have appended some); the
+//!   publisher is told, nothing is retried behind its back.
+//! * **Read** returns the events after an id, oldest first, and may wait a
+//!   bounded time (about a second) for one to arrive; an empty batch is fine.
+//! * **Loss** is allowed — an engine may trim its log to the
+//!   [`Retention`] it is given, or lose it in a restart — but never silently:
+//!   after every (re)connection the hub asks [`holds`](BackplaneReader::holds)
+//!   whether every event after the last one it applied is still there. When
+//!   it is not, the hub cannot tell what it missed: it reloads its history
+//!   from the engine's [`tail`](BackplaneReader::tail) and ends every stream,
+//!   so clients reconnect and those whose resume point is gone get the
+//!   `reset` event ([`RESET_EVENT`](crate::RESET_EVENT)).
+//! * **Errors** from any call are reported to the hub, which logs them, shows
+//!   them in [`Publisher::backplane_status`](crate::Publisher::backplane_status),
+//!   refuses publishing while the engine is down, and reconnects (a new
+//!   [`reader`](Backplane::reader)) with exponential backoff and jitter.
+//!
+//! `tower_sse::testing` (feature `testing`) holds the conformance suite
+//! every engine runs, and an in-memory engine that keeps this contract.
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use crate::{BoxError, EventId, Message, Record};
+
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+
+/// A future an engine returns: boxed, so the hub can hold any engine.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How much history the hub keeps; an engine keeps at least as much (more is
+/// fine) so that every instance can load it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// Events of all topics together.
+    pub events: usize,
+    /// The age past which an event may be dropped, if any.
+    pub age: Option<Duration>,
+}
+
+impl Retention {
+    pub(crate) fn new(events: usize, age: Option<Duration>) -> Self {
+        Retention { events, age }
+    }
+}
+
+/// An engine that several hubs (one per instance of an app) share: events
+/// appended by any of them are read by all, under the same ids.
+///
+/// Implemented by [`RedisBackplane`](crate::RedisBackplane) (feature
+/// `redis`) and `testing::MemoryBackplane` (feature `testing`). See the
+/// [module documentation](self) for the contract.
+pub trait Backplane: Send + Sync + 'static {
+    /// Called once when a hub is built with this engine: how much history
+    /// the hub keeps. Engines that trim their log keep at least this much.
+    fn retain(&self, retention: Retention) {
+        let _ = retention;
+    }
+
+    /// Appends `messages`, in order, and returns their ids (one each, in
+    /// the same order, strictly increasing) once the engine holds them.
+    fn append<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>>;
+
+    /// Opens a reader of the log: the hub keeps one, and opens another
+    /// after an error.
+    fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>>;
+}
+
+/// A reader of an engine's log, opened by [`Backplane::reader`] (typically
+/// a connection of its own, which may block while waiting for events).
+pub trait BackplaneReader: Send {
+    /// The newest events, at most `limit`, oldest first: what a hub loads as
+    /// its history when it starts, or restarts after a loss.
+    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>>;
+
+    /// Whether the engine still holds every event it appended after `after`
+    /// (`EventId::new(0)`: after nothing), so that reading on from there
+    /// loses nothing. `false` after a trim past it, or a restart that lost
+    /// data.
+    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// The events after `after`, oldest first, at most `limit`. When there
+    /// are none, waits a bounded time (about a second) for some and may
+    /// return none.
+    fn read(
+        &mut self,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BoxError>>;
+}
+
+/// What [`BackplaneReader::tail`] returns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Tail {
+    /// The newest events, oldest first.
+    pub records: Vec<Record>,
+    /// The newest id the engine ever gave (at least the last record's), or
+    /// `None` if it holds no trace of any: a client that saw this id missed
+    /// nothing even when `records` is empty.
+    pub last: Option<EventId>,
+}
+
+impl Tail {
+    /// A tail of `records` (oldest first) whose newest id ever given is `last`.
+    pub fn new(records: Vec<Record>, last: Option<EventId>) -> Tail {
+        let newest = records.last().map(Record::id);
+        Tail {
+            last: newest.max(last),
+            records,
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! [`RedisBackplane`]: many instances, one stream, through a Redis Stream.
+//!
+//! Every event is one entry of one Redis Stream (`XADD … MAXLEN ~ <history>`),
+//! and every instance reads that stream with one blocking `XREAD` connection
+//! into its hub, in stream order, under the id the stream gave it. So ids
+//! mean the same on every instance, each instance's history is the tail of
+//! the stream, and a browser resumes on any instance as it would on one.
+//! Publishing costs one round trip to Redis (events published together are
+//! pipelined); fanning out stays local.
+//!
+//! Ids: a stream entry id `<ms>-<seq>` becomes the number `ms << 20 | seq`
+//! (increasing as the entry ids do; `seq` below 2^20 — a million entries in
+//! one millisecond — which Redis cannot reach). Entry ids come from the
+//! clock, so ids stay above every earlier one even after Redis lost the
+//! stream.
+//!
+//! The entry's fields (all but `data` optional), so that any program can
+//! publish with a plain `XADD`: `topic` (absent: every subscriber), `event`
+//! (the name), `data`, `id` (the app's own id), `retry` (milliseconds),
+//! `comment`. An entry that is not a valid event is skipped and logged.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    streams::{StreamId, StreamRangeReply, StreamReadReply},
+    AsyncConnectionConfig, Client, Value,
+};
+
+use super::{Backplane, BackplaneReader, BoxFuture, Retention, Tail};
+use crate::{BoxError, Error, Event, EventId, Message, Record};
+
+/// The stream key used unless [`RedisBackplane::key`] sets another.
+const DEFAULT_KEY: &str = "tower-sse:events";
+/// How long one `XREAD` blocks waiting for an entry.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// A Redis backplane: several instances of an app share one event stream,
+/// with the same ids, history and resume guarantees as a single instance.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_sse::Error> {
+/// use tower_sse::{Event, Hub, RedisBackplane, SseLayer};
+///
+/// let backplane = RedisBackplane::connect("redis://127.0.0.1/").await?;
+/// let hub = Hub::builder().history(4096).backplane(backplane).build();
+/// let layer = SseLayer::new("/events").hub(&hub);
+/// // Publishing is the same call as without a backplane; await it to know
+/// // that Redis holds the event.
+/// let id = layer.publisher().publish(Event::default().data("hello"))?.await?;
+/// # let _ = id; Ok(()) }
+/// ```
+///
+/// Each instance keeps one connection for publishing (redis-rs's
+/// `ConnectionManager`, which reconnects by itself) and one that blocks in
+/// `XREAD`. The hub keeps the [`Backplane`](crate::backplane) contract around
+/// it: while Redis is unreachable publishing is refused with
+/// [`Error::Backplane`], the reader reconnects with backoff, catches up from
+/// the stream, and when the stream no longer holds what followed the last
+/// entry it read (Redis restarted without persistence, or trimmed past it)
+/// it restarts the history and ends every stream, so browsers reconnect and
+/// get the reset event. The history's count is kept in the stream
+/// (`MAXLEN ~`); its age limit only locally.
+#[derive(Clone)]
+pub struct RedisBackplane {
+    client: Client,
+    publish: ConnectionManager,
+    key: Arc<str>,
+    /// The `MAXLEN` of each `XADD`: the hub's history.
+    max_len: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackplane")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backplane_error(e: redis::RedisError) -> Error {
+    Error::Backplane(Box::new(e))
+}
+
+impl RedisBackplane {
+    /// Connects to Redis at `url` (`redis://host:port/db`). Fails with
+    /// [`Error::Backplane`] when Redis cannot be reached now: the app
+    /// decides whether to start without it.
+    pub async fn connect(url: &str) -> Result<RedisBackplane, Error> {
+        let client = Client::open(url).map_err(backplane_error)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let mut publish = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(backplane_error)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut publish)
+            .await
+            .map_err(backplane_error)?;
+        Ok(RedisBackplane {
+            client,
+            publish,
+            key: DEFAULT_KEY.into(),
+            max_len: Arc::new(AtomicUsize::new(1024)),
+        })
+    }
+
+    /// The Redis Stream key the events go through (default
+    /// `tower-sse:events`): instances that share a stream share a key; apps
+    /// sharing one Redis use different keys.
+    pub fn key(mut self, key: impl Into<String>) -> RedisBackplane {
+        self.key = key.into().into();
+        self
+    }
+}
+
+impl Backplane for RedisBackplane {
+    fn retain(&self, retention: Retention) {
+        self.max_len.store(retention.events, Ordering::Relaxed);
+    }
+
+    fn append<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
+        Box::pin(async move {
+            let max_len = self.max_len.load(Ordering::Relaxed);
+            let mut pipe = redis::pipe();
+            for message in messages {
+                let command = pipe
+                    .cmd("XADD")
+                    .arg(&*self.key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_len)
+                    .arg("*");
+                if let Some(topic) = message.topic() {
+                    command.arg("topic").arg(topic);
+                }
+                if let Some(event) = message.event() {
+                    command.arg("event").arg(event);
+                }
+                command.arg("data").arg(message.data());
+                if let Some(id) = message.app_id() {
+                    command.arg("id").arg(id);
+                }
+                if let Some(retry) = message.retry() {
+                    command.arg("retry").arg(retry.as_millis() as u64);
+                }
+                if let Some(comment) = message.comment() {
+                    command.arg("comment").arg(comment);
+                }
+            }
+            let ids: Vec<String> = pipe.query_async(&mut self.publish.clone()).await?;
+            ids.iter()
+                .map(|id| {
+                    pack(id)
+                        .map(EventId::new)
+                        .ok_or_else(|| format!("unexpected stream entry id {id:?}").into())
+                })
+                .collect()
+        })
+    }
+
+    fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
+        Box::pin(async move {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(BLOCK + Duration::from_secs(2)));
+            let conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            Ok(Box::new(Reader {
+                conn,
+                key: self.key.clone(),
+            }) as Box<dyn BackplaneReader>)
+        })
+    }
+}
+
+/// One connection that reads the stream.
+struct Reader {
+    conn: MultiplexedConnection,
+    key: Arc<str>,
+}
+
+impl Reader {
+    /// The newest entry id the stream ever gave (`XINFO STREAM`), or `None`
+    /// when there is no stream.
+    async fn last_generated(&mut self) -> Result<Option<u64>, BoxError> {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&*self.key)
+            .query_async(&mut self.conn)
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let info: HashMap<String, Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&*self.key)
+            .query_async(&mut self.conn)
+            .await?;
+        let id = info.get("last-generated-id").and_then(|v| match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(pack),
+            Value::SimpleString(s) => pack(s),
+            _ => None,
+        });
+        Ok(id)
+    }
+}
+
+impl BackplaneReader for Reader {
+    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
+        Box::pin(async move {
+            let tail: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&*self.key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(&mut self.conn)
+                .await?;
+            let records = tail.ids.iter().rev().filter_map(record).collect();
+            let last = self.last_generated().await?.map(EventId::new);
+            Ok(Tail::new(records, last))
+        })
+    }
+
+    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
+        Box::pin(async move {
+            // The stream is trimmed from its oldest end only: if it still has
+            // an entry at or before `after`, it has everything after it.
+            let first: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&*self.key)
+                .arg("-")
+                .arg(unpack(after.as_u64()))
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn)
+                .await?;
+            if !first.ids.is_empty() {
+                return Ok(true);
+            }
+            let len: usize = redis::cmd("XLEN")
+                .arg(&*self.key)
+                .query_async(&mut self.conn)
+                .await?;
+            if len > 0 {
+                // Its oldest entry is after `after`: something in between may be gone.
+                return Ok(false);
+            }
+            // Empty: nothing was lost if nothing was added after `after`.
+            let last = self.last_generated().await?;
+            Ok(last.map_or(after.as_u64() == 0, |last| last <= after.as_u64()))
+        })
+    }
+
+    fn read(
+        &mut self,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BoxError>> {
+        Box::pin(async move {
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&*self.key)
+                .arg(unpack(after.as_u64()))
+                .query_async(&mut self.conn)
+                .await?;
+            Ok(reply
+                .map(|r| r.keys)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|key| &key.ids)
+                .filter_map(record)
+                .collect())
+        })
+    }
+}
+
+/// One stream entry as a record; an entry that is not a valid event is
+/// logged and skipped.
+fn record(entry: &StreamId) -> Option<Record> {
+    let Some(id) = pack(&entry.id) else {
+        tracing::warn!(id = %entry.id, "backplane: skipping an entry with an unexpected id");
+        return None;
+    };
+    let field = |name| text(&entry.map, name);
+    let mut event = Event::default();
+    if let Some(name) = field("event") {
+        event = event.event(name);
+    }
+    if let Some(data) = field("data") {
+        event = event.data(data);
+    }
+    if let Some(app_id) = field("id") {
+        event = event.id(app_id);
+    }
+    if let Some(retry) = field("retry").and_then(|ms| ms.parse().ok()) {
+        event = event.retry(Duration::from_millis(retry));
+    }
+    if let Some(comment) = field("comment") {
+        event = event.comment(comment);
+    }
+    let topic = field("topic");
+    match Message::new(topic.as_deref(), event) {
+        Ok(message) => Some(Record::new(EventId::new(id), message)),
+        Err(e) => {
+            tracing::warn!(id = %entry.id, error = %e, "backplane: skipping an entry that is not a valid event");
+            None
+        }
+    }
+}
+
+fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
+    let bytes = match map.get(field)? {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        _ => return None,
+    };
+    String::from_utf8(bytes).ok()
+}
+
+/// `<ms>-<seq>` → `ms << 20 | seq`.
+fn pack(id: &str) -> Option<u64> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    (ms < 1 << 43 && seq < 1 << 20).then_some(ms << 20 | seq)
+}
+
+fn unpack(id: u64) -> String {
+    format!("{}-{}", id >> 20, id & ((1 << 20) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_pack_in_order_and_back() {
+        let ids = [
+            "1-0",
+            "1-1",
+            "1732400000000-0",
+            "1732400000000-7",
+            "1732400000001-0",
+        ];
+        let packed: Vec<u64> = ids.iter().map(|id| pack(id).unwrap()).collect();
+        assert!(packed.windows(2).all(|w| w[0] < w[1]));
+        for (id, packed) in ids.iter().zip(packed) {
+            assert_eq!(unpack(packed), *id);
+        }
+        assert_eq!(unpack(0), "0-0");
+        assert_eq!(pack("1-1048576"), None);
+        assert_eq!(pack("x-1"), None);
+        assert_eq!(pack("17"), None);
+    }
+
+    #[test]
+    fn an_entry_becomes_a_record_and_a_foreign_one_is_skipped() {
+        let entry = |fields: &[(&str, &str)]| StreamId {
+            id: "5-1".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+                .collect(),
+            ..StreamId::default()
+        };
+        let r = record(&entry(&[
+            ("topic", "room/a"),
+            ("event", "said"),
+            ("data", "hi\nyou"),
+        ]))
+        .unwrap();
+        assert_eq!(r.id().as_u64(), 5 << 20 | 1);
+        assert_eq!(
+            (r.topic(), r.event(), r.data()),
+            (Some("room/a"), Some("said"), "hi\nyou")
+        );
+        assert!(record(&entry(&[("topic", "not a topic"), ("data", "x")])).is_none());
+        assert!(record(&entry(&[("event", "a\nb")])).is_none());
+    }
+}

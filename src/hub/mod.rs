@@ -1,0 +1,285 @@
+//! The hub: where events are numbered, kept as history and fanned out to
+//! subscribers. It knows no transport and no engine by name.
+//!
+//! * [`state`]: ids, topics, appending, the subscriber count;
+//! * [`history`]: each topic's ring and the eviction order across topics;
+//! * [`registry`]: each topic's wakers and the fan-out task;
+//! * [`subscription`]: a subscriber's cursors and the merge read;
+//! * [`replica`]: publishing through an engine and reading its log back.
+
+mod history;
+mod registry;
+mod replica;
+mod state;
+mod subscription;
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+pub use replica::BackplaneStatus;
+pub(crate) use state::{Resume, StartKind, SubscribeError};
+pub(crate) use subscription::{Ended, Lagged, Subscription};
+
+use crate::{
+    backplane::{Backplane, Retention},
+    published::Published,
+    record::Encoding,
+    Error, Message,
+};
+use replica::Replica;
+use state::{Core, Settings};
+
+/// An event hub: the history and subscribers that an [`SseLayer`], the
+/// streams handlers open and every [`Publisher`] share.
+///
+/// [`SseLayer::new`] makes a hub with the default settings; build one with
+/// [`Hub::builder`] to choose them, and hand it to the layers that serve it
+/// with [`SseLayer::hub`]. A hub's settings are fixed once built, so no
+/// layer reconfigures a hub another layer serves. Clones are cheap handles
+/// to the same hub; when the last handle (hub or publisher, including those
+/// inside layers and services) is dropped, the hub closes as by
+/// [`Publisher::close`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::{Hub, SseLayer};
+///
+/// let hub = Hub::builder()
+///     .history(4096)
+///     .history_ttl(Duration::from_secs(600))
+///     .max_lag(512)
+///     .build();
+/// let layer = SseLayer::new("/events").hub(&hub);
+/// let publisher = hub.publisher(); // the same hub as layer.publisher()
+/// # let _ = (layer, publisher);
+/// ```
+///
+/// [`SseLayer`]: crate::SseLayer
+/// [`SseLayer::new`]: crate::SseLayer::new
+/// [`SseLayer::hub`]: crate::SseLayer::hub
+/// [`Publisher`]: crate::Publisher
+/// [`Publisher::close`]: crate::Publisher::close
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Arc<Core>,
+    replica: Option<Arc<Replica>>,
+    fan_out: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+/// The settings of a [`Hub`], fixed when it is built.
+#[derive(Clone, Default)]
+#[must_use]
+pub struct HubBuilder {
+    settings: Settings,
+    backplane: Option<Arc<dyn Backplane>>,
+}
+
+impl HubBuilder {
+    /// How many recent events (of all topics together) the hub keeps, so a
+    /// client that reconnects with `Last-Event-ID` gets what it missed.
+    /// Default: 1024 (the hub keeps at least [`max_lag`](Self::max_lag)).
+    pub fn history(mut self, events: usize) -> Self {
+        self.settings.history = events;
+        self
+    }
+
+    /// Also drops events older than `age` from the history. Default: no
+    /// age limit.
+    pub fn history_ttl(mut self, age: Duration) -> Self {
+        self.settings.history_ttl = Some(age);
+        self
+    }
+
+    /// How many events a subscriber may have unread before its stream is
+    /// ended. The browser reconnects with `Last-Event-ID` and is replayed
+    /// from history, so nothing is lost while the history covers the gap.
+    /// Default: 1024.
+    pub fn max_lag(mut self, events: usize) -> Self {
+        self.settings.max_lag = events.max(1);
+        self
+    }
+
+    /// The largest event `publish` accepts: its name, data and ids together,
+    /// in bytes; a larger one is [`Error::TooLarge`]. Default: 1 MiB.
+    pub fn max_event_size(mut self, bytes: usize) -> Self {
+        self.settings.max_event_size = bytes;
+        self
+    }
+
+    /// How many streams may be open at once; past it, new streams are
+    /// refused (`503 Service Unavailable` with `Retry-After`). Default: no
+    /// limit.
+    pub fn max_subscribers(mut self, streams: usize) -> Self {
+        self.settings.max_subscribers = streams;
+        self
+    }
+
+    /// Shares the hub's events with other instances through an engine:
+    /// events published on any instance reach streams on every instance,
+    /// ids are global, and a client resumes on whichever instance it
+    /// reconnects to. See [`Backplane`](crate::backplane) for what an engine
+    /// guarantees, and [`RedisBackplane`](crate::RedisBackplane).
+    ///
+    /// Publishing is the same call with or without one; with one, the
+    /// [`Published`] an event returns resolves once the engine holds it.
+    pub fn backplane(mut self, backplane: impl Backplane) -> Self {
+        self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
+    /// The hub. Its tasks (waking large topics, reading the backplane) start
+    /// on the Tokio runtime at hand, now or with its first subscriber.
+    pub fn build(self) -> Hub {
+        let replica = self.backplane.map(|backplane| {
+            backplane.retain(Retention::new(
+                self.settings.history_limit(),
+                self.settings.history_ttl,
+            ));
+            Replica::new(backplane)
+        });
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                core: Core::new(self.settings, replica.is_some()),
+                replica,
+                fan_out: Mutex::new(None),
+            }),
+        };
+        hub.ensure_replica();
+        hub
+    }
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("settings", &self.settings)
+            .field("backplane", &self.backplane.is_some())
+            .finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// A hub with the default settings and no backplane.
+    pub fn new() -> Hub {
+        HubBuilder::default().build()
+    }
+
+    /// A builder to choose the hub's settings.
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    fn ensure_replica(&self) {
+        if let Some(replica) = &self.inner.replica {
+            replica.ensure_running(&self.inner.core);
+        }
+    }
+
+    /// Takes `message`: numbers and appends it, or queues it for the engine.
+    pub(crate) fn publish(&self, message: Message) -> Result<Published, Error> {
+        match &self.inner.replica {
+            None => self.inner.core.publish(message).map(Published::stored),
+            Some(replica) => {
+                replica.ensure_running(&self.inner.core);
+                replica.publish(&self.inner.core, message)
+            }
+        }
+    }
+
+    /// Waits (briefly) until this instance has what a subscription resuming
+    /// at `resume` needs from the engine; at once without one.
+    pub(crate) async fn caught_up(&self, resume: &Resume) {
+        if let Some(replica) = &self.inner.replica {
+            self.ensure_replica();
+            replica.caught_up(&self.inner.core, resume).await;
+        }
+    }
+
+    /// Registers a subscriber of `topics` (and the default topic) from `resume`.
+    pub(crate) fn subscribe(
+        &self,
+        topics: &[&str],
+        resume: &Resume,
+    ) -> Result<Subscription, SubscribeError> {
+        self.ensure_fan_out()?;
+        self.ensure_replica();
+        Subscription::open(&self.inner.core, topics, resume)
+    }
+
+    /// Starts the task that wakes the readers of large topics, or restarts it
+    /// if the runtime it ran on is gone.
+    fn ensure_fan_out(&self) -> Result<(), SubscribeError> {
+        let mut task = self.inner.fan_out.lock().unwrap_or_else(|e| e.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?;
+        let core = self.inner.core.clone();
+        *task = Some(runtime.spawn(async move { core.fan_out.run(|| core.is_closed()).await }));
+        Ok(())
+    }
+
+    /// Builds `encoding` for every event as it is published (the transports
+    /// a layer serves), rather than by its first reader.
+    pub(crate) fn encode_eagerly(&self, encoding: &'static Encoding) {
+        self.inner.core.encode_eagerly(encoding);
+    }
+
+    pub(crate) fn backplane_status(&self) -> BackplaneStatus {
+        self.inner
+            .replica
+            .as_ref()
+            .map_or(BackplaneStatus::None, |r| r.status())
+    }
+
+    pub(crate) fn subscriber_count(&self) -> usize {
+        self.inner.core.subscriber_count()
+    }
+
+    pub(crate) fn watch_subscribers(&self) -> watch::Receiver<usize> {
+        self.inner.core.watch_subscribers()
+    }
+
+    pub(crate) fn disconnect_all(&self) {
+        self.inner.core.disconnect_all();
+    }
+
+    pub(crate) fn close(&self) {
+        self.inner.core.close();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.core.is_closed()
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscribers", &self.subscriber_count())
+            .field("closed", &self.is_closed())
+            .field("backplane", &self.backplane_status())
+            .finish()
+    }
+}

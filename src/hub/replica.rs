@@ -1,0 +1,377 @@
+//! The hub's side of an engine ([`Backplane`]): publishing through it (an
+//! outbox drained by the appender task, in order, in batches) and reading
+//! its log into the hub (the reader task), with reconnection, catch-up and
+//! gap detection. It knows engines only through the trait.
+
+use std::{
+    collections::{hash_map::RandomState, VecDeque},
+    fmt,
+    hash::{BuildHasher, Hasher},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+use tokio::{
+    sync::{oneshot, watch, Notify},
+    task::JoinHandle,
+};
+
+use super::state::{Core, Resume};
+use crate::{
+    backplane::{Backplane, BackplaneReader},
+    published::Published,
+    BoxError, Error, EventId, Message,
+};
+
+/// Events waiting for the engine, past which publishing is refused.
+const OUTBOX: usize = 16 * 1024;
+/// Events appended in one call.
+const APPEND_BATCH: usize = 512;
+/// Records read in one call.
+const READ_BATCH: usize = 1000;
+/// How long a new subscription waits for the history to load or for the
+/// id it resumes from to arrive (the reader is normally milliseconds behind).
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// The state of a hub's backplane, as the hub's reader of the engine's log
+/// last saw it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum BackplaneStatus {
+    /// The hub has no backplane.
+    None,
+    /// Not connected yet (or the history is loading).
+    Connecting,
+    /// The hub reads the engine's log.
+    Up,
+    /// The hub lost the engine's log with this error and is reconnecting;
+    /// publishing is refused until it reads the log again.
+    Down(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+/// An engine error shared by every event of a batch.
+struct Shared(Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+fn shared(error: &Arc<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::Backplane(Box::new(Shared(error.clone())))
+}
+
+/// Too many events wait for the engine.
+#[derive(Debug)]
+struct Backlog(usize);
+
+impl fmt::Display for Backlog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} events are waiting for the backplane, which is not keeping up",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Backlog {}
+
+struct Pending {
+    message: Message,
+    ack: oneshot::Sender<Result<EventId, Error>>,
+}
+
+pub(crate) struct Replica {
+    backplane: Arc<dyn Backplane>,
+    outbox: Mutex<VecDeque<Pending>>,
+    queued: Notify,
+    status: watch::Sender<BackplaneStatus>,
+    /// Whether the reader has loaded the history.
+    loaded: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Replica {
+    pub(crate) fn new(backplane: Arc<dyn Backplane>) -> Arc<Replica> {
+        Arc::new(Replica {
+            backplane,
+            outbox: Mutex::default(),
+            queued: Notify::new(),
+            status: watch::Sender::new(BackplaneStatus::Connecting),
+            loaded: watch::Sender::new(false),
+            tasks: Mutex::default(),
+        })
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, VecDeque<Pending>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn status(&self) -> BackplaneStatus {
+        self.status.borrow().clone()
+    }
+
+    fn set_status(&self, status: BackplaneStatus) {
+        self.status.send_replace(status);
+    }
+
+    /// Starts the appender and the reader if a runtime is at hand and they
+    /// are not running (a runtime they ran on may have gone).
+    pub(crate) fn ensure_running(self: &Arc<Self>, core: &Arc<Core>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if core.is_closed() || (!tasks.is_empty() && tasks.iter().all(|t| !t.is_finished())) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tasks.iter().for_each(JoinHandle::abort);
+        *tasks = vec![
+            runtime.spawn(append(core.clone(), self.clone())),
+            runtime.spawn(read(core.clone(), self.clone())),
+        ];
+    }
+
+    /// Queues `message` for the engine; the answer comes through the
+    /// returned [`Published`].
+    pub(crate) fn publish(&self, core: &Core, message: Message) -> Result<Published, Error> {
+        core.admit(&message)?;
+        if let BackplaneStatus::Down(error) = &*self.status.borrow() {
+            return Err(shared(error));
+        }
+        let (ack, answer) = oneshot::channel();
+        {
+            let mut outbox = self.outbox();
+            if outbox.len() >= OUTBOX {
+                return Err(Error::Backplane(Box::new(Backlog(outbox.len()))));
+            }
+            outbox.push_back(Pending { message, ack });
+        }
+        self.queued.notify_one();
+        Ok(Published::waiting(answer))
+    }
+
+    /// Waits (at most [`CATCH_UP`]) until the history is loaded and, when a
+    /// client resumes from an id newer than any read here (seen on another
+    /// instance), until that id is read.
+    pub(crate) async fn caught_up(&self, core: &Core, resume: &Resume) {
+        let ahead = match resume {
+            Resume::After(last) => last.parse::<u64>().ok().filter(|id| *id > core.published()),
+            _ => None,
+        };
+        if ahead.is_none() && *self.loaded.borrow() {
+            return;
+        }
+        let (mut loaded, mut newest) = (self.loaded.subscribe(), core.watch_newest());
+        tokio::time::timeout(CATCH_UP, async {
+            loaded.wait_for(|l| *l).await.ok();
+            if let Some(id) = ahead {
+                newest.wait_for(|n| *n >= id).await.ok();
+            }
+        })
+        .await
+        .ok();
+    }
+}
+
+/// The appender: takes the outbox in order, in batches, until the hub is
+/// closed and the outbox empty.
+async fn append(core: Arc<Core>, replica: Arc<Replica>) {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut outbox = replica.outbox();
+            let n = outbox.len().min(APPEND_BATCH);
+            outbox.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            if core.is_closed() {
+                return;
+            }
+            tokio::select! {
+                _ = replica.queued.notified() => {}
+                _ = core.closed() => {}
+            }
+            continue;
+        }
+        let (messages, acks): (Vec<Message>, Vec<_>) =
+            batch.into_iter().map(|p| (p.message, p.ack)).unzip();
+        let result = match replica.backplane.append(&messages).await {
+            Ok(ids) if ids.len() == acks.len() => Ok(ids),
+            Ok(ids) => Err(format!(
+                "the engine answered {} ids for {} events",
+                ids.len(),
+                acks.len()
+            )
+            .into()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ids) => {
+                for (ack, id) in acks.into_iter().zip(ids) {
+                    ack.send(Ok(id)).ok();
+                }
+            }
+            Err(e) => {
+                let error: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
+                // Each publisher hears of it; the status is the reader's to set.
+                tracing::warn!(%error, events = acks.len(), "backplane: the engine did not take events");
+                let unheard = acks
+                    .into_iter()
+                    .map(|ack| ack.send(Err(shared(&error))).is_err())
+                    .filter(|unheard| *unheard)
+                    .count();
+                if unheard > 0 {
+                    tracing::error!(
+                        %error,
+                        events = unheard,
+                        "backplane: events the engine did not take, whose publishers did not \
+                         await the outcome, are lost"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The reader: keeps the hub's history equal to the tail of the engine's
+/// log, until the hub closes.
+async fn read(core: Arc<Core>, replica: Arc<Replica>) {
+    // Id of the last record applied, and whether a history was loaded.
+    let mut last = EventId::new(0);
+    let mut loaded = false;
+    let mut failures = 0u32;
+    while !core.is_closed() {
+        let connect = async {
+            let mut reader = replica.backplane.reader().await?;
+            let caught_up = catch_up(&core, &mut *reader, &mut last, loaded).await?;
+            Ok::<_, BoxError>((reader, caught_up))
+        };
+        let connected = tokio::select! {
+            connected = connect => connected,
+            _ = core.closed() => return,
+        };
+        let mut reader = match connected {
+            Ok((reader, caught_up)) => {
+                tracing::info!(
+                    caught_up,
+                    recovered = failures > 0,
+                    "backplane: reading the log"
+                );
+                loaded = true;
+                replica.loaded.send_replace(true);
+                replica.set_status(BackplaneStatus::Up);
+                reader
+            }
+            Err(e) => {
+                let delay = backoff(failures);
+                tracing::warn!(error = %e, ?delay, "backplane: cannot read the log; retrying");
+                replica.set_status(BackplaneStatus::Down(Arc::from(e)));
+                failures += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = core.closed() => return,
+                }
+                continue;
+            }
+        };
+        loop {
+            let batch = tokio::select! {
+                batch = reader.read(last, READ_BATCH) => batch,
+                _ = core.closed() => return,
+            };
+            match batch {
+                Ok(records) => {
+                    if !matches!(*replica.status.borrow(), BackplaneStatus::Up) {
+                        replica.set_status(BackplaneStatus::Up);
+                    }
+                    for record in records {
+                        if record.id() > last {
+                            last = record.id();
+                            core.insert(record);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "backplane: lost the log; reconnecting");
+                    replica.set_status(BackplaneStatus::Down(Arc::from(e)));
+                    failures = 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// On (re)connecting: if the engine still holds every event after the last
+/// one applied, reading goes on from there. Otherwise (first start, or a
+/// loss), the hub's history restarts from the engine's tail, and resuming
+/// from any older id gets the reset. Returns how many records were loaded.
+async fn catch_up(
+    core: &Core,
+    reader: &mut dyn BackplaneReader,
+    last: &mut EventId,
+    loaded: bool,
+) -> Result<usize, BoxError> {
+    if loaded {
+        if reader.holds(*last).await? {
+            return Ok(0);
+        }
+        tracing::warn!(
+            last = %last,
+            "backplane: the engine no longer holds every event after the last one read; \
+             restarting the history (resuming clients get the reset event)"
+        );
+    }
+    let tail = reader.tail(core.history_limit()).await?;
+    // Known from here on: what follows the tail's first record. After a
+    // loss, whatever followed the last record read may be gone too, so even
+    // a client that saw that one must get the reset.
+    let known_after = match tail.records.first() {
+        Some(first) => first.id().as_u64() - 1,
+        None => tail.last.map_or(0, EventId::as_u64),
+    }
+    .max(if loaded { last.as_u64() + 1 } else { 0 });
+    core.restart_history(known_after);
+    let count = tail.records.len();
+    for record in tail.records {
+        core.insert(record);
+    }
+    *last = tail.last.unwrap_or(EventId::new(0)).max(*last);
+    Ok(count)
+}
+
+/// 100 ms doubling up to 5 s, times a random factor in [0.5, 1).
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6));
+    let base = base.min(Duration::from_secs(5));
+    let random = RandomState::new().build_hasher().finish();
+    base.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_ceiling() {
+        for failures in 0..20 {
+            let d = backoff(failures);
+            let base = (Duration::from_millis(100) * 2u32.pow(failures.min(6)))
+                .min(Duration::from_secs(5));
+            assert!(d >= base / 2 && d < base, "{failures}: {d:?}");
+        }
+    }
+}

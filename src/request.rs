@@ -1,0 +1,137 @@
+//! Reading a stream request: the topics it asks for (query) and where it
+//! resumes (`Last-Event-ID`, or the `lastEventId` query parameter).
+
+use http::request::Parts;
+use std::borrow::Cow;
+
+use crate::{hub::Resume, open::Refusal, topic};
+
+/// What a client asked for on a stream path.
+#[derive(Debug)]
+pub(crate) struct StreamRequest {
+    pub(crate) topics: Vec<String>,
+    pub(crate) resume: Resume,
+}
+
+/// Reads topics from the query parameter `topic_param` (repeatable) and the
+/// resume point (see [`resume`]).
+pub(crate) fn parse(
+    parts: &Parts,
+    topic_param: &str,
+    max_topics: usize,
+) -> Result<StreamRequest, Refusal> {
+    let mut topics: Vec<String> = Vec::new();
+    let mut params = 0;
+    for (key, value) in query(parts) {
+        if key != topic_param {
+            continue;
+        }
+        // Parameters are counted, not distinct topics, so a query of
+        // thousands of copies is refused as early as a varied one.
+        params += 1;
+        if params > max_topics {
+            return Err(Refusal::too_many_topics(max_topics, Some(topic_param)));
+        }
+        if !topic::is_valid(&value) {
+            return Err(Refusal::invalid_topic(&value));
+        }
+        if !topics.iter().any(|t| *t == value) {
+            topics.push(value.into_owned());
+        }
+    }
+    Ok(StreamRequest {
+        topics,
+        resume: resume(parts),
+    })
+}
+
+/// The resume point: the `Last-Event-ID` header, or else the `lastEventId`
+/// query parameter (for clients that cannot set headers).
+pub(crate) fn resume(parts: &Parts) -> Resume {
+    match parts.headers.get("last-event-id") {
+        Some(value) if !value.is_empty() => match std::str::from_utf8(value.as_bytes()) {
+            Ok(id) => Resume::After(id.to_owned()),
+            Err(_) => Resume::Unknown,
+        },
+        _ => query(parts)
+            .filter(|(key, value)| key == "lastEventId" && !value.is_empty())
+            .last()
+            .map_or(Resume::Live, |(_, id)| Resume::After(id.into_owned())),
+    }
+}
+
+fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+}
+
+/// At most 64 characters of client input, for an error message.
+pub(crate) fn truncate(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => Cow::Owned(format!("{}…", &s[..i])),
+        None => Cow::Borrowed(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, StatusCode};
+
+    fn parts(uri: &str, last_event_id: Option<&[u8]>) -> Parts {
+        let mut req = Request::get(uri);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", http::HeaderValue::from_bytes(id).unwrap());
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn topics_are_read_deduplicated_and_validated() {
+        let p = parts("/events?topic=a&topic=b%2Fc&x=1&topic=a", None);
+        let req = parse(&p, "topic", 64).unwrap();
+        assert_eq!(req.topics, ["a", "b/c"]);
+        assert_eq!(req.resume, Resume::Live);
+
+        let p = parts("/events?topic=a%0Ab", None);
+        let err = parse(&p, "topic", 64).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("invalid topic"), "{err}");
+
+        let p = parts("/events?topic=", None);
+        assert!(parse(&p, "topic", 64).is_err());
+        let p = parts(&format!("/events?topic={}", "a".repeat(129)), None);
+        assert!(parse(&p, "topic", 64).is_err());
+    }
+
+    #[test]
+    fn too_many_topics_is_a_400() {
+        let query: Vec<String> = (0..65).map(|i| format!("topic=t{i}")).collect();
+        let p = parts(&format!("/events?{}", query.join("&")), None);
+        let err = parse(&p, "topic", 64).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("too many topics"));
+    }
+
+    #[test]
+    fn last_event_id_from_header_then_query() {
+        let resume = |uri, id| parse(&parts(uri, id), "topic", 64).unwrap().resume;
+        assert_eq!(
+            resume("/events?lastEventId=7", Some(b"42")),
+            Resume::After("42".into())
+        );
+        assert_eq!(
+            resume("/events?lastEventId=7", None),
+            Resume::After("7".into())
+        );
+        assert_eq!(resume("/events", Some(b"\xff\xfe")), Resume::Unknown);
+        assert_eq!(resume("/events", Some(b"")), Resume::Live);
+    }
+
+    #[test]
+    fn invalid_percent_encoding_is_not_a_panic() {
+        let p = parts("/events?topic=%ff%fe&lastEventId=%zz", None);
+        assert!(parse(&p, "topic", 64).is_err());
+        let p = parts("/events?lastEventId=%ff", None);
+        assert!(parse(&p, "topic", 64).is_ok());
+    }
+}

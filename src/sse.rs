@@ -1,0 +1,252 @@
+//! The `text/event-stream` transport: [`EventStream`], the never-ending
+//! body a browser's `EventSource` reads, and its encoding of a record.
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Response};
+use http_body::{Body, Frame, SizeHint};
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::{Instant, Sleep};
+
+use crate::{
+    config::Config,
+    hub::{Ended, StartKind, Subscription},
+    record::Encoding,
+    wire, Record,
+};
+
+/// The name of the event a stream starts with when the client resumes from
+/// an id the history no longer covers (see the crate docs, "Resuming").
+/// Over WebSocket it is a message of this `type`.
+pub const RESET_EVENT: &str = "reset";
+
+/// Events already available are joined into one frame up to about this size,
+/// so a burst costs one write per connection rather than one per event.
+const FRAME_CAP: usize = 64 * 1024;
+
+/// A record as a `text/event-stream` block: built once per event (when it
+/// is published, on a hub a layer serves) and shared by every stream.
+pub(crate) const ENCODING: Encoding = Encoding { slot: 0, encode };
+
+fn encode(record: &Record) -> Bytes {
+    let message = record.message();
+    wire::encode(&wire::Fields {
+        event: message.event(),
+        retry_ms: message.retry().map(|r| r.as_millis()),
+        comment: message.comment(),
+        data: message.has_data().then(|| message.data()),
+        id: match message.app_id() {
+            Some(id) => wire::Id::Text(id),
+            None => wire::Id::Number(record.id().as_u64()),
+        },
+    })
+}
+
+/// The never-ending body of an event-stream response.
+///
+/// Each poll drains every event already published to the subscriber's topics
+/// into one frame (up to 64 KiB), sharing the encoded bytes when there is just
+/// one. When nothing has been sent for the keep-alive interval it sends a
+/// comment, so proxies and the browser keep the connection open.
+///
+/// The stream ends when the subscriber falls further behind than the lag
+/// bound (the browser reconnects and resumes from history), after
+/// [`Publisher::disconnect_all`](crate::Publisher::disconnect_all), and when
+/// the hub is closed.
+///
+/// The layer serves one on its path; a handler opens one with
+/// [`Subscribe::event_stream`](crate::Subscribe::event_stream) and returns
+/// it (with its headers: it converts into an `http::Response`, and is an
+/// axum `IntoResponse` with the `axum` feature).
+pub struct EventStream {
+    subscription: Subscription,
+    /// Bytes to send before anything else, then the frame being built.
+    buf: BytesMut,
+    keep_alive: Option<KeepAlive>,
+    last_sent: Instant,
+    done: bool,
+}
+
+struct KeepAlive {
+    interval: Duration,
+    comment: Bytes,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl EventStream {
+    pub(crate) fn new(subscription: Subscription, config: &Config) -> Self {
+        let mut buf = BytesMut::from(&config.prelude[..]);
+        let start = subscription.start();
+        let id = wire::Id::Number(start.after);
+        match start.kind {
+            // The id alone: the browser takes it as its last event id without
+            // dispatching anything, so even a stream cut before its first
+            // event resumes without loss.
+            StartKind::Live => buf.extend_from_slice(&wire::encode_id(id)),
+            StartKind::Reset => buf.extend_from_slice(&wire::encode(&wire::Fields {
+                event: Some(RESET_EVENT),
+                retry_ms: None,
+                comment: None,
+                data: None,
+                id,
+            })),
+            StartKind::Resumed => {}
+        }
+        let now = Instant::now();
+        EventStream {
+            subscription,
+            buf,
+            keep_alive: config
+                .keep_alive
+                .clone()
+                .map(|(interval, comment)| KeepAlive {
+                    interval,
+                    comment,
+                    sleep: Box::pin(tokio::time::sleep_until(now + interval)),
+                }),
+            last_sent: now,
+            done: false,
+        }
+    }
+
+    fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.keep_alive.is_some() {
+            self.last_sent = Instant::now();
+        }
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+
+    /// Takes what is unread, up to [`FRAME_CAP`], into the buffer; a lone
+    /// event into an empty buffer comes back as its shared bytes instead.
+    /// `Err` when the subscriber lags too far.
+    fn read(&mut self) -> Result<Option<Bytes>, ()> {
+        let buf = &mut self.buf;
+        let mut first: Option<Bytes> = None;
+        let read = self.subscription.read(|record| {
+            let bytes = record.encoded(&ENCODING);
+            if buf.is_empty() && first.is_none() {
+                // Maybe the only one: share it rather than copy it.
+                first = Some(bytes.clone());
+                return true;
+            }
+            if let Some(first) = first.take() {
+                buf.extend_from_slice(&first);
+            }
+            if !buf.is_empty() && buf.len() + bytes.len() > FRAME_CAP {
+                return false;
+            }
+            buf.extend_from_slice(bytes);
+            true
+        });
+        read.map(|()| first).map_err(drop)
+    }
+}
+
+impl Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Registered before reading, so an event published after the read
+        // wakes us; one published before it is in what we read.
+        this.subscription.register(cx.waker());
+        let ended = this.subscription.ended();
+        // Ended by `disconnect_all`, or cut off for lagging: what is already
+        // in the buffer (e.g. the id the stream starts after) still goes out,
+        // or a browser ended before its first event had no id to resume from.
+        let mut ending = ended == Some(Ended::Disconnected);
+        if !ending {
+            match this.read() {
+                Ok(Some(bytes)) => return this.send(bytes),
+                Ok(None) => {}
+                Err(()) => {
+                    tracing::debug!("event stream ends: subscriber fell behind the lag bound");
+                    ending = true;
+                }
+            }
+        }
+        this.done = ending;
+        if !this.buf.is_empty() {
+            // Taken whole, so the stream keeps no share of the sent buffer.
+            let bytes = std::mem::take(&mut this.buf).freeze();
+            return this.send(bytes);
+        }
+        if ending || ended.is_some() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if let Some(keep_alive) = &mut this.keep_alive {
+            while keep_alive.sleep.as_mut().poll(cx).is_ready() {
+                // Traffic does not touch the timer; when it fires early
+                // because of traffic, it is moved to the real idle deadline.
+                let due = this.last_sent + keep_alive.interval;
+                let now = Instant::now();
+                if now >= due {
+                    keep_alive.sleep.as_mut().reset(now + keep_alive.interval);
+                    this.last_sent = now;
+                    return Poll::Ready(Some(Ok(Frame::data(keep_alive.comment.clone()))));
+                }
+                keep_alive.sleep.as_mut().reset(due);
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets the headers of an event-stream response.
+pub(crate) fn headers<B>(response: &mut Response<B>) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Stops nginx (and proxies that follow it) from buffering the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// The stream as a `200` response with its headers (`text/event-stream`,
+/// `cache-control: no-cache`, `x-accel-buffering: no`).
+impl From<EventStream> for Response<EventStream> {
+    fn from(stream: EventStream) -> Self {
+        let mut response = Response::new(stream);
+        headers(&mut response);
+        response
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for EventStream {
+    fn into_response(self) -> axum_core::response::Response {
+        Response::from(self).map(axum_core::body::Body::new)
+    }
+}

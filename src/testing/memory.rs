@@ -1,0 +1,235 @@
+//! [`MemoryBackplane`]: an engine in memory, shared by the hubs of one
+//! process — the reference implementation of the backplane contract, and a
+//! way to test several instances of an app in one test.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::watch;
+
+use crate::{
+    backplane::{Backplane, BackplaneReader, BoxFuture, Retention, Tail},
+    BoxError, EventId, Message, Record,
+};
+
+/// How long a read waits for a record before returning none.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// An in-memory engine: hubs built with clones of it share one log, as
+/// instances of an app share Redis. It keeps the contract of
+/// [`Backplane`](crate::backplane) exactly (ids strictly increasing and
+/// contiguous, trimmed to the largest [`Retention`] asked for), and can be
+/// made unreachable or lose its log, as a real engine can, to test what the
+/// hub does then.
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures_util::StreamExt;
+/// use tower_sse::{testing::MemoryBackplane, Event, Hub};
+///
+/// let engine = MemoryBackplane::new();
+/// let a = Hub::builder().backplane(engine.clone()).build();
+/// let b = Hub::builder().backplane(engine.clone()).build();
+/// let mut on_b = b.publisher().subscribe().records().await?;
+/// let id = a.publisher().publish(Event::default().data("hi"))?.await?;
+/// assert_eq!(on_b.next().await.unwrap()?.id(), id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBackplane {
+    log: Arc<Log>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    state: Mutex<State>,
+    /// Bumped on every change readers may wait for.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: VecDeque<Record>,
+    /// The next id to give (0: not started).
+    next_id: u64,
+    /// Whether anything was ever appended since the last loss.
+    appended: bool,
+    keep: usize,
+    down: bool,
+}
+
+/// The engine is unreachable.
+#[derive(Debug)]
+struct Down;
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the memory backplane is down")
+    }
+}
+
+impl std::error::Error for Down {}
+
+/// Ids start at the current time in microseconds, so a log that was lost
+/// goes on above every id it gave before, as Redis's clock-based ids do.
+fn clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
+impl MemoryBackplane {
+    /// A new, empty log.
+    pub fn new() -> Self {
+        MemoryBackplane::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.log.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.log.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Makes the engine unreachable (`true`: every call fails, as with a
+    /// lost connection) or reachable again, with its log intact.
+    pub fn set_down(&self, down: bool) {
+        self.state().down = down;
+        self.changed();
+    }
+
+    /// Loses the whole log, as Redis restarting without persistence does;
+    /// ids go on above every id given before, with a gap.
+    pub fn lose_data(&self) {
+        let mut state = self.state();
+        state.records.clear();
+        state.appended = false;
+        state.next_id = state.next_id.max(clock()) + 1_000_000;
+        drop(state);
+        self.changed();
+    }
+
+    /// How many records the log holds.
+    pub fn len(&self) -> usize {
+        self.state().records.len()
+    }
+
+    /// Whether the log holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Backplane for MemoryBackplane {
+    fn retain(&self, retention: Retention) {
+        let mut state = self.state();
+        state.keep = state.keep.max(retention.events);
+    }
+
+    fn append<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
+        Box::pin(async move {
+            let mut state = self.state();
+            if state.down {
+                return Err(Down.into());
+            }
+            if state.next_id == 0 {
+                state.next_id = clock();
+            }
+            let mut ids = Vec::with_capacity(messages.len());
+            for message in messages {
+                let id = EventId::new(state.next_id);
+                state.next_id += 1;
+                state.records.push_back(Record::new(id, message.clone()));
+                ids.push(id);
+            }
+            state.appended = true;
+            let keep = state.keep.max(1);
+            while state.records.len() > keep {
+                state.records.pop_front();
+            }
+            drop(state);
+            self.changed();
+            Ok(ids)
+        })
+    }
+
+    fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
+        Box::pin(async move {
+            if self.state().down {
+                return Err(Down.into());
+            }
+            Ok(Box::new(Reader {
+                engine: self.clone(),
+            }) as Box<dyn BackplaneReader>)
+        })
+    }
+}
+
+struct Reader {
+    engine: MemoryBackplane,
+}
+
+impl Reader {
+    fn state(&self) -> Result<MutexGuard<'_, State>, BoxError> {
+        let state = self.engine.state();
+        if state.down {
+            return Err(Down.into());
+        }
+        Ok(state)
+    }
+}
+
+impl BackplaneReader for Reader {
+    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
+        Box::pin(async move {
+            let state = self.state()?;
+            let skip = state.records.len().saturating_sub(limit);
+            let records = state.records.iter().skip(skip).cloned().collect();
+            let last = state.appended.then(|| EventId::new(state.next_id - 1));
+            Ok(Tail::new(records, last))
+        })
+    }
+
+    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
+        Box::pin(async move {
+            let state = self.state()?;
+            let after = after.as_u64();
+            Ok(match state.records.front() {
+                // Ids are contiguous: the one right after `after` is still here.
+                Some(first) => first.id().as_u64() <= after + 1,
+                None if state.appended => state.next_id - 1 <= after,
+                None => after == 0,
+            })
+        })
+    }
+
+    fn read(
+        &mut self,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Record>, BoxError>> {
+        Box::pin(async move {
+            let mut changed = self.engine.log.changed.subscribe();
+            let deadline = tokio::time::Instant::now() + BLOCK;
+            loop {
+                {
+                    let state = self.state()?;
+                    let start = state.records.partition_point(|r| r.id() <= after);
+                    if start < state.records.len() {
+                        return Ok(state.records.range(start..).take(limit).cloned().collect());
+                    }
+                }
+                match tokio::time::timeout_at(deadline, changed.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Ok(Vec::new()),
+                }
+            }
+        })
+    }
+}
