@@ -3,6 +3,7 @@
 //! the layer's own answers.
 
 use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
@@ -12,7 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use crate::EventStream;
+use crate::{open::Refusal, sse::EventStream};
 
 pin_project! {
     /// The response body of [`SseService`](crate::SseService): the inner
@@ -132,4 +133,20 @@ impl<B> fmt::Debug for SseBody<B> {
             Kind::Own { body } => f.debug_tuple("SseBody").field(body).finish(),
         }
     }
+}
+
+/// The answer that refuses a stream.
+pub(crate) fn refused(refusal: Refusal) -> Response<OwnBody> {
+    Response::from(refusal).map(OwnBody::full)
+}
+
+/// A plain-text answer; `message` ends with a line break.
+pub(crate) fn text(status: StatusCode, message: String) -> Response<OwnBody> {
+    let mut response = Response::new(OwnBody::full(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }

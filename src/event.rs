@@ -4,8 +4,8 @@ use bytes::Bytes;
 use std::{fmt, time::Duration};
 
 use crate::{
+    error::Error,
     wire::{self, Lines},
-    Error,
 };
 
 /// One server-sent event, built field by field.

@@ -5,11 +5,13 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tower_layer::Layer;
 
 use crate::{
+    authorize::Access,
     authorize::Authorize,
     config::Config,
     hub::Hub,
+    publisher::Publisher,
     service::{Routes, SseService},
-    sse, wire, Access, Publisher,
+    sse, wire,
 };
 
 /// Serves a Server-Sent Events stream on one path of any tower service, and

@@ -4,13 +4,13 @@
 //! holds for the layer's stream, its WebSocket and streams handlers open.
 
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
-use std::{fmt, panic::AssertUnwindSafe, task::Poll, time::Duration};
+use std::{borrow::Cow, fmt, panic::AssertUnwindSafe, task::Poll, time::Duration};
 
 use crate::{
+    authorize::Access,
     config::Config,
     hub::{Hub, Resume, SubscribeError, Subscription},
-    request::truncate,
-    topic, Access,
+    topic,
 };
 
 /// Why a stream was not opened, and the HTTP answer that says so: `400` for
@@ -246,6 +246,14 @@ pub(crate) async fn subscribe(
             Refusal::internal("tower-sse serves event streams only inside a Tokio runtime")
         }
     })
+}
+
+/// At most 64 characters of client input, for an error message.
+fn truncate(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => Cow::Owned(format!("{}…", &s[..i])),
+        None => Cow::Borrowed(s),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::{
 };
 use tokio::sync::oneshot;
 
-use crate::{Error, EventId};
+use crate::{error::Error, event::EventId};
 
 /// An event the hub accepted. Await it for the event's id once it is
 /// stored: at once without a backplane, once the engine acknowledged it

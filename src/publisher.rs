@@ -5,8 +5,12 @@ use std::{fmt, sync::Arc};
 
 use crate::{
     config::{self, Config},
+    error::Error,
+    event::Event,
     hub::{BackplaneStatus, Hub},
-    Error, Event, Message, Published, Subscribe,
+    published::Published,
+    record::Message,
+    subscribe::Subscribe,
 };
 
 /// Broadcasts events to every connected subscriber, and opens streams.
@@ -180,7 +184,7 @@ impl fmt::Debug for Publisher {
 #[cfg(feature = "axum")]
 mod axum_impl {
     use super::Publisher;
-    use crate::Subscribe;
+    use crate::subscribe::Subscribe;
     use axum_core::{
         extract::FromRequestParts,
         response::{IntoResponse, Response},

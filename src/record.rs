@@ -10,7 +10,11 @@
 use bytes::Bytes;
 use std::{borrow::Cow, fmt, sync::Arc, sync::OnceLock, time::Duration};
 
-use crate::{topic, Error, Event, EventId};
+use crate::{
+    error::Error,
+    event::{Event, EventId},
+    topic,
+};
 
 /// How many transports may cache an encoding in a record.
 pub(crate) const ENCODINGS: usize = 2;

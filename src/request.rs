@@ -1,10 +1,8 @@
 //! Reading a stream request: the topics it asks for (query) and where it
 //! resumes (`Last-Event-ID`, or the `lastEventId` query parameter).
 
-use http::request::Parts;
-use std::borrow::Cow;
-
 use crate::{hub::Resume, open::Refusal, topic};
+use http::request::Parts;
 
 /// What a client asked for on a stream path.
 #[derive(Debug)]
@@ -62,14 +60,6 @@ pub(crate) fn resume(parts: &Parts) -> Resume {
 
 fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {
     form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-}
-
-/// At most 64 characters of client input, for an error message.
-pub(crate) fn truncate(s: &str) -> Cow<'_, str> {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => Cow::Owned(format!("{}…", &s[..i])),
-        None => Cow::Borrowed(s),
-    }
 }
 
 #[cfg(test)]

@@ -15,9 +15,11 @@ use std::{
 use tower_service::Service;
 
 use crate::{
-    body::{OwnBody, SseBody},
+    body::{refused, text, OwnBody, SseBody},
     open::{self, Refusal},
-    request, sse, EventStream, Publisher,
+    publisher::Publisher,
+    request,
+    sse::{self, EventStream},
 };
 
 /// The service made by [`SseLayer`](crate::SseLayer): serves the event stream
@@ -111,22 +113,6 @@ async fn stream(parts: Parts, publisher: Publisher, path: Arc<Routes>) -> Respon
         }
         Err(refusal) => refused(refusal),
     }
-}
-
-/// The answer that refuses a stream.
-pub(crate) fn refused(refusal: Refusal) -> Response<OwnBody> {
-    Response::from(refusal).map(OwnBody::full)
-}
-
-/// A plain-text answer; `message` ends with a line break.
-pub(crate) fn text(status: StatusCode, message: String) -> Response<OwnBody> {
-    let mut response = Response::new(OwnBody::full(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SseService<S>

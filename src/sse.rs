@@ -18,7 +18,8 @@ use crate::{
     config::Config,
     hub::{Ended, StartKind, Subscription},
     record::Encoding,
-    wire, Record,
+    record::Record,
+    wire,
 };
 
 /// The name of the event a stream starts with when the client resumes from

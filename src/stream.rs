@@ -11,8 +11,9 @@ use std::{
 };
 
 use crate::{
+    event::EventId,
     hub::{self, Ended, StartKind, Subscription},
-    EventId, Record,
+    record::Record,
 };
 
 /// Records taken from the hub per read.

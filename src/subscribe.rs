@@ -5,10 +5,13 @@ use http::request::Parts;
 use std::{fmt, sync::Arc};
 
 use crate::{
+    authorize::Access,
     config::Config,
     hub::{Hub, Resume},
     open::{self, Refusal},
-    request, sse, Access, EventStream, RecordStream,
+    request,
+    sse::{self, EventStream},
+    stream::RecordStream,
 };
 
 /// A subscription about to open: its topics, its resume point, and the

@@ -27,13 +27,16 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    body::OwnBody,
+    authorize::Access,
+    body::{refused, text, OwnBody},
     hub::{Ended, Resume, StartKind, Subscription},
     open::{self, Kind, Refusal},
+    publisher::Publisher,
     record::Encoding,
+    record::Record,
     request,
-    service::{refused, text},
-    topic, Access, Publisher, Record, RESET_EVENT,
+    sse::RESET_EVENT,
+    topic,
 };
 
 /// The largest message a client may send, and the largest frame.

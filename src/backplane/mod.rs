@@ -39,7 +39,11 @@
 
 use std::{future::Future, pin::Pin, time::Duration};
 
-use crate::{BoxError, EventId, Message, Record};
+use crate::{
+    error::BoxError,
+    event::EventId,
+    record::{Message, Record},
+};
 
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

@@ -35,7 +35,11 @@ use redis::{
 };
 
 use super::{Backplane, BackplaneReader, BoxFuture, Retention, Tail};
-use crate::{BoxError, Error, Event, EventId, Message, Record};
+use crate::{
+    error::{BoxError, Error},
+    event::{Event, EventId},
+    record::{Message, Record},
+};
 
 /// The stream key used unless [`RedisBackplane::key`] sets another.
 const DEFAULT_KEY: &str = "tower-sse:events";

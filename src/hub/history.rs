@@ -13,7 +13,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::registry::Followers;
-use crate::Record;
+use crate::record::Record;
 
 /// One topic: its ring and who follows it.
 pub(crate) struct Topic {
@@ -215,7 +215,10 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Event, EventId, Message};
+    use crate::{
+        event::{Event, EventId},
+        record::Message,
+    };
 
     fn record(id: u64, app_id: Option<&str>) -> Record {
         let mut event = Event::default().data(id.to_string());

@@ -26,9 +26,10 @@ pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{
     backplane::{Backplane, Retention},
+    error::Error,
     published::Published,
     record::Encoding,
-    Error, Message,
+    record::Message,
 };
 use replica::Replica;
 use state::{Core, Settings};

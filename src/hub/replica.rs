@@ -18,8 +18,10 @@ use tokio::{
 use super::state::{Core, Resume};
 use crate::{
     backplane::{Backplane, BackplaneReader},
+    error::{BoxError, Error},
+    event::EventId,
     published::Published,
-    BoxError, Error, EventId, Message,
+    record::Message,
 };
 
 /// Events waiting for the engine, past which publishing is refused.

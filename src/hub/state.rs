@@ -21,8 +21,9 @@ use super::{
     registry::FanOut,
 };
 use crate::{
-    record::{Encoding, ENCODINGS},
-    Error, EventId, Message, Record,
+    error::Error,
+    event::EventId,
+    record::{Encoding, Message, Record, ENCODINGS},
 };
 
 /// The name of the default topic, which every subscriber follows. It is

@@ -9,7 +9,7 @@ use super::{
     history::Follow,
     state::{Core, Resume, Start, SubscribeError},
 };
-use crate::Record;
+use crate::record::Record;
 
 /// The subscriber fell further behind than the lag bound, or a record it
 /// had not read yet left the history: its stream must end (and the client
@@ -140,7 +140,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{hub::state::Settings, hub::state::StartKind, Event, Message};
+    use crate::{event::Event, hub::state::Settings, hub::state::StartKind, record::Message};
 
     fn core(max_lag: usize) -> Arc<Core> {
         Core::new(

@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::{
     backplane::{Backplane, BackplaneReader, BoxFuture, Retention, Tail},
-    BoxError, EventId, Message, Record,
+    error::BoxError,
+    event::EventId,
+    record::{Message, Record},
 };
 
 /// How long a read waits for a record before returning none.

@@ -50,7 +50,15 @@ pub use memory::MemoryBackplane;
 use futures_core::Stream;
 use std::{future::Future, pin::Pin, time::Duration};
 
-use crate::{backplane::Backplane, Error, Event, EventId, Hub, Publisher, Record, RecordStream};
+use crate::{
+    backplane::Backplane,
+    error::Error,
+    event::{Event, EventId},
+    hub::Hub,
+    publisher::Publisher,
+    record::Record,
+    stream::RecordStream,
+};
 
 /// Guard on every wait of the suite.
 const TIMEOUT: Duration = Duration::from_secs(15);
