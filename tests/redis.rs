@@ -9,6 +9,7 @@ use axum::Router;
 use common::{within, Server, Subscriber};
 use std::{
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -31,19 +32,26 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        Redis::start_on(free_port())
+        Redis::start_on(free_port(), None)
     }
 
-    /// Starts on `port`, returning once it says it accepts connections.
-    fn start_on(port: u16) -> Redis {
-        let mut child = Command::new("redis-server")
+    /// Starts on `port`, returning once it says it accepts connections;
+    /// without persistence, or with an append-only file in `dir` written
+    /// before each command is answered (so a kill loses nothing acknowledged).
+    fn start_on(port: u16, dir: Option<&Path>) -> Redis {
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server is needed for this test (apt-get install redis-server): {e}")
-            });
+            .args(["--save", ""]);
+        match dir {
+            None => command.args(["--appendonly", "no"]),
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+        };
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
+            panic!("redis-server is needed for this test (apt-get install redis-server): {e}")
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         loop {
             let line = lines
@@ -269,7 +277,7 @@ async fn redis_restarting_empty_means_errors_while_down_then_a_reset() {
     assert!(matches!(err, Error::Backplane(_)), "{err:?}");
 
     let port = redis.port;
-    let _redis = Redis::start_on(port);
+    let _redis = Redis::start_on(port, None);
     // The node cannot know what the new, empty Redis lost: it restarts its
     // history and ends the streams; a browser coming back gets the reset.
     assert!(on_a.next().await.is_none(), "the stream ends");
@@ -384,3 +392,56 @@ async fn a_websocket_client_resumes_on_another_node_without_a_reset() {
     let want = [("subscribed", ""), ("event", "e2")].map(|(k, d)| (k.to_owned(), d.to_owned()));
     assert_eq!(kinds, want);
 }
+
+/// The engine conformance suite against a `redis-server` of each case's own,
+/// with an append-only file so that it can stop and start with its data,
+/// or start without it.
+struct RedisHarness {
+    redis: std::sync::Mutex<Redis>,
+    port: u16,
+    dir: PathBuf,
+    key: String,
+}
+
+impl Drop for RedisHarness {
+    fn drop(&mut self) {
+        self.redis.lock().unwrap().kill();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+impl tower_sse::testing::Harness for RedisHarness {
+    type Backplane = RedisBackplane;
+
+    async fn connect(&self) -> RedisBackplane {
+        let url = format!("redis://127.0.0.1:{}/", self.port);
+        RedisBackplane::connect(&url).await.unwrap().key(&self.key)
+    }
+
+    async fn stop(&self) {
+        self.redis.lock().unwrap().kill();
+    }
+
+    async fn start(&self, keep_data: bool) {
+        if !keep_data {
+            std::fs::remove_dir_all(&self.dir).unwrap();
+            std::fs::create_dir(&self.dir).unwrap();
+        }
+        *self.redis.lock().unwrap() = Redis::start_on(self.port, Some(&self.dir));
+    }
+}
+
+async fn redis_harness() -> RedisHarness {
+    let key = key();
+    let dir = std::env::temp_dir().join(key.replace(':', "-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    RedisHarness {
+        redis: std::sync::Mutex::new(Redis::start_on(port, Some(&dir))),
+        port,
+        dir,
+        key,
+    }
+}
+
+tower_sse::backplane_conformance!(redis_harness);

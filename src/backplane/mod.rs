@@ -88,6 +88,11 @@ pub trait Backplane: Send + Sync + 'static {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>>;
 
+    /// The newest id the engine gave, if any: a client resuming from an id
+    /// an instance does not know yet (set by the app, seen on another
+    /// instance) makes the hub read up to it before answering.
+    fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>>;
+
     /// Opens a reader of the log: the hub keeps one, and opens another
     /// after an error.
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>>;
@@ -124,7 +129,9 @@ pub struct Tail {
     pub records: Vec<Record>,
     /// The newest id the engine ever gave (at least the last record's), or
     /// `None` if it holds no trace of any: a client that saw this id missed
-    /// nothing even when `records` is empty.
+    /// nothing even when `records` is empty. Reading goes on after it, so
+    /// it must be read no later than `records` (an event appended between
+    /// the two would be skipped).
     pub last: Option<EventId>,
 }
 

@@ -167,6 +167,7 @@ impl Backplane for RedisBackplane {
                 }
             }
             let ids: Vec<String> = pipe.query_async(&mut self.publish.clone()).await?;
+
             ids.iter()
                 .map(|id| {
                     pack(id)
@@ -174,6 +175,24 @@ impl Backplane for RedisBackplane {
                         .ok_or_else(|| format!("unexpected stream entry id {id:?}").into())
                 })
                 .collect()
+        })
+    }
+
+    fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
+        Box::pin(async move {
+            let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&*self.key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.publish.clone())
+                .await?;
+            Ok(newest
+                .ids
+                .first()
+                .and_then(|e| pack(&e.id))
+                .map(EventId::new))
         })
     }
 
@@ -228,6 +247,9 @@ impl Reader {
 impl BackplaneReader for Reader {
     fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
         Box::pin(async move {
+            // The newest id first: an entry added after it is in the range
+            // read next, or is read later (it is above `last`).
+            let last = self.last_generated().await?.map(EventId::new);
             let tail: StreamRangeReply = redis::cmd("XREVRANGE")
                 .arg(&*self.key)
                 .arg("+")
@@ -237,7 +259,6 @@ impl BackplaneReader for Reader {
                 .query_async(&mut self.conn)
                 .await?;
             let records = tail.ids.iter().rev().filter_map(record).collect();
-            let last = self.last_generated().await?.map(EventId::new);
             Ok(Tail::new(records, last))
         })
     }

@@ -167,20 +167,29 @@ impl Replica {
     }
 
     /// Waits (at most [`CATCH_UP`]) until the history is loaded and, when a
-    /// client resumes from an id newer than any read here (seen on another
-    /// instance), until that id is read.
+    /// client resumes from an id this instance has not read yet (seen on
+    /// another instance), until it has: a number above the newest read here
+    /// is waited for; an app's id not in the history, by reading up to the
+    /// engine's newest id at this moment (one round trip).
     pub(crate) async fn caught_up(&self, core: &Core, resume: &Resume) {
-        let ahead = match resume {
-            Resume::After(last) => last.parse::<u64>().ok().filter(|id| *id > core.published()),
-            _ => None,
-        };
-        if ahead.is_none() && *self.loaded.borrow() {
-            return;
-        }
         let (mut loaded, mut newest) = (self.loaded.subscribe(), core.watch_newest());
         tokio::time::timeout(CATCH_UP, async {
             loaded.wait_for(|l| *l).await.ok();
-            if let Some(id) = ahead {
+            let Resume::After(last) = resume else {
+                return;
+            };
+            let wanted = match last.parse::<u64>() {
+                Ok(id) => Some(id),
+                Err(_) if core.knows(last) => None,
+                Err(_) => match self.backplane.last_id().await {
+                    Ok(id) => id.map(EventId::as_u64),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "backplane: no newest id to catch up to");
+                        None
+                    }
+                },
+            };
+            if let Some(id) = wanted {
                 newest.wait_for(|n| *n >= id).await.ok();
             }
         })
@@ -290,20 +299,30 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
             }
         };
         loop {
-            let batch = tokio::select! {
-                batch = reader.read(last, READ_BATCH) => batch,
+            let read = async {
+                let records = reader.read(last, READ_BATCH).await?;
+                let behind = records.len() >= READ_BATCH;
+                for record in records {
+                    if record.id() > last {
+                        last = record.id();
+                        core.insert(record);
+                    }
+                }
+                // Behind the log: the engine may trim past what is left to
+                // read before the next read. Check, as after a reconnection.
+                if behind {
+                    catch_up(&core, &mut *reader, &mut last, true).await?;
+                }
+                Ok::<_, BoxError>(())
+            };
+            let read = tokio::select! {
+                read = read => read,
                 _ = core.closed() => return,
             };
-            match batch {
-                Ok(records) => {
+            match read {
+                Ok(()) => {
                     if !matches!(*replica.status.borrow(), BackplaneStatus::Up) {
                         replica.set_status(BackplaneStatus::Up);
-                    }
-                    for record in records {
-                        if record.id() > last {
-                            last = record.id();
-                            core.insert(record);
-                        }
                     }
                 }
                 Err(e) => {

@@ -249,6 +249,12 @@ impl Core {
         self.disconnect_all();
     }
 
+    /// Whether `last` (a client's `Last-Event-ID`) is an id the history
+    /// holds or stands for.
+    pub(crate) fn knows(&self, last: &str) -> bool {
+        self.state().history.resolve(last).is_some()
+    }
+
     /// Id of the newest appended record.
     pub(crate) fn published(&self) -> u64 {
         self.published.load(Ordering::Acquire)

@@ -60,6 +60,9 @@ struct State {
     appended: bool,
     keep: usize,
     down: bool,
+    /// Bumped when the engine goes down or loses its log: readers opened
+    /// before lose their "connection", as with a real server.
+    epoch: u64,
 }
 
 /// The engine is unreachable.
@@ -99,7 +102,10 @@ impl MemoryBackplane {
     /// Makes the engine unreachable (`true`: every call fails, as with a
     /// lost connection) or reachable again, with its log intact.
     pub fn set_down(&self, down: bool) {
-        self.state().down = down;
+        let mut state = self.state();
+        state.down = down;
+        state.epoch += u64::from(down);
+        drop(state);
         self.changed();
     }
 
@@ -109,6 +115,7 @@ impl MemoryBackplane {
         let mut state = self.state();
         state.records.clear();
         state.appended = false;
+        state.epoch += 1;
         state.next_id = state.next_id.max(clock()) + 1_000_000;
         drop(state);
         self.changed();
@@ -161,13 +168,25 @@ impl Backplane for MemoryBackplane {
         })
     }
 
+    fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
+        Box::pin(async move {
+            let state = self.state();
+            if state.down {
+                return Err(Down.into());
+            }
+            Ok(state.appended.then(|| EventId::new(state.next_id - 1)))
+        })
+    }
+
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
         Box::pin(async move {
-            if self.state().down {
+            let state = self.state();
+            if state.down {
                 return Err(Down.into());
             }
             Ok(Box::new(Reader {
                 engine: self.clone(),
+                epoch: state.epoch,
             }) as Box<dyn BackplaneReader>)
         })
     }
@@ -175,12 +194,14 @@ impl Backplane for MemoryBackplane {
 
 struct Reader {
     engine: MemoryBackplane,
+    /// The engine's epoch when this reader "connected".
+    epoch: u64,
 }
 
 impl Reader {
     fn state(&self) -> Result<MutexGuard<'_, State>, BoxError> {
         let state = self.engine.state();
-        if state.down {
+        if state.down || state.epoch != self.epoch {
             return Err(Down.into());
         }
         Ok(state)

@@ -81,10 +81,11 @@ pub trait Harness: Send + Sync {
 }
 
 /// Generates one `#[tokio::test]` per case of the conformance suite, in a
-/// module `conformance`, each with a harness from `$make().await`.
+/// module `conformance`, each with a harness from `$make().await`, where
+/// `$make` is an `async fn` of the calling module.
 #[macro_export]
 macro_rules! backplane_conformance {
-    ($make:path) => {
+    ($make:ident) => {
         mod conformance {
             #[tokio::test]
             async fn one_order_on_every_instance() {
