@@ -8,8 +8,10 @@
 //! Then open the printed address in two tabs and post from one.
 //!
 //! * `GET /` — the page: a form, a room selector, and a list fed by
-//!   `EventSource('/events?topic=room/<room>')` or, with `--features
-//!   axum,ws`, a WebSocket to `/ws` that changes rooms without reconnecting.
+//!   `EventSource('/rooms/<room>/events')` or, with `--features axum,ws`, a
+//!   WebSocket to `/ws` that changes rooms without reconnecting.
+//! * `GET /rooms/{room}/events` — the room's event stream, opened by a
+//!   handler of its own (the `Subscribe` extractor) under the layer's hook.
 //! * `POST /publish` — form fields `message`, and optionally `room` (publish to
 //!   topic `room/<room>`; without it, to everyone), `to` (a private message to
 //!   that user's topic `user/<to>`) and `event` (the event name). Answers
@@ -17,10 +19,10 @@
 //! * `POST /login` with `name`, `POST /logout`, `GET /me` — a toy session in a
 //!   cookie. Signed in, a stream also follows the user's private topic
 //!   `user/<name>`; nobody may ask for someone else's (`403`).
-//! * `GET /events` — the event stream, served by `SseLayer`.
+//! * `GET /events?topic=…` — the layer's own event stream, any topics.
 
 use axum::{
-    extract::Form,
+    extract::{Form, Path},
     http::{header, request::Parts, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -28,7 +30,7 @@ use axum::{
 };
 use serde::Deserialize;
 use std::time::Duration;
-use tower_sse::{Access, Event, Publisher, SseLayer};
+use tower_sse::{Access, Event, EventStream, Publisher, Refusal, SseLayer, Subscribe};
 
 /// Longest message accepted, in characters.
 pub const MAX_MESSAGE: usize = 2000;
@@ -37,6 +39,7 @@ pub const MAX_MESSAGE: usize = 2000;
 pub fn app(sse: SseLayer) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/rooms/{room}/events", get(room_events))
         .route("/publish", post(publish))
         .route("/login", post(login))
         .route("/logout", post(logout))
@@ -86,6 +89,20 @@ fn valid_name(name: &str) -> bool {
 
 async fn index() -> Html<&'static str> {
     Html(PAGE)
+}
+
+/// One room's stream (and, signed in, the user's private topic, which the
+/// layer's hook adds): the same stream as the layer's path, under a route
+/// of the app's own.
+async fn room_events(Path(room): Path<String>, sub: Subscribe) -> Result<EventStream, Response> {
+    if !valid_name(&room) {
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "no such room: a room is 1 to 32 letters, digits, `-` or `_`",
+        ));
+    }
+    let stream = sub.topic(format!("room/{room}")).event_stream().await;
+    stream.map_err(Refusal::into_response)
 }
 
 #[derive(Deserialize)]
@@ -335,7 +352,7 @@ const PAGE: &str = r##"<!doctype html>
     stop();
     list.replaceChildren();
     if (transport.value === "ws") { wsLast = undefined; return connectWs(); }
-    events = new EventSource("/events?topic=room/" + encodeURIComponent(room.value));
+    events = new EventSource("/rooms/" + encodeURIComponent(room.value) + "/events");
     events.onopen = () => { status.textContent = "live in #" + room.value; status.className = "live"; };
     events.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
     events.onmessage = (e) => show(e.data, when(e));

@@ -169,7 +169,7 @@ async fn the_page_opens_the_event_source() {
     let page = client().get(server.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("new EventSource(\"/events?topic=room/\""));
+    assert!(html.contains("new EventSource(\"/rooms/\""));
     assert!(html.contains("action=\"/publish\""));
 }
 
@@ -258,13 +258,22 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
         .unwrap();
     assert_eq!(me.text().await.unwrap(), "alice");
 
+    // The page's stream, opened by the app's own route under the same hook.
     let mut alice = Subscriber::connect_with(
         client()
-            .get(url("?topic=room/general"))
+            .get(server.url("/rooms/general/events"))
             .header("cookie", &alice_cookie),
     )
     .await;
     let mut random = Subscriber::connect(&url("?topic=room/random")).await;
+
+    // A room that cannot be is the app's own 404.
+    let response = client()
+        .get(server.url("/rooms/no%20such/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
 
     // Nobody may follow someone else's private topic.
     let response = client()
