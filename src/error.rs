@@ -74,3 +74,19 @@ impl std::error::Error for Error {
         }
     }
 }
+
+/// With the `axum` feature a handler can return the error of `publish`:
+/// `400` for an invalid event or topic, `413` for one over the size limit,
+/// `503` when the hub is closed or its backplane did not take the event.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Error {
+    fn into_response(self) -> axum_core::response::Response {
+        use http::StatusCode;
+        let status = match self {
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Backplane(_) | Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, format!("{self}\n")).into_response()
+    }
+}

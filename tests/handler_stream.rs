@@ -284,3 +284,39 @@ async fn two_layers_given_one_hub_serve_the_same_events_and_keep_their_own_setti
         "the original layer's keep-alive is still 15 s"
     );
 }
+
+#[tokio::test]
+async fn a_handler_returns_the_publish_error_as_its_answer() {
+    use axum::routing::post;
+    async fn say(
+        Path(room): Path<String>,
+        publisher: tower_sse::Publisher,
+        text: String,
+    ) -> Result<String, tower_sse::Error> {
+        let event = Event::default().event("said").data(text);
+        let id = publisher.publish_to(&room, event)?.await?;
+        Ok(format!("{id}\n"))
+    }
+    let hub = Hub::builder().max_event_size(10).build();
+    let layer = SseLayer::new("/events").hub(&hub);
+    let publisher = layer.publisher();
+    let server = Server::start(
+        Router::new().route("/say/{room}", post(say)).layer(layer),
+        publisher,
+    )
+    .await;
+    let say = |room: &str, text: &str| {
+        client()
+            .post(server.url(&format!("/say/{room}")))
+            .body(text.to_owned())
+            .send()
+    };
+    let ok = say("lobby", "hi").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let bad = say("a%20b", "hi").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("invalid topic"));
+    assert_eq!(say("lobby", "far too long").await.unwrap().status(), 413);
+    server.publisher.close();
+    assert_eq!(say("lobby", "hi").await.unwrap().status(), 503);
+}
