@@ -3,55 +3,96 @@
 //!
 //! The layer serves an event stream on one path (say `GET /events`, read by
 //! the browser's `EventSource`) and puts a [`Publisher`] into the extensions
-//! of every other request. No second server, no message bus, no global state.
+//! of every other request: any handler publishes with it, or opens a stream
+//! of its own under any route ([`Subscribe`]). No second server, no message
+//! bus, no global state. Here with a plain tower service (no framework):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use http::Request;
+//! use http_body_util::{BodyExt, Empty};
+//! use tower::{service_fn, ServiceExt};
+//! use tower_layer::Layer;
+//! use tower_sse::{Event, SseLayer};
+//!
+//! let layer = SseLayer::new("/events");
+//! let publisher = layer.publisher(); // for tasks outside any request
+//! let app = layer.layer(service_fn(|_: Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
+//! }));
+//!
+//! let response = app.oneshot(Request::get("/events").body(())?).await?;
+//! assert_eq!(response.headers()["content-type"], "text/event-stream");
+//! let mut body = response.into_body();
+//! let start = body.frame().await.unwrap()?.into_data().unwrap();
+//! assert!(start.starts_with(b"id: ")); // the id it starts after
+//!
+//! let id = publisher.publish(Event::default().event("said").data("hi"))?.await?;
+//! let frame = body.frame().await.unwrap()?.into_data().unwrap();
+//! assert_eq!(frame, format!("event: said\ndata: hi\nid: {id}\n\n"));
+//! # Ok(()) }
+//! ```
+//!
+//! With axum (feature `axum`), [`Publisher`] and [`Subscribe`] are
+//! extractors, and a handler returns the stream it opens:
 //!
 //! ```
 //! # #[cfg(feature = "axum")] {
-//! use axum::{routing::post, Router};
-//! use tower_sse::{Event, Publisher, SseLayer};
+//! use axum::{extract::Path, routing::{get, post}, Router};
+//! use tower_sse::{Error, Event, EventStream, Publisher, Refusal, SseLayer, Subscribe};
 //!
-//! // With the `axum` feature, `Publisher` is an extractor.
-//! async fn say(publisher: Publisher, text: String) -> &'static str {
-//!     match publisher.publish(Event::default().event("said").data(text)) {
-//!         Ok(_) => "sent\n",
-//!         Err(_) => "not sent\n",
-//!     }
+//! async fn say(Path(room): Path<String>, publisher: Publisher, text: String) -> Result<String, Error> {
+//!     let event = Event::default().event("said").data(text);
+//!     let id = publisher.publish_to(&format!("room/{room}"), event)?.await?;
+//!     Ok(format!("sent as {id}\n"))
 //! }
 //!
-//! let sse = SseLayer::new("/events");
-//! let background = sse.publisher(); // for tasks outside any request
-//! let app: Router = Router::new().route("/say", post(say)).layer(sse);
-//! background.publish(Event::default().data("server started")).unwrap();
+//! async fn room(Path(room): Path<String>, sub: Subscribe) -> Result<EventStream, Refusal> {
+//!     sub.topic(format!("room/{room}")).event_stream().await
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/rooms/{room}", post(say))
+//!     .route("/rooms/{room}/events", get(room))
+//!     .layer(SseLayer::new("/events"));
 //! # }
 //! ```
 //!
 //! In the browser:
 //!
 //! ```js
-//! const events = new EventSource("/events");
+//! const events = new EventSource("/rooms/lobby/events");
 //! events.addEventListener("said", (e) => console.log(e.data, e.lastEventId));
 //! ```
 //!
 //! # How it works
 //!
-//! * [`Publisher::publish`] validates and encodes the event once, gives it the
-//!   next id of the hub and appends it to the history; every subscriber gets
-//!   the same bytes. Publishing never waits for subscribers.
+//! * [`Publisher::publish`] checks the event and hands it to the [`Hub`],
+//!   which gives it the next id and keeps it in its history as one neutral
+//!   [`Record`]. Each transport's encoding (the `text/event-stream` bytes, a
+//!   WebSocket frame) is built once per event and shared by every
+//!   subscriber. Publishing never waits for subscribers; the [`Published`] it
+//!   returns may be awaited for the id, or dropped.
 //! * The stream body ([`EventStream`]) sends, on each poll, everything
 //!   already published that the subscriber has not seen, in one frame. When
 //!   it has sent nothing for the keep-alive interval it sends a comment.
-//! * A subscriber further behind than [`SseLayer::max_lag`] is disconnected;
-//!   the browser reconnects with `Last-Event-ID` and is replayed from the
-//!   history, so nothing is lost while the history covers the gap.
+//! * A subscriber further behind than [`HubBuilder::max_lag`] is
+//!   disconnected; the browser reconnects with `Last-Event-ID` and is
+//!   replayed from the history, so nothing is lost while it covers the gap.
 //! * [`Publisher::close`] ends every stream, so graceful shutdown completes.
+//! * With a [backplane](backplane), events go through an engine shared by
+//!   many instances (Redis: [`RedisBackplane`]); the code that publishes and
+//!   subscribes does not change.
 //!
 //! # Topics
 //!
-//! A stream follows the topics named in its query, `/events?topic=a&topic=b`,
-//! and always the default topic that [`Publisher::publish`] sends to;
-//! [`Publisher::publish_to`] sends to one topic. A topic is 1 to 128
-//! characters from `A-Z a-z 0-9 - _ . / : @ ~`; an invalid topic, or more
-//! than [`SseLayer::max_topics`], is `400 Bad Request`.
+//! A stream follows the topics named in its query, `/events?topic=a&topic=b`
+//! (or given by the handler that opens it), and always the default topic that
+//! [`Publisher::publish`] sends to; [`Publisher::publish_to`] sends to one
+//! topic. A topic is 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`;
+//! an invalid topic, or more than [`SseLayer::max_topics`], is
+//! `400 Bad Request`.
 //!
 //! # Resuming
 //!
@@ -67,17 +108,21 @@
 //!
 //! # Authorization
 //!
-//! [`SseLayer::authorize`] sets a hook that sees each stream request and
-//! grants an [`Access`] (which topics it may follow, and private topics it
-//! follows without asking) or answers with its own response (`401`...).
-//! A stream asking for a topic it may not follow gets `403`.
+//! [`SseLayer::authorize`] sets a hook that sees each stream request — on the
+//! layer's path, its WebSocket, and streams handlers open with
+//! [`Subscribe`] — and grants an [`Access`] (which topics it may follow, and
+//! private topics it follows without asking) or answers with its own
+//! response (`401`...). A stream asking for a topic it may not follow gets
+//! `403`.
 //!
 //! # Feature flags
 //!
-//! * `axum`: [`Publisher`] is an axum extractor.
+//! * `axum`: [`Publisher`] and [`Subscribe`] are axum extractors;
+//!   [`EventStream`], [`Refusal`] and [`Error`] are `IntoResponse`.
 //! * `json`: [`Event::json_data`].
 //! * `redis`: [`RedisBackplane`], for several instances sharing one stream.
 //! * `ws`: [`SseLayer::websocket`], the same hub over WebSocket.
+//! * `testing`: the engine conformance suite and an in-memory engine.
 //!
 //! [tower]: https://docs.rs/tower
 
