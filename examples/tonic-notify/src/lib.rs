@@ -1,10 +1,14 @@
-//! A tonic gRPC service whose method publishes to browsers through the
-//! `Publisher` that `SseLayer` puts into every request's extensions. The same
-//! server serves the event stream at `GET /events` (HTTP/1.1 accepted).
+//! A tonic gRPC service on the `Publisher` that `SseLayer` puts into every
+//! request's extensions: `Notify` publishes to browsers, and the
+//! server-streaming `Watch` forwards the same events to gRPC clients. The
+//! same server serves the event stream at `GET /events` (HTTP/1.1 accepted).
+
+use std::pin::Pin;
 
 use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{transport::Server, Request, Response, Status};
-use tower_sse::{Event, Publisher, SseLayer};
+use tower_sse::{Event, Lagged, Publisher, Record, Refusal, SseLayer};
 
 pub mod proto {
     tonic::include_proto!("notify");
@@ -12,12 +16,48 @@ pub mod proto {
 
 use proto::{
     notifier_server::{Notifier, NotifierServer},
-    NotifyReply, NotifyRequest,
+    Notification, NotifyReply, NotifyRequest, WatchRequest,
 };
+
+/// The `Watch` response: the hub's records as notifications.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Notification, Status>> + Send>>;
 
 /// The gRPC service: it holds no state, the publisher comes with each request.
 #[derive(Default)]
 pub struct NotifierService;
+
+/// The layer's publisher, which `SseLayer` put into the request's extensions.
+fn publisher<T>(request: &Request<T>) -> Result<Publisher, Status> {
+    request
+        .extensions()
+        .get::<Publisher>()
+        .cloned()
+        .ok_or_else(|| Status::internal("no Publisher: serve this service behind SseLayer"))
+}
+
+/// The gRPC status of a refused subscription, from its HTTP status.
+fn refused(refusal: Refusal) -> Status {
+    let message = refusal.to_string();
+    match refusal.status().as_u16() {
+        400 => Status::invalid_argument(message),
+        401 => Status::unauthenticated(message),
+        403 => Status::permission_denied(message),
+        429 => Status::resource_exhausted(message),
+        503 => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// A record as a notification; `id` is the one a client resumes from.
+fn notification(record: Record) -> Notification {
+    Notification {
+        id: record.last_event_id().into_owned(),
+        topic: record.topic().unwrap_or_default().to_owned(),
+        event: record.event().unwrap_or_default().to_owned(),
+        message: record.data().to_owned(),
+        reset: false,
+    }
+}
 
 #[tonic::async_trait]
 impl Notifier for NotifierService {
@@ -25,11 +65,7 @@ impl Notifier for NotifierService {
         &self,
         request: Request<NotifyRequest>,
     ) -> Result<Response<NotifyReply>, Status> {
-        let publisher = request
-            .extensions()
-            .get::<Publisher>()
-            .cloned()
-            .ok_or_else(|| Status::internal("no Publisher: serve this service behind SseLayer"))?;
+        let publisher = publisher(&request)?;
         let NotifyRequest {
             topic,
             event,
@@ -49,6 +85,53 @@ impl Notifier for NotifierService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(NotifyReply { id: id.to_string() }))
+    }
+
+    type WatchStream = WatchStream;
+
+    /// Opens a subscription of the hub (the same limits, history and lag
+    /// bound as the browsers' stream) and forwards its records. A resume
+    /// point the history no longer covers starts the stream with a
+    /// notification whose `reset` is true. While a client does not read,
+    /// HTTP/2 flow control stops the forwarding; once it is further behind
+    /// than the hub's lag bound, the call ends with `ABORTED` (gRPC's code
+    /// for "retry at a higher level": here, call `Watch` again with the last
+    /// id received; `RESOURCE_EXHAUSTED` would read as a quota, which is
+    /// what a `429` refusal becomes).
+    ///
+    /// Opened from code, the subscription does not go through the layer's
+    /// authorization hook (this example sets none): a service with one
+    /// checks the caller here, or gives a request head with
+    /// `Subscribe::request`.
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let publisher = publisher(&request)?;
+        let WatchRequest {
+            topics,
+            last_event_id,
+        } = request.into_inner();
+        let mut subscribe = publisher.subscribe().topics(topics);
+        if !last_event_id.is_empty() {
+            subscribe = subscribe.after(last_event_id);
+        }
+        let records = subscribe.records().await.map_err(refused)?;
+        let reset = records.is_reset().then(|| Notification {
+            id: records.starts_after().to_string(),
+            reset: true,
+            ..Notification::default()
+        });
+        let notifications = records.map(|item| match item {
+            Ok(record) => Ok(notification(record)),
+            // The record stream ends after it.
+            Err(Lagged { .. }) => Err(Status::aborted(
+                "fell further behind than the server's lag bound: \
+                 call Watch again with last_event_id set to the last id received",
+            )),
+        });
+        let stream = tokio_stream::iter(reset.map(Ok)).chain(notifications);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

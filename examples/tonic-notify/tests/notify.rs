@@ -1,13 +1,125 @@
 //! A tonic client calls the gRPC method; an independent SSE client (reqwest +
 //! eventsource-stream, over HTTP/1.1) on the same server receives the event.
+//! gRPC clients of the server-streaming `Watch` receive the hub's events too.
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use std::time::Duration;
-use tonic_notify::proto::{notifier_client::NotifierClient, NotifyRequest};
-use tower_sse::SseLayer;
+use std::{future::Future, net::SocketAddr, time::Duration};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{transport::Channel, Streaming};
+use tonic_notify::proto::{
+    notifier_client::NotifierClient, Notification, NotifyRequest, WatchRequest,
+};
+use tower_sse::{Event, Hub, Publisher, SseLayer};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test after [`TIMEOUT`].
+async fn guard<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {TIMEOUT:?}"))
+}
+
+/// A server on a free port: its address, its publisher, the sender that
+/// shuts it down, and its task.
+struct Server {
+    addr: SocketAddr,
+    publisher: Publisher,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::with(SseLayer::new("/events")).await
+    }
+
+    async fn with(layer: SseLayer) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let publisher = layer.publisher();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tonic_notify::serve(listener, layer, async move {
+            stopped.await.ok();
+        }));
+        Server {
+            addr,
+            publisher,
+            stop,
+            task,
+        }
+    }
+
+    async fn client(&self) -> NotifierClient<Channel> {
+        guard(
+            "connect",
+            NotifierClient::connect(format!("http://{}", self.addr)),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Waits until `n` streams are open on the hub.
+    async fn subscribed(&self, n: usize) {
+        let mut count = self.publisher.watch_subscribers();
+        guard("subscribers", count.wait_for(|c| *c == n))
+            .await
+            .unwrap();
+    }
+
+    /// Shuts the server down and waits for it to stop.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        guard("server stop", self.task).await.unwrap().unwrap();
+    }
+}
+
+/// Publishes through the gRPC `Notify` method; the id it got.
+async fn notify(
+    client: &mut NotifierClient<Channel>,
+    topic: &str,
+    event: &str,
+    message: &str,
+) -> String {
+    guard(
+        "notify",
+        client.notify(NotifyRequest {
+            topic: topic.into(),
+            event: event.into(),
+            message: message.into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .id
+}
+
+/// Opens a `Watch` of `topics`, resuming after `last_event_id` (empty: live).
+async fn watch(
+    client: &mut NotifierClient<Channel>,
+    topics: &[&str],
+    last_event_id: &str,
+) -> Result<Streaming<Notification>, tonic::Status> {
+    guard(
+        "watch",
+        client.watch(WatchRequest {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            last_event_id: last_event_id.into(),
+        }),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The next notification of a watch.
+async fn next(stream: &mut Streaming<Notification>) -> Notification {
+    guard("notification", stream.message())
+        .await
+        .unwrap()
+        .expect("the watch ended")
+}
 
 #[tokio::test]
 async fn a_grpc_call_reaches_a_browser_stream() {
@@ -73,4 +185,151 @@ async fn a_grpc_call_reaches_a_browser_stream() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_receives_its_topics_events_with_the_notify_id() {
+    let server = Server::start().await;
+    let mut client = server.client().await;
+    let mut watcher = watch(&mut client, &["orders"], "").await.unwrap();
+    server.subscribed(1).await;
+
+    notify(&mut client, "other", "", "not for orders").await;
+    let paid = notify(&mut client, "orders", "paid", "order 42 is paid").await;
+    notify(&mut client, "other", "", "not for orders either").await;
+    let last = notify(&mut client, "orders", "", "order 43").await;
+
+    // Ids are in publishing order: had an "other" event been forwarded,
+    // it would have come before one of these.
+    let first = next(&mut watcher).await;
+    assert_eq!(
+        first,
+        Notification {
+            id: paid,
+            topic: "orders".into(),
+            event: "paid".into(),
+            message: "order 42 is paid".into(),
+            reset: false,
+        }
+    );
+    let second = next(&mut watcher).await;
+    assert_eq!(
+        (second.id, second.event, second.message),
+        (last, String::new(), "order 43".into())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_resumes_after_an_id_then_goes_on_live() {
+    let server = Server::start().await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(notify(&mut client, "orders", "", &format!("order {n}")).await);
+    }
+
+    let mut watcher = watch(&mut client, &["orders"], &ids[0]).await.unwrap();
+    for (id, message) in [(&ids[1], "order 2"), (&ids[2], "order 3")] {
+        let notification = next(&mut watcher).await;
+        assert_eq!(
+            (&notification.id, notification.message.as_str()),
+            (id, message)
+        );
+        assert!(!notification.reset);
+    }
+    // Caught up: the stream goes on with live events.
+    let live = notify(&mut client, "orders", "", "order 4").await;
+    let notification = next(&mut watcher).await;
+    assert_eq!(
+        (notification.id, notification.message),
+        (live, "order 4".into())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_resume_point_starts_with_a_reset() {
+    let server = Server::start().await;
+    let mut client = server.client().await;
+    let newest = notify(&mut client, "orders", "", "order 1").await;
+
+    // Ids start at the hub's creation time: "1" is older than its history.
+    let mut watcher = watch(&mut client, &["orders"], "1").await.unwrap();
+    let reset = next(&mut watcher).await;
+    assert_eq!(
+        reset,
+        Notification {
+            id: newest,
+            reset: true,
+            ..Notification::default()
+        }
+    );
+    let live = notify(&mut client, "orders", "", "order 2").await;
+    let notification = next(&mut watcher).await;
+    assert_eq!((notification.id, notification.reset), (live, false));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_topic_is_invalid_argument() {
+    let server = Server::start().await;
+    let mut client = server.client().await;
+    let status = watch(&mut client, &["orders", "not a topic"], "")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // The server is still up, and nothing stayed subscribed.
+    assert_eq!(server.publisher.subscriber_count(), 0);
+    notify(&mut client, "orders", "", "still up").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_watch() {
+    let server = Server::start().await;
+    let mut client = server.client().await;
+    let mut watcher = watch(&mut client, &["orders"], "").await.unwrap();
+    server.subscribed(1).await;
+    let id = notify(&mut client, "orders", "", "before shutdown").await;
+
+    server.stop.send(()).unwrap();
+    // What was published before is delivered, then the stream ends with OK.
+    assert_eq!(next(&mut watcher).await.id, id);
+    let end = guard("end of the watch", watcher.message()).await.unwrap();
+    assert!(end.is_none());
+    guard("server stop", server.task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_watcher_that_falls_behind_is_aborted_and_resumes() {
+    let hub = Hub::builder().max_lag(2).build();
+    let server = Server::with(SseLayer::new("/events").hub(&hub)).await;
+    let mut client = server.client().await;
+    let mut watcher = watch(&mut client, &["orders"], "").await.unwrap();
+    server.subscribed(1).await;
+    let seen = notify(&mut client, "orders", "", "order 0").await;
+    assert_eq!(next(&mut watcher).await.id, seen);
+
+    // The test runs on one thread: the server does not forward anything
+    // while this loop publishes past the lag bound without yielding.
+    for n in 1..=5 {
+        drop(
+            server
+                .publisher
+                .publish_to("orders", Event::default().data(format!("order {n}")))
+                .unwrap(),
+        );
+    }
+    let status = guard("lag", watcher.message()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    assert!(status.message().contains("last_event_id"), "{status:?}");
+
+    // Nothing is lost: resuming from the last id received replays the rest.
+    let mut watcher = watch(&mut client, &["orders"], &seen).await.unwrap();
+    for n in 1..=5 {
+        let notification = next(&mut watcher).await;
+        assert_eq!(notification.message, format!("order {n}"));
+    }
+    server.stop().await;
 }
