@@ -64,8 +64,10 @@ pub struct Event {
 enum Fault {
     EventName,
     Id,
+    /// Shared, so the event stays `Clone`; the error itself is handed out
+    /// when the event was not cloned.
     #[cfg(feature = "json")]
-    Json(String),
+    Json(std::sync::Arc<serde_json::Error>),
 }
 
 /// Appends `text` to `field` as more lines, line breaks normalized to `\n`.
@@ -106,7 +108,8 @@ impl Event {
         match serde_json::to_string(&data) {
             Ok(json) => add_lines(&mut self.data, &json),
             Err(e) => {
-                self.fault.get_or_insert(Fault::Json(e.to_string()));
+                self.fault
+                    .get_or_insert(Fault::Json(std::sync::Arc::new(e)));
             }
         }
         self
@@ -166,7 +169,7 @@ impl Event {
     /// [`id`](Event::id) if any (the hub adds its own id when publishing).
     ///
     /// Useful to test, or to serve an event elsewhere.
-    pub fn encode(self) -> Result<Bytes, Error> {
+    pub fn encode(mut self) -> Result<Bytes, Error> {
         self.check()?;
         Ok(wire::encode(&wire::Fields {
             event: self.name.as_deref(),
@@ -178,15 +181,15 @@ impl Event {
     }
 
     /// The first invalid input given to the builder, as an error.
-    pub(crate) fn check(&self) -> Result<(), Error> {
-        match &self.fault {
+    pub(crate) fn check(&mut self) -> Result<(), Error> {
+        match self.fault.take() {
             None => Ok(()),
             Some(Fault::EventName) => Err(Error::InvalidEventName),
             Some(Fault::Id) => Err(Error::InvalidId),
             #[cfg(feature = "json")]
-            Some(Fault::Json(msg)) => Err(Error::Json(
-                <serde_json::Error as serde::ser::Error>::custom(msg),
-            )),
+            Some(Fault::Json(e)) => Err(Error::Json(std::sync::Arc::try_unwrap(e).unwrap_or_else(
+                |shared| <serde_json::Error as serde::ser::Error>::custom(shared),
+            ))),
         }
     }
 }
@@ -319,6 +322,23 @@ mod tests {
     fn json_data_is_one_line() {
         let event = Event::default().json_data(serde_json::json!({"a": "x\ny"}));
         assert_eq!(wire(event), "data: {\"a\":\"x\\ny\"}\n\n");
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn a_json_failure_keeps_serdes_error_as_its_source() {
+        let unserializable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let event = Event::default().json_data(&unserializable);
+        let err = event.clone().encode().unwrap_err();
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+        assert!(err.to_string().contains("key must be a string"), "{err}");
+        // Not cloned: the very error serde_json returned.
+        let Err(Error::Json(original)) = Event::default().json_data(&unserializable).encode()
+        else {
+            panic!("not a JSON error");
+        };
+        assert!(original.is_data(), "{original:?}");
     }
 
     /// Parses `bytes` with `eventsource-stream`, an independent WHATWG parser.

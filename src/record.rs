@@ -52,7 +52,7 @@ impl Message {
     /// assert_eq!((message.topic(), message.event(), message.data()), (Some("room/1"), Some("said"), "hi"));
     /// assert!(Message::new(Some("no spaces"), Event::default()).is_err());
     /// ```
-    pub fn new(topic: Option<&str>, event: Event) -> Result<Message, Error> {
+    pub fn new(topic: Option<&str>, mut event: Event) -> Result<Message, Error> {
         event.check()?;
         if topic.is_some_and(|t| !topic::is_valid(t)) {
             return Err(Error::InvalidTopic);
