@@ -47,9 +47,9 @@ impl Published {
         }
     }
 
-    /// The event's id if it is known now: always without a backplane (the
-    /// hub numbers its events as it takes them), never before the engine
-    /// answered with one.
+    /// The event's id if it is known without waiting: always without a
+    /// backplane (the hub numbers its events as it takes them), never with
+    /// one (the engine's answer comes by awaiting).
     pub fn id(&self) -> Option<EventId> {
         match &self.state {
             State::Stored(id) => Some(*id),

@@ -31,3 +31,57 @@ async fn memory() -> Memory {
 }
 
 tower_sse::backplane_conformance!(memory);
+
+/// A reader that fell behind while the log was trimmed past it finds the
+/// gap on its next read: its streams end, and resuming from before the gap
+/// is a reset — never a silent hole.
+#[tokio::test]
+async fn a_reader_the_log_was_trimmed_past_resets() {
+    use futures_util::StreamExt;
+    use std::time::Duration;
+    use tower_sse::{Event, Hub};
+
+    let within = |what: &'static str| {
+        move |r: Result<_, tokio::time::error::Elapsed>| {
+            r.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        }
+    };
+    let wait = Duration::from_secs(10);
+    let engine = MemoryBackplane::new();
+    let hub = |engine: &MemoryBackplane| {
+        Hub::builder()
+            .history(2)
+            .max_lag(2)
+            .backplane(engine.clone())
+            .build()
+            .publisher()
+    };
+    let (a, b) = (hub(&engine), hub(&engine));
+    let mut on_b = b.subscribe().records().await.unwrap();
+    let first = a
+        .publish(Event::default().data("read"))
+        .unwrap()
+        .await
+        .unwrap();
+    let read = within("the first event")(tokio::time::timeout(wait, on_b.next()).await);
+    assert_eq!(read.unwrap().unwrap().id(), first);
+
+    engine.stall_readers(true);
+    for i in 0..5 {
+        a.publish(Event::default().data(format!("missed {i}")))
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(engine.len(), 2, "trimmed to the retention");
+    engine.stall_readers(false);
+    let end = within("B's stream to end")(tokio::time::timeout(wait, on_b.next()).await);
+    assert!(end.is_none(), "the gap ends the stream: {end:?}");
+    let resumed = b
+        .subscribe()
+        .after(first.to_string())
+        .records()
+        .await
+        .unwrap();
+    assert!(resumed.is_reset());
+}

@@ -393,6 +393,77 @@ async fn a_websocket_client_resumes_on_another_node_without_a_reset() {
     assert_eq!(kinds, want);
 }
 
+#[tokio::test]
+async fn a_trim_past_a_connected_reader_is_a_reset_not_a_hole() {
+    let redis = Redis::start();
+    let key = key();
+    let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let mut on_b = Subscriber::connect(&b.url("/events")).await;
+    send(&a.publisher, Event::default().data("read"))
+        .await
+        .unwrap();
+    assert_eq!(on_b.next().await.unwrap().data, "read");
+    let first = on_b.last_event_id().unwrap();
+
+    // Everything B read is trimmed away (as when it falls far behind).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    send(&a.publisher, Event::default().data("after the trim"))
+        .await
+        .unwrap();
+    // B cannot tell what it missed: its stream ends, and resuming from
+    // before the trim is a reset.
+    assert!(on_b.next().await.is_none());
+    let mut resumed = Subscriber::resume(&b.url("/events"), Some(&first)).await;
+    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT);
+}
+
+#[tokio::test]
+async fn entries_that_are_not_events_are_skipped_and_read_past() {
+    let redis = Redis::start();
+    let key = key();
+    let a = node(&redis, &key).await;
+    let mut on_a = Subscriber::connect(&a.url("/events")).await;
+    // More foreign entries in a row than one read takes (1,000), then an event
+    // written by another program with a plain XADD.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("topic")
+            .arg("not a topic")
+            .arg("n")
+            .arg(i)
+            .ignore();
+    }
+    pipe.cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("event")
+        .arg("from-python")
+        .arg("data")
+        .arg("written by XADD\nline two");
+    let ids: Vec<String> = pipe.query_async(&mut admin).await.unwrap();
+    let event = on_a.next().await.unwrap();
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("from-python", "written by XADD\nline two")
+    );
+    let (ms, seq) = ids[0].split_once('-').unwrap();
+    let packed = ms.parse::<u64>().unwrap() << 20 | seq.parse::<u64>().unwrap();
+    assert_eq!(event.id, packed.to_string(), "the id is the entry's");
+}
+
 /// The engine conformance suite against a `redis-server` of each case's own,
 /// with an append-only file so that it can stop and start with its data,
 /// or start without it.

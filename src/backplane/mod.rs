@@ -13,14 +13,20 @@
 //! * **Ids** are numbers above 0, strictly increasing across all topics in
 //!   the order of the engine's log, and the same on every instance: the id
 //!   an engine returns from [`append`](Backplane::append) is the id every
-//!   reader sees for that event. (The hub treats an id not above the last one
-//!   it applied as a duplicate and skips it.)
+//!   reader sees for that event. They never go back, not even after the
+//!   engine lost its data (Redis's come from the clock): the hub treats an id
+//!   not above the last one it applied as a duplicate and skips it.
 //! * **Append** returns only once the engine holds the events: an `Ok` id is
 //!   what every instance will read. An `Err` means the engine may not hold
 //!   them (a connection lost mid-way may still have appended some); the
 //!   publisher is told, nothing is retried behind its back.
 //! * **Read** returns the events after an id, oldest first, and may wait a
 //!   bounded time (about a second) for one to arrive; an empty batch is fine.
+//!   It never skips an event silently: when the engine dropped any event
+//!   after that id before the reader got it (a trim past a reader that fell
+//!   behind), it says so ([`Read::Gap`]); entries it skips because they are
+//!   not valid events still move the read position ([`Read::Records`]'s
+//!   `up_to`), so they are not read again.
 //! * **Loss** is allowed — an engine may trim its log to the
 //!   [`Retention`] it is given, or lose it in a restart — but never silently:
 //!   after every (re)connection the hub asks [`holds`](BackplaneReader::holds)
@@ -29,10 +35,15 @@
 //!   from the engine's [`tail`](BackplaneReader::tail) and ends every stream,
 //!   so clients reconnect and those whose resume point is gone get the
 //!   `reset` event ([`RESET_EVENT`](crate::RESET_EVENT)).
-//! * **Errors** from any call are reported to the hub, which logs them, shows
-//!   them in [`Publisher::backplane_status`](crate::Publisher::backplane_status),
-//!   refuses publishing while the engine is down, and reconnects (a new
+//! * **Errors** are reported to whoever made the call: an append's to its
+//!   publishers (as [`Error::Backplane`](crate::Error::Backplane), the
+//!   engine's error as its source); a reader's to the hub, which logs it,
+//!   shows it in
+//!   [`Publisher::backplane_status`](crate::Publisher::backplane_status),
+//!   refuses publishing until it reads the log again, and reconnects (a new
 //!   [`reader`](Backplane::reader)) with exponential backoff and jitter.
+//! * **Cancellation**: the hub may drop any future of these calls (when it
+//!   closes); an engine must stay usable after that.
 //!
 //! `tower_sse::testing` (feature `testing`) holds the conformance suite
 //! every engine runs, and an in-memory engine that keeps this contract.
@@ -113,12 +124,39 @@ pub trait BackplaneReader: Send {
 
     /// The events after `after`, oldest first, at most `limit`. When there
     /// are none, waits a bounded time (about a second) for some and may
-    /// return none.
-    fn read(
-        &mut self,
-        after: EventId,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Record>, BoxError>>;
+    /// return none. [`Read::Gap`] when the engine no longer held every event
+    /// after `after` as it read (trimmed past a reader that fell behind);
+    /// never for `after` 0, which the hub reads after when the log it loaded
+    /// was empty.
+    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>>;
+}
+
+/// What [`BackplaneReader::read`] returns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Read {
+    /// The events after the id asked for (maybe none), and the id the engine
+    /// read up to: at least the last record's, beyond it when the engine
+    /// skipped entries that are not valid events (the next read starts after
+    /// it, so such an entry is not read again).
+    Records {
+        /// The events, oldest first.
+        records: Vec<Record>,
+        /// The id read up to, if the engine read anything.
+        up_to: Option<EventId>,
+    },
+    /// The engine does not hold every event after the id asked for: some
+    /// were dropped before this reader read them. The hub then reloads its
+    /// history from the tail and ends its streams (the `reset`).
+    Gap,
+}
+
+impl Read {
+    /// A batch of `records` (oldest first), read up to the last one's id.
+    pub fn records(records: Vec<Record>) -> Read {
+        let up_to = records.last().map(Record::id);
+        Read::Records { records, up_to }
+    }
 }
 
 /// What [`BackplaneReader::tail`] returns.

@@ -34,7 +34,7 @@ use redis::{
     AsyncConnectionConfig, Client, Value,
 };
 
-use super::{Backplane, BackplaneReader, BoxFuture, Retention, Tail};
+use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
 use crate::{
     error::{BoxError, Error},
     event::{Event, EventId},
@@ -292,29 +292,44 @@ impl BackplaneReader for Reader {
         })
     }
 
-    fn read(
-        &mut self,
-        after: EventId,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Record>, BoxError>> {
+    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
         Box::pin(async move {
-            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            let from = unpack(after.as_u64());
+            // Pipelined on this connection, so `XRANGE` runs right after the
+            // `XREAD` returns: if the stream then still has an entry at or
+            // before `after`, it had everything after it when it was read
+            // (trimming takes the oldest first). If it has none, something
+            // may have been trimmed before the read: said as a gap (also,
+            // rarely, when the trim came just after it).
+            let (reply, held): (Option<StreamReadReply>, StreamRangeReply) = redis::pipe()
+                .cmd("XREAD")
                 .arg("COUNT")
                 .arg(limit.max(1))
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&*self.key)
-                .arg(unpack(after.as_u64()))
+                .arg(&from)
+                .cmd("XRANGE")
+                .arg(&*self.key)
+                .arg("-")
+                .arg(&from)
+                .arg("COUNT")
+                .arg(1)
                 .query_async(&mut self.conn)
                 .await?;
-            Ok(reply
+            let entries: Vec<StreamId> = reply
                 .map(|r| r.keys)
                 .unwrap_or_default()
-                .iter()
-                .flat_map(|key| &key.ids)
-                .filter_map(record)
-                .collect())
+                .into_iter()
+                .flat_map(|key| key.ids)
+                .collect();
+            if !entries.is_empty() && after.as_u64() > 0 && held.ids.is_empty() {
+                return Ok(Read::Gap);
+            }
+            let up_to = entries.last().and_then(|e| pack(&e.id)).map(EventId::new);
+            let records = entries.iter().filter_map(record).collect();
+            Ok(Read::Records { records, up_to })
         })
     }
 }

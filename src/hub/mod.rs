@@ -208,8 +208,12 @@ impl Hub {
     }
 
     /// Waits (briefly) until this instance has what a subscription resuming
-    /// at `resume` needs from the engine; at once without one.
+    /// at `resume` needs from the engine; at once without one, or when the
+    /// subscription would be refused anyway.
     pub(crate) async fn caught_up(&self, resume: &Resume) {
+        if self.inner.core.refuses().is_some() {
+            return;
+        }
         if let Some(replica) = &self.inner.replica {
             self.ensure_replica();
             replica.caught_up(&self.inner.core, resume).await;

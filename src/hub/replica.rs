@@ -13,11 +13,12 @@ use std::{
 use tokio::{
     sync::{oneshot, watch, Notify},
     task::JoinHandle,
+    time::Instant,
 };
 
 use super::state::{Core, Resume};
 use crate::{
-    backplane::{Backplane, BackplaneReader},
+    backplane::{Backplane, BackplaneReader, Read},
     error::{BoxError, Error},
     event::EventId,
     published::Published,
@@ -26,6 +27,8 @@ use crate::{
 
 /// Events waiting for the engine, past which publishing is refused.
 const OUTBOX: usize = 16 * 1024;
+/// How long the engine's newest id, once asked, is reused.
+const NEWEST_FOR: Duration = Duration::from_millis(100);
 /// Events appended in one call.
 const APPEND_BATCH: usize = 512;
 /// Records read in one call.
@@ -52,6 +55,14 @@ pub enum BackplaneStatus {
 
 /// An engine error shared by every event of a batch.
 struct Shared(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackplaneStatus {
+    /// Whether the hub reads the engine's log now (what a readiness check
+    /// wants to know); `true` without a backplane.
+    pub fn is_up(&self) -> bool {
+        matches!(self, BackplaneStatus::None | BackplaneStatus::Up)
+    }
+}
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -98,12 +109,24 @@ struct Pending {
 
 pub(crate) struct Replica {
     backplane: Arc<dyn Backplane>,
-    outbox: Mutex<VecDeque<Pending>>,
+    outbox: Mutex<Outbox>,
     queued: Notify,
     status: watch::Sender<BackplaneStatus>,
     /// Whether the reader has loaded the history.
     loaded: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    appender: Mutex<Option<JoinHandle<()>>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+    /// The engine's newest id as last asked (for clients resuming from an
+    /// app's id), and when: one request at a time, reused briefly.
+    newest: tokio::sync::Mutex<Option<(Instant, Option<EventId>)>>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    pending: VecDeque<Pending>,
+    /// Set when the appender stopped for good (the hub closed): nothing
+    /// queued after would ever be answered.
+    closed: bool,
 }
 
 impl Replica {
@@ -114,11 +137,13 @@ impl Replica {
             queued: Notify::new(),
             status: watch::Sender::new(BackplaneStatus::Connecting),
             loaded: watch::Sender::new(false),
-            tasks: Mutex::default(),
+            appender: Mutex::default(),
+            reader: Mutex::default(),
+            newest: tokio::sync::Mutex::new(None),
         })
     }
 
-    fn outbox(&self) -> MutexGuard<'_, VecDeque<Pending>> {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -130,21 +155,27 @@ impl Replica {
         self.status.send_replace(status);
     }
 
-    /// Starts the appender and the reader if a runtime is at hand and they
-    /// are not running (a runtime they ran on may have gone).
+    /// Starts the appender and the reader, each if it is not running (the
+    /// runtime it ran on may have gone) and a runtime is at hand.
     pub(crate) fn ensure_running(self: &Arc<Self>, core: &Arc<Core>) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        if core.is_closed() || (!tasks.is_empty() && tasks.iter().all(|t| !t.is_finished())) {
+        if core.is_closed() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        tasks.iter().for_each(JoinHandle::abort);
-        *tasks = vec![
-            runtime.spawn(append(core.clone(), self.clone())),
-            runtime.spawn(read(core.clone(), self.clone())),
-        ];
+        let start = |slot: &Mutex<Option<JoinHandle<()>>>, spawn: &dyn Fn() -> JoinHandle<()>| {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.as_ref().is_none_or(JoinHandle::is_finished) {
+                *slot = Some(spawn());
+            }
+        };
+        start(&self.appender, &|| {
+            runtime.spawn(append(core.clone(), self.clone()))
+        });
+        start(&self.reader, &|| {
+            runtime.spawn(read(core.clone(), self.clone()))
+        });
     }
 
     /// Queues `message` for the engine; the answer comes through the
@@ -157,10 +188,13 @@ impl Replica {
         let (ack, answer) = oneshot::channel();
         {
             let mut outbox = self.outbox();
-            if outbox.len() >= OUTBOX {
-                return Err(Error::Backplane(Box::new(Backlog(outbox.len()))));
+            if outbox.closed {
+                return Err(Error::Closed);
             }
-            outbox.push_back(Pending { message, ack });
+            if outbox.pending.len() >= OUTBOX {
+                return Err(Error::Backplane(Box::new(Backlog(outbox.pending.len()))));
+            }
+            outbox.pending.push_back(Pending { message, ack });
         }
         self.queued.notify_one();
         Ok(Published::waiting(answer))
@@ -181,13 +215,7 @@ impl Replica {
             let wanted = match last.parse::<u64>() {
                 Ok(id) => Some(id),
                 Err(_) if core.knows(last) => None,
-                Err(_) => match self.backplane.last_id().await {
-                    Ok(id) => id.map(EventId::as_u64),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "backplane: no newest id to catch up to");
-                        None
-                    }
-                },
+                Err(_) => self.newest_id().await.map(EventId::as_u64),
             };
             if let Some(id) = wanted {
                 newest.wait_for(|n| *n >= id).await.ok();
@@ -198,19 +226,44 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// The engine's newest id: asked once per [`NEWEST_FOR`] at most, so
+    /// that clients resuming from ids nobody knows cost the engine little.
+    async fn newest_id(&self) -> Option<EventId> {
+        let mut newest = self.newest.lock().await;
+        if let Some((at, id)) = *newest {
+            if at.elapsed() < NEWEST_FOR {
+                return id;
+            }
+        }
+        match self.backplane.last_id().await {
+            Ok(id) => {
+                *newest = Some((Instant::now(), id));
+                id
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "backplane: no newest id to catch up to");
+                None
+            }
+        }
+    }
+}
+
 /// The appender: takes the outbox in order, in batches, until the hub is
-/// closed and the outbox empty.
+/// closed and the outbox empty; then answers anything queued since with
+/// [`Error::Closed`].
 async fn append(core: Arc<Core>, replica: Arc<Replica>) {
     loop {
         let batch: Vec<Pending> = {
             let mut outbox = replica.outbox();
-            let n = outbox.len().min(APPEND_BATCH);
-            outbox.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            if core.is_closed() {
+            let n = outbox.pending.len().min(APPEND_BATCH);
+            if n == 0 && core.is_closed() {
+                outbox.closed = true;
                 return;
             }
+            outbox.pending.drain(..n).collect()
+        };
+        if batch.is_empty() {
             tokio::select! {
                 _ = replica.queued.notified() => {}
                 _ = core.closed() => {}
@@ -260,14 +313,16 @@ async fn append(core: Arc<Core>, replica: Arc<Replica>) {
 /// The reader: keeps the hub's history equal to the tail of the engine's
 /// log, until the hub closes.
 async fn read(core: Arc<Core>, replica: Arc<Replica>) {
-    // Id of the last record applied, and whether a history was loaded.
+    // Id of the last record applied (or read past), and whether a history
+    // was loaded.
     let mut last = EventId::new(0);
     let mut loaded = false;
     let mut failures = 0u32;
     while !core.is_closed() {
         let connect = async {
             let mut reader = replica.backplane.reader().await?;
-            let caught_up = catch_up(&core, &mut *reader, &mut last, loaded).await?;
+            let from = if loaded { From::Reconnect } else { From::Start };
+            let caught_up = catch_up(&core, &mut *reader, &mut last, from).await?;
             Ok::<_, BoxError>((reader, caught_up))
         };
         let connected = tokio::select! {
@@ -298,20 +353,29 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                 continue;
             }
         };
+        // Set by a reload after a gap, cleared by progress: a second gap
+        // before any is an engine fault, retried with backoff.
+        let mut reloaded = false;
         loop {
             let read = async {
-                let records = reader.read(last, READ_BATCH).await?;
-                let behind = records.len() >= READ_BATCH;
-                for record in records {
-                    if record.id() > last {
-                        last = record.id();
-                        core.insert(record);
+                match reader.read(last, READ_BATCH).await? {
+                    Read::Records { records, up_to } => {
+                        reloaded &= records.is_empty() && up_to.is_none();
+                        for record in records {
+                            if record.id() > last {
+                                last = record.id();
+                                core.insert(record);
+                            }
+                        }
+                        last = last.max(up_to.unwrap_or(last));
                     }
-                }
-                // Behind the log: the engine may trim past what is left to
-                // read before the next read. Check, as after a reconnection.
-                if behind {
-                    catch_up(&core, &mut *reader, &mut last, true).await?;
+                    Read::Gap if reloaded => {
+                        return Err("the engine reports a gap again right after a reload".into());
+                    }
+                    Read::Gap => {
+                        catch_up(&core, &mut *reader, &mut last, From::Gap).await?;
+                        reloaded = true;
+                    }
                 }
                 Ok::<_, BoxError>(())
             };
@@ -321,14 +385,24 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
             };
             match read {
                 Ok(()) => {
+                    failures = 0;
                     if !matches!(*replica.status.borrow(), BackplaneStatus::Up) {
                         replica.set_status(BackplaneStatus::Up);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "backplane: lost the log; reconnecting");
+                    // The first retry at once (a dropped connection), then
+                    // with backoff (an engine failing after every connect).
+                    let delay = (failures > 0).then(|| backoff(failures - 1));
+                    tracing::warn!(error = %e, ?delay, "backplane: lost the log; reconnecting");
                     replica.set_status(BackplaneStatus::Down(Arc::from(e)));
-                    failures = 1;
+                    failures += 1;
+                    if let Some(delay) = delay {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = core.closed() => return,
+                        }
+                    }
                     break;
                 }
             }
@@ -336,20 +410,32 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
     }
 }
 
-/// On (re)connecting: if the engine still holds every event after the last
-/// one applied, reading goes on from there. Otherwise (first start, or a
-/// loss), the hub's history restarts from the engine's tail, and resuming
-/// from any older id gets the reset. Returns how many records were loaded.
+/// Why the reader (re)loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// First start: load the tail.
+    Start,
+    /// A new connection: go on reading if the engine still holds everything
+    /// after the last record read, else reload.
+    Reconnect,
+    /// The engine said it dropped events the reader had not read: reload.
+    Gap,
+}
+
+/// Loads the hub's history from the engine's tail (unless, reconnecting,
+/// the engine still holds every event after the last one applied, and
+/// reading goes on from there). After a loss, resuming from any older id
+/// gets the reset. Returns how many records were loaded.
 async fn catch_up(
     core: &Core,
     reader: &mut dyn BackplaneReader,
     last: &mut EventId,
-    loaded: bool,
+    from: From,
 ) -> Result<usize, BoxError> {
-    if loaded {
-        if reader.holds(*last).await? {
-            return Ok(0);
-        }
+    if from == From::Reconnect && reader.holds(*last).await? {
+        return Ok(0);
+    }
+    if from != From::Start {
         tracing::warn!(
             last = %last,
             "backplane: the engine no longer holds every event after the last one read; \
@@ -361,16 +447,22 @@ async fn catch_up(
     // loss, whatever followed the last record read may be gone too, so even
     // a client that saw that one must get the reset.
     let known_after = match tail.records.first() {
-        Some(first) => first.id().as_u64() - 1,
+        Some(first) => first.id().as_u64().saturating_sub(1),
         None => tail.last.map_or(0, EventId::as_u64),
     }
-    .max(if loaded { last.as_u64() + 1 } else { 0 });
-    core.restart_history(known_after);
+    .max(if from == From::Start {
+        0
+    } else {
+        last.as_u64() + 1
+    });
+    // Reading goes on after the tail's newest id; after nothing (0) when the
+    // engine keeps no trace of any, so what it gets next is all read.
+    *last = match tail.last {
+        Some(newest) => newest.max(*last),
+        None => EventId::new(0),
+    };
     let count = tail.records.len();
-    for record in tail.records {
-        core.insert(record);
-    }
-    *last = tail.last.unwrap_or(EventId::new(0)).max(*last);
+    core.reload(known_after, tail.records);
     Ok(count)
 }
 

@@ -214,6 +214,17 @@ impl Core {
     }
 
     fn append(&self, mut state: MutexGuard<'_, State>, record: Record) {
+        let topic = self.push(&mut state, &record);
+        drop(state);
+        for encoding in self.eager.iter().filter_map(OnceLock::get) {
+            record.encoded(encoding);
+        }
+        self.fan_out.wake(&topic.followers);
+    }
+
+    /// Places `record` (its id above every one so far) in its topic's ring
+    /// and the history; returns the topic.
+    fn push(&self, state: &mut State, record: &Record) -> Arc<Topic> {
         let id = record.id().as_u64();
         state.next_id = id + 1;
         let topic = match record.topic() {
@@ -224,29 +235,39 @@ impl Core {
         state.history.push(&topic, record.clone(), now);
         self.published.store(id, Ordering::Release);
         state.evict(now);
-        drop(state);
-        for encoding in self.eager.iter().filter_map(OnceLock::get) {
-            record.encoded(encoding);
-        }
-        self.fan_out.wake(&topic.followers);
+        topic
     }
 
-    /// Forgets the whole history and ends every subscription: from now on
-    /// only ids above `up_to` are known, so a client resuming from an older
-    /// one gets the reset. For an engine that cannot tell what it missed.
-    pub(crate) fn restart_history(&self, up_to: u64) {
-        {
+    /// Replaces the whole history with `records` (oldest first, as an
+    /// engine's tail) and ends every subscription, in one step: from now on
+    /// only ids above `known_after` are known, so a client resuming from an
+    /// older one gets the reset. For an engine that cannot tell what it
+    /// missed, and for loading the history at start.
+    pub(crate) fn reload(&self, known_after: u64, records: Vec<Record>) {
+        let topics: Vec<Arc<Topic>> = {
             let mut state = self.state();
             let state = &mut *state;
-            state.history.clear(up_to, state.topics.values());
-            state.next_id = state.next_id.max(up_to + 1);
-            self.published.fetch_max(up_to, Ordering::AcqRel);
-            self.newest.send_modify(|n| *n = (*n).max(up_to));
+            state.history.clear(known_after, state.topics.values());
+            state.next_id = state.next_id.max(known_after + 1);
+            self.published.fetch_max(known_after, Ordering::AcqRel);
+            for record in &records {
+                if record.id().as_u64() >= state.next_id {
+                    self.push(state, record);
+                }
+            }
+            let newest = self.published.load(Ordering::Acquire);
+            self.newest.send_modify(|n| *n = (*n).max(newest));
             state
                 .topics
                 .retain(|name, topic| &**name == DEFAULT_TOPIC || !topic.is_idle());
+            // Under the lock: a subscription registered from now on sees the
+            // new history, one registered before ends.
+            self.generation.fetch_add(1, Ordering::Release);
+            state.topics.values().cloned().collect()
+        };
+        for topic in topics {
+            topic.followers.wake_all();
         }
-        self.disconnect_all();
     }
 
     /// Whether `last` (a client's `Last-Event-ID`) is an id the history
@@ -318,6 +339,18 @@ impl Core {
             topic.followers.wake_all();
         }
         self.fan_out.stop();
+    }
+
+    /// Whether a subscription would be refused now, checked before waiting
+    /// for anything (the same checks as [`Core::register`]).
+    pub(crate) fn refuses(&self) -> Option<SubscribeError> {
+        if self.is_closed() {
+            Some(SubscribeError::Closed)
+        } else if self.subscribers.load(Ordering::Relaxed) >= self.settings.max_subscribers {
+            Some(SubscribeError::TooManySubscribers)
+        } else {
+            None
+        }
     }
 
     /// Registers a reader of `topics` (the default topic is always followed)

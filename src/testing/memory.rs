@@ -10,7 +10,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    backplane::{Backplane, BackplaneReader, BoxFuture, Retention, Tail},
+    backplane::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail},
     error::BoxError,
     event::EventId,
     record::{Message, Record},
@@ -60,6 +60,8 @@ struct State {
     appended: bool,
     keep: usize,
     down: bool,
+    /// Readers get nothing new while set (as when stalled on the network).
+    stalled: bool,
     /// Bumped when the engine goes down or loses its log: readers opened
     /// before lose their "connection", as with a real server.
     epoch: u64,
@@ -106,6 +108,15 @@ impl MemoryBackplane {
         state.down = down;
         state.epoch += u64::from(down);
         drop(state);
+        self.changed();
+    }
+
+    /// Stalls every reader (`true`: reads see nothing new, as a reader
+    /// stuck on the network or far behind) or lets them go on: with a small
+    /// retention, the log is trimmed past them meanwhile, and their next
+    /// read finds the gap.
+    pub fn stall_readers(&self, stalled: bool) {
+        self.state().stalled = stalled;
         self.changed();
     }
 
@@ -192,6 +203,16 @@ impl Backplane for MemoryBackplane {
     }
 }
 
+/// Whether the log holds every event after `after`.
+fn holds(state: &State, after: u64) -> bool {
+    match state.records.front() {
+        // Ids are contiguous: the one right after `after` is still here.
+        Some(first) => first.id().as_u64() <= after + 1,
+        None if state.appended => state.next_id - 1 <= after,
+        None => after == 0,
+    }
+}
+
 struct Reader {
     engine: MemoryBackplane,
     /// The engine's epoch when this reader "connected".
@@ -220,37 +241,34 @@ impl BackplaneReader for Reader {
     }
 
     fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
-        Box::pin(async move {
-            let state = self.state()?;
-            let after = after.as_u64();
-            Ok(match state.records.front() {
-                // Ids are contiguous: the one right after `after` is still here.
-                Some(first) => first.id().as_u64() <= after + 1,
-                None if state.appended => state.next_id - 1 <= after,
-                None => after == 0,
-            })
-        })
+        Box::pin(async move { Ok(holds(&*self.state()?, after.as_u64())) })
     }
 
-    fn read(
-        &mut self,
-        after: EventId,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Record>, BoxError>> {
+    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
         Box::pin(async move {
             let mut changed = self.engine.log.changed.subscribe();
             let deadline = tokio::time::Instant::now() + BLOCK;
             loop {
-                {
+                let read = {
                     let state = self.state()?;
-                    let start = state.records.partition_point(|r| r.id() <= after);
-                    if start < state.records.len() {
-                        return Ok(state.records.range(start..).take(limit).cloned().collect());
+                    if state.stalled {
+                        None
+                    } else if after.as_u64() > 0 && !holds(&state, after.as_u64()) {
+                        // After 0 (nothing read: the log was empty) is no gap.
+                        Some(Read::Gap)
+                    } else {
+                        let start = state.records.partition_point(|r| r.id() <= after);
+                        let records = state.records.range(start..).take(limit).cloned();
+                        let records: Vec<Record> = records.collect();
+                        (!records.is_empty()).then(|| Read::records(records))
                     }
+                };
+                if let Some(read) = read {
+                    return Ok(read);
                 }
                 match tokio::time::timeout_at(deadline, changed.changed()).await {
                     Ok(Ok(())) => continue,
-                    _ => return Ok(Vec::new()),
+                    _ => return Ok(Read::records(Vec::new())),
                 }
             }
         })
