@@ -71,7 +71,10 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// entry it read (Redis restarted without persistence, or trimmed past it)
 /// it restarts the history and ends every stream, so browsers reconnect and
 /// get the reset event. The history's count is kept in the stream
-/// (`MAXLEN ~`); its age limit only locally.
+/// (`MAXLEN ~`), each `XADD` trimming to the history of the instance that
+/// sent it: give every instance sharing a key the same
+/// [`history`](crate::HubBuilder::history) (a smaller one trims what the
+/// others would replay). The age limit is kept only locally.
 #[derive(Clone)]
 pub struct RedisBackplane {
     client: Client,
