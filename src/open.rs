@@ -234,6 +234,22 @@ pub(crate) async fn subscribe(
     // another instance that this one has not read yet: wait (briefly) rather
     // than answer with a reset or replay too much.
     hub.caught_up(resume).await;
+    subscribe_now(hub, config, topics, resume)
+}
+
+/// Whether opening a subscription may have to wait: for the authorization
+/// hook, or for an engine to catch up. When not, [`subscribe_now`] does.
+pub(crate) fn may_wait(hub: &Hub, config: &Config) -> bool {
+    config.authorize.is_some() || hub.has_backplane()
+}
+
+/// [`subscribe`] for a hub without a backplane (or once caught up).
+pub(crate) fn subscribe_now(
+    hub: &Hub,
+    config: &Config,
+    topics: &[&str],
+    resume: &Resume,
+) -> Result<Subscription, Refusal> {
     hub.subscribe(topics, resume).map_err(|error| match error {
         SubscribeError::Closed => {
             Refusal::unavailable("the event stream is shutting down", config.retry_after)

@@ -15,10 +15,11 @@ use std::{
 use tower_service::Service;
 
 use crate::{
+    authorize::Access,
     body::{refused, text, OwnBody, SseBody},
     open::{self, Refusal},
     publisher::Publisher,
-    request,
+    request::{self, StreamRequest},
     sse::{self, EventStream},
 };
 
@@ -71,38 +72,71 @@ impl<S> SseService<S> {
     }
 }
 
-/// The layer's own answer on a path it serves.
+/// The layer's own answer on a path it serves, when it has to wait.
 type Answer = Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>;
 
-/// Answers a request on the stream path.
-async fn stream(parts: Parts, publisher: Publisher, path: Arc<Routes>) -> Response<OwnBody> {
+/// Answers a request on the stream path: at once when nothing needs
+/// awaiting (no hook, no backplane: no future to allocate per stream),
+/// else through a future.
+fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFuture<F> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
                 "method {} not allowed: the event stream at {} accepts GET and HEAD\n",
-                parts.method, path.stream
+                parts.method, routes.stream
             ),
         );
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+        return ResponseFuture::ready(response);
     }
-    let head = parts.method == Method::HEAD;
-    let (hub, config) = (publisher.hub(), publisher.config());
-    let opened = async {
-        let request = request::parse(&parts, &config.topic_param, config.max_topics)?;
-        let access = open::authorize(config, parts).await?;
-        let topics = open::topics(config, &access, request.topics.iter().map(String::as_str))?;
-        if head {
-            // `HEAD` passes the same checks, and subscribes to nothing.
-            return Ok(None);
-        }
-        let subscription = open::subscribe(hub, config, &topics, &request.resume).await?;
-        Ok::<_, Refusal>(Some(EventStream::new(subscription, config)))
+    let config = publisher.config();
+    let request = match request::parse(&parts, &config.topic_param, config.max_topics) {
+        Ok(request) => request,
+        Err(refusal) => return ResponseFuture::ready(refused(refusal)),
     };
-    match opened.await {
+    if !open::may_wait(publisher.hub(), config) {
+        let opened = open_stream(
+            &publisher,
+            &Access::all(),
+            &request,
+            parts.method == Method::HEAD,
+        );
+        return ResponseFuture::ready(respond(opened));
+    }
+    ResponseFuture::own(Box::pin(async move {
+        let head = parts.method == Method::HEAD;
+        let opened = async {
+            let access = open::authorize(publisher.config(), parts).await?;
+            publisher.hub().caught_up(&request.resume).await;
+            open_stream(&publisher, &access, &request, head)
+        };
+        respond(opened.await)
+    }))
+}
+
+/// The stream a request asks for, once authorized (and caught up with an
+/// engine); `None` for `HEAD`, which passes the same checks and subscribes
+/// to nothing.
+fn open_stream(
+    publisher: &Publisher,
+    access: &Access,
+    request: &StreamRequest,
+    head: bool,
+) -> Result<Option<EventStream>, Refusal> {
+    let (hub, config) = (publisher.hub(), publisher.config());
+    let topics = open::topics(config, access, request.topics.iter().map(String::as_str))?;
+    if head {
+        return Ok(None);
+    }
+    let subscription = open::subscribe_now(hub, config, &topics, &request.resume)?;
+    Ok(Some(EventStream::new(subscription, config)))
+}
+
+fn respond(opened: Result<Option<EventStream>, Refusal>) -> Response<OwnBody> {
+    match opened {
         Ok(stream) => {
             let mut response = Response::new(match stream {
                 Some(stream) => OwnBody::Stream(stream),
@@ -145,8 +179,7 @@ where
             };
         }
         let (parts, _body) = req.into_parts();
-        let answer = stream(parts, self.publisher.clone(), self.routes.clone());
-        ResponseFuture::own(Box::pin(answer))
+        stream(parts, self.publisher.clone(), &self.routes)
     }
 }
 
@@ -162,11 +195,20 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Inner { #[pin] future: F },
+        Ready { response: Option<Response<OwnBody>> },
         Own { answer: Answer },
     }
 }
 
 impl<F> ResponseFuture<F> {
+    fn ready(response: Response<OwnBody>) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
     fn own(answer: Answer) -> Self {
         ResponseFuture {
             kind: Kind::Own { answer },
@@ -185,6 +227,15 @@ where
             KindProj::Inner { future } => future
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(SseBody::inner))),
+            KindProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| {
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "tower-sse: response future polled after completion\n".into(),
+                    )
+                })
+                .map(SseBody::own))),
             KindProj::Own { answer } => answer
                 .as_mut()
                 .poll(cx)

@@ -251,6 +251,10 @@ impl Hub {
         self.inner.core.encode_eagerly(encoding);
     }
 
+    pub(crate) fn has_backplane(&self) -> bool {
+        self.inner.replica.is_some()
+    }
+
     pub(crate) fn backplane_status(&self) -> BackplaneStatus {
         self.inner
             .replica
