@@ -8,8 +8,11 @@
 //! * [`replica`]: publishing through an engine and reading its log back.
 
 mod history;
+mod outbox;
 mod registry;
 mod replica;
+mod settings;
+mod start;
 mod state;
 mod subscription;
 
@@ -21,7 +24,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use replica::BackplaneStatus;
-pub(crate) use state::{Resume, StartKind, SubscribeError};
+pub(crate) use start::{Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{
@@ -32,7 +35,8 @@ use crate::{
     record::Message,
 };
 use replica::Replica;
-use state::{Core, Settings};
+use settings::Settings;
+use state::Core;
 
 /// An event hub: the history and subscribers that an [`SseLayer`], the
 /// streams handlers open and every [`Publisher`] share.

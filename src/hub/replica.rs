@@ -4,19 +4,18 @@
 //! gap detection. It knows engines only through the trait.
 
 use std::{
-    collections::{hash_map::RandomState, VecDeque},
-    fmt,
+    collections::hash_map::RandomState,
     hash::{BuildHasher, Hasher},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::{
-    sync::{oneshot, watch, Notify},
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
-use super::state::{Core, Resume};
+use super::{
+    outbox::{shared, Outbox},
+    start::Resume,
+    state::Core,
+};
 use crate::{
     backplane::{Backplane, BackplaneReader, Read},
     error::{BoxError, Error},
@@ -25,12 +24,8 @@ use crate::{
     record::Message,
 };
 
-/// Events waiting for the engine, past which publishing is refused.
-const OUTBOX: usize = 16 * 1024;
 /// How long the engine's newest id, once asked, is reused.
 const NEWEST_FOR: Duration = Duration::from_millis(100);
-/// Events appended in one call.
-const APPEND_BATCH: usize = 512;
 /// Records read in one call.
 const READ_BATCH: usize = 1000;
 /// How long a new subscription waits for the history to load or for the
@@ -53,9 +48,6 @@ pub enum BackplaneStatus {
     Down(Arc<dyn std::error::Error + Send + Sync>),
 }
 
-/// An engine error shared by every event of a batch.
-struct Shared(Arc<dyn std::error::Error + Send + Sync>);
-
 impl BackplaneStatus {
     /// Whether the hub reads the engine's log now (what a readiness check
     /// wants to know); `true` without a backplane.
@@ -64,53 +56,9 @@ impl BackplaneStatus {
     }
 }
 
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Display for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for Shared {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-fn shared(error: &Arc<dyn std::error::Error + Send + Sync>) -> Error {
-    Error::Backplane(Box::new(Shared(error.clone())))
-}
-
-/// Too many events wait for the engine.
-#[derive(Debug)]
-struct Backlog(usize);
-
-impl fmt::Display for Backlog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} events are waiting for the backplane, which is not keeping up",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for Backlog {}
-
-struct Pending {
-    message: Message,
-    ack: oneshot::Sender<Result<EventId, Error>>,
-}
-
 pub(crate) struct Replica {
     backplane: Arc<dyn Backplane>,
-    outbox: Mutex<Outbox>,
-    queued: Notify,
+    outbox: Outbox,
     status: watch::Sender<BackplaneStatus>,
     /// Whether the reader has loaded the history.
     loaded: watch::Sender<bool>,
@@ -121,30 +69,17 @@ pub(crate) struct Replica {
     newest: tokio::sync::Mutex<Option<(Instant, Option<EventId>)>>,
 }
 
-#[derive(Default)]
-struct Outbox {
-    pending: VecDeque<Pending>,
-    /// Set when the appender stopped for good (the hub closed): nothing
-    /// queued after would ever be answered.
-    closed: bool,
-}
-
 impl Replica {
     pub(crate) fn new(backplane: Arc<dyn Backplane>) -> Arc<Replica> {
         Arc::new(Replica {
             backplane,
-            outbox: Mutex::default(),
-            queued: Notify::new(),
+            outbox: Outbox::default(),
             status: watch::Sender::new(BackplaneStatus::Connecting),
             loaded: watch::Sender::new(false),
             appender: Mutex::default(),
             reader: Mutex::default(),
             newest: tokio::sync::Mutex::new(None),
         })
-    }
-
-    fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn status(&self) -> BackplaneStatus {
@@ -171,7 +106,8 @@ impl Replica {
             }
         };
         start(&self.appender, &|| {
-            runtime.spawn(append(core.clone(), self.clone()))
+            let (core, replica) = (core.clone(), self.clone());
+            runtime.spawn(async move { replica.outbox.drain(&core, &*replica.backplane).await })
         });
         start(&self.reader, &|| {
             runtime.spawn(read(core.clone(), self.clone()))
@@ -185,19 +121,7 @@ impl Replica {
         if let BackplaneStatus::Down(error) = &*self.status.borrow() {
             return Err(shared(error));
         }
-        let (ack, answer) = oneshot::channel();
-        {
-            let mut outbox = self.outbox();
-            if outbox.closed {
-                return Err(Error::Closed);
-            }
-            if outbox.pending.len() >= OUTBOX {
-                return Err(Error::Backplane(Box::new(Backlog(outbox.pending.len()))));
-            }
-            outbox.pending.push_back(Pending { message, ack });
-        }
-        self.queued.notify_one();
-        Ok(Published::waiting(answer))
+        self.outbox.push(message)
     }
 
     /// Waits (at most [`CATCH_UP`]) until the history is loaded and, when a
@@ -244,67 +168,6 @@ impl Replica {
             Err(e) => {
                 tracing::debug!(error = %e, "backplane: no newest id to catch up to");
                 None
-            }
-        }
-    }
-}
-
-/// The appender: takes the outbox in order, in batches, until the hub is
-/// closed and the outbox empty; then answers anything queued since with
-/// [`Error::Closed`].
-async fn append(core: Arc<Core>, replica: Arc<Replica>) {
-    loop {
-        let batch: Vec<Pending> = {
-            let mut outbox = replica.outbox();
-            let n = outbox.pending.len().min(APPEND_BATCH);
-            if n == 0 && core.is_closed() {
-                outbox.closed = true;
-                return;
-            }
-            outbox.pending.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            tokio::select! {
-                _ = replica.queued.notified() => {}
-                _ = core.closed() => {}
-            }
-            continue;
-        }
-        let (messages, acks): (Vec<Message>, Vec<_>) =
-            batch.into_iter().map(|p| (p.message, p.ack)).unzip();
-        let result = match replica.backplane.append(&messages).await {
-            Ok(ids) if ids.len() == acks.len() => Ok(ids),
-            Ok(ids) => Err(format!(
-                "the engine answered {} ids for {} events",
-                ids.len(),
-                acks.len()
-            )
-            .into()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(ids) => {
-                for (ack, id) in acks.into_iter().zip(ids) {
-                    ack.send(Ok(id)).ok();
-                }
-            }
-            Err(e) => {
-                let error: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
-                // Each publisher hears of it; the status is the reader's to set.
-                tracing::warn!(%error, events = acks.len(), "backplane: the engine did not take events");
-                let unheard = acks
-                    .into_iter()
-                    .map(|ack| ack.send(Err(shared(&error))).is_err())
-                    .filter(|unheard| *unheard)
-                    .count();
-                if unheard > 0 {
-                    tracing::error!(
-                        %error,
-                        events = unheard,
-                        "backplane: events the engine did not take, whose publishers did not \
-                         await the outcome, are lost"
-                    );
-                }
             }
         }
     }

@@ -12,13 +12,15 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 use tokio::sync::watch;
 
 use super::{
     history::{Follow, History, Topic},
     registry::FanOut,
+    settings::Settings,
+    start::{Resume, Start, StartKind, SubscribeError},
 };
 use crate::{
     error::Error,
@@ -29,74 +31,6 @@ use crate::{
 /// The name of the default topic, which every subscriber follows. It is
 /// empty, which no user topic can be.
 pub(crate) const DEFAULT_TOPIC: &str = "";
-
-/// A hub's limits, fixed when it is built.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub(crate) history: usize,
-    pub(crate) history_ttl: Option<Duration>,
-    pub(crate) max_lag: usize,
-    pub(crate) max_event_size: usize,
-    pub(crate) max_subscribers: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            history: 1024,
-            history_ttl: None,
-            max_lag: 1024,
-            max_event_size: 1024 * 1024,
-            max_subscribers: usize::MAX,
-        }
-    }
-}
-
-impl Settings {
-    /// The history keeps at least what a subscriber may lag.
-    pub(crate) fn history_limit(&self) -> usize {
-        self.history.max(self.max_lag)
-    }
-}
-
-/// Where a new subscriber starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Resume {
-    /// With the next event published.
-    Live,
-    /// After the event with this id (the `Last-Event-ID` the client sent).
-    After(String),
-    /// After an id that cannot be read (not UTF-8): the client gets a reset.
-    Unknown,
-}
-
-/// Where a subscription starts, as its transport tells the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Start {
-    /// The hub id it delivers after.
-    pub(crate) after: u64,
-    pub(crate) kind: StartKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StartKind {
-    /// Live from `after` (the newest id): the client learns that id, so even
-    /// a stream cut before its first event resumes without loss.
-    Live,
-    /// From the client's own resume point, which the history covers.
-    Resumed,
-    /// The client's resume point is gone (or unreadable): it must be told it
-    /// missed events, then gets live ones after `after`.
-    Reset,
-}
-
-/// Why the hub refused a subscription.
-#[derive(Debug)]
-pub(crate) enum SubscribeError {
-    Closed,
-    TooManySubscribers,
-    NoRuntime,
-}
 
 pub(crate) struct Core {
     state: Mutex<State>,

@@ -7,7 +7,8 @@ use std::{sync::Arc, task::Waker};
 
 use super::{
     history::Follow,
-    state::{Core, Resume, Start, SubscribeError},
+    start::{Resume, Start, SubscribeError},
+    state::Core,
 };
 use crate::record::Record;
 
@@ -140,7 +141,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::Event, hub::state::Settings, hub::state::StartKind, record::Message};
+    use crate::{event::Event, hub::settings::Settings, hub::start::StartKind, record::Message};
 
     fn core(max_lag: usize) -> Arc<Core> {
         Core::new(

@@ -1,0 +1,32 @@
+//! A hub's settings, fixed when it is built.
+
+use std::time::Duration;
+
+/// A hub's limits, fixed when it is built.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) history: usize,
+    pub(crate) history_ttl: Option<Duration>,
+    pub(crate) max_lag: usize,
+    pub(crate) max_event_size: usize,
+    pub(crate) max_subscribers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            history: 1024,
+            history_ttl: None,
+            max_lag: 1024,
+            max_event_size: 1024 * 1024,
+            max_subscribers: usize::MAX,
+        }
+    }
+}
+
+impl Settings {
+    /// The history keeps at least what a subscriber may lag.
+    pub(crate) fn history_limit(&self) -> usize {
+        self.history.max(self.max_lag)
+    }
+}
