@@ -81,7 +81,7 @@
 //!   disconnected; the browser reconnects with `Last-Event-ID` and is
 //!   replayed from the history, so nothing is lost while it covers the gap.
 //! * [`Publisher::close`] ends every stream, so graceful shutdown completes.
-//! * With a [backplane](backplane), events go through an engine shared by
+//! * With a [backplane], events go through an engine shared by
 //!   many instances (Redis: [`RedisBackplane`]); the code that publishes and
 //!   subscribes does not change.
 //!

@@ -4,7 +4,7 @@
 //! An engine proves it keeps the [contract](crate::backplane) by running the
 //! suite against a real server: implement [`Harness`] (how to connect an
 //! instance, and how to take the engine down and bring it back), then
-//! generate one test per case with [`backplane_conformance!`]:
+//! generate one test per case with [`backplane_conformance!`](crate::backplane_conformance):
 //!
 //! ```
 //! use tower_sse::testing::{Harness, MemoryBackplane};
