@@ -1,7 +1,13 @@
 //! [`Access`]: what the authorization hook grants a client.
 
 use http::{request::Parts, Response};
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 /// What the hook answers: the client's access, or a response to send
 /// instead (e.g. `401` or `403`).
@@ -29,19 +35,32 @@ impl fmt::Debug for Authorize {
     }
 }
 
-/// The topics a client may follow, as granted by the hook given to
-/// [`SseLayer::authorize`](crate::SseLayer::authorize).
+/// What the hook given to [`SseLayer::authorize`](crate::SseLayer::authorize)
+/// grants a client: the topics it may follow, who it is, and until when.
 ///
 /// A stream that asks (in its query) for a topic it may not follow is
 /// refused with `403 Forbidden`. The default topic, which
 /// [`Publisher::publish`](crate::Publisher::publish) sends to, is always
 /// followed.
 ///
+/// A stream of a [`user`](Access::user) counts towards that user's limit
+/// and presence, and ends with
+/// [`Publisher::disconnect_user`](crate::Publisher::disconnect_user); one
+/// with an [expiry](Access::expires_at) ends at that instant (the browser
+/// reconnects and the hook runs again), and one already expired is refused
+/// with `401`.
+///
 /// ```
+/// use std::time::Duration;
 /// use tower_sse::Access;
 ///
-/// // Any public room, plus this user's private topic without asking for it.
-/// let access = Access::none().allow_prefix("room/").follow("user/alice");
+/// // Any public room, plus this user's private topic without asking for it,
+/// // for as long as the session is valid.
+/// let access = Access::none()
+///     .allow_prefix("room/")
+///     .follow("user/alice")
+///     .user("alice")
+///     .expires_in(Duration::from_secs(3600));
 /// assert!(access.allows("room/general"));
 /// assert!(access.allows("user/alice"));
 /// assert!(!access.allows("user/bob"));
@@ -52,6 +71,8 @@ pub struct Access {
     topics: Vec<String>,
     prefixes: Vec<String>,
     follow: Vec<String>,
+    user: Option<String>,
+    expires: Option<SystemTime>,
 }
 
 impl Access {
@@ -91,6 +112,36 @@ impl Access {
     pub fn follow(mut self, topic: impl Into<String>) -> Self {
         self.follow.push(topic.into());
         self
+    }
+
+    /// The stream belongs to `user` (an id of the app's: a name, a number,
+    /// a session's subject): for presence, per-user limits and
+    /// [`Publisher::disconnect_user`](crate::Publisher::disconnect_user).
+    /// Nothing secret: presence lists it.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The stream ends at `at` (a session's or token's expiry): the client
+    /// reconnects and the hook decides again. WebSocket sessions close with
+    /// code `4001`. An expiry already past refuses the stream with `401`.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires = Some(at);
+        self
+    }
+
+    /// The stream ends `after` from now; see [`expires_at`](Access::expires_at).
+    pub fn expires_in(self, after: Duration) -> Self {
+        self.expires_at(SystemTime::now() + after)
+    }
+
+    pub(crate) fn user_id(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub(crate) fn expiry(&self) -> Option<SystemTime> {
+        self.expires
     }
 
     /// Whether the client may follow `topic`.

@@ -2,7 +2,8 @@
 //! whether the layer's path or a handler opened it.
 
 use bytes::Bytes;
-use std::{sync::Arc, time::Duration};
+use http::request::Parts;
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{authorize::Authorize, wire};
 
@@ -18,6 +19,20 @@ pub(crate) struct Config {
     pub(crate) max_topics: usize,
     pub(crate) retry_after: Duration,
     pub(crate) authorize: Option<Authorize>,
+    /// How to find the client's address in a request, if not the default.
+    pub(crate) client_address: Option<ClientAddress>,
+}
+
+/// A function that finds the client's address in a request head.
+#[derive(Clone)]
+pub(crate) struct ClientAddress(pub(crate) Arc<FindAddress>);
+
+type FindAddress = dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync;
+
+impl fmt::Debug for ClientAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientAddress(..)")
+    }
 }
 
 impl Default for Config {
@@ -29,6 +44,7 @@ impl Default for Config {
             max_topics: 64,
             retry_after: Duration::from_secs(5),
             authorize: None,
+            client_address: None,
         }
     }
 }

@@ -14,6 +14,9 @@ pub enum Error {
     /// The event name contains a line break (`\n` or `\r`), which would end
     /// the `event:` field early and let the rest be read as other fields.
     InvalidEventName,
+    /// The event name starts with `tower-sse:`, which the hub keeps for the
+    /// orders it sends itself through a backplane.
+    ReservedEventName,
     /// The event id contains a line break or a NUL character; browsers
     /// ignore an id with NUL, and a line break would end the field early.
     InvalidId,
@@ -44,6 +47,9 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidEventName => {
                 f.write_str("invalid event name: it must not contain `\\n` or `\\r`")
+            }
+            Error::ReservedEventName => {
+                f.write_str("invalid event name: names starting with `tower-sse:` are reserved")
             }
             Error::InvalidId => {
                 f.write_str("invalid event id: it must not contain `\\n`, `\\r` or NUL")

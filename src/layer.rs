@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use crate::{
     authorize::Access,
     authorize::Authorize,
-    config::Config,
+    config::{ClientAddress, Config},
     hub::Hub,
     publisher::Publisher,
     service::{Routes, SseService},
@@ -196,8 +196,31 @@ impl SseLayer {
         self
     }
 
+    /// Finds the client's address in a request, for
+    /// [`HubBuilder::max_streams_per_address`](crate::HubBuilder::max_streams_per_address):
+    /// behind a proxy, from the header it sets (and trusts). Default: axum's
+    /// `ConnectInfo<SocketAddr>` (feature `axum`), else a `SocketAddr` in the
+    /// request's extensions.
+    ///
+    /// ```
+    /// use tower_sse::SseLayer;
+    ///
+    /// // Behind a proxy that sets `X-Real-IP`.
+    /// let layer = SseLayer::new("/events").client_address(|parts| {
+    ///     parts.headers.get("x-real-ip")?.to_str().ok()?.parse().ok()
+    /// });
+    /// ```
+    pub fn client_address<F>(mut self, find: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<std::net::IpAddr> + Send + Sync + 'static,
+    {
+        self.config().client_address = Some(ClientAddress(Arc::new(find)));
+        self
+    }
+
     /// The `Retry-After` of a `503` (past `max_subscribers`, or while the
-    /// hub closes). Default: 5 s.
+    /// hub closes) and of a `429` (past a per-user or per-address limit).
+    /// Default: 5 s.
     pub fn retry_after(mut self, delay: Duration) -> Self {
         self.config().retry_after = delay;
         self

@@ -170,7 +170,7 @@ pub use open::Refusal;
 pub use published::Published;
 #[cfg(feature = "axum")]
 pub use publisher::MissingPublisher;
-pub use publisher::Publisher;
+pub use publisher::{Presence, Publisher};
 pub use record::{Message, Record};
 pub use service::{ResponseFuture, SseService};
 pub use sse::{EventStream, RESET_EVENT};

@@ -4,12 +4,21 @@
 //! holds for the layer's stream, its WebSocket and streams handlers open.
 
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
-use std::{borrow::Cow, fmt, panic::AssertUnwindSafe, task::Poll, time::Duration};
+use std::{
+    borrow::Cow,
+    fmt,
+    net::IpAddr,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, SystemTime},
+};
+use tokio::time::Instant;
 
 use crate::{
     authorize::Access,
     config::Config,
-    hub::{Hub, Resume, SubscribeError, Subscription},
+    hub::{Hub, Owner, Resume, SubscribeError, Subscription},
     topic,
 };
 
@@ -39,6 +48,8 @@ pub(crate) enum Kind {
     Forbidden,
     /// Past a limit, or the hub is closing: try again later.
     Unavailable,
+    /// The access granted is already expired.
+    Expired,
     /// The hook answered with its own response.
     Hook,
     /// A fault on the server's side.
@@ -99,11 +110,11 @@ impl Refusal {
     }
 
     fn unavailable(message: &str, retry_after: Duration) -> Refusal {
-        let mut refusal = Refusal::new(
-            Kind::Unavailable,
-            StatusCode::SERVICE_UNAVAILABLE,
-            message.into(),
-        );
+        Refusal::retry_later(StatusCode::SERVICE_UNAVAILABLE, message, retry_after)
+    }
+
+    fn retry_later(status: StatusCode, message: &str, retry_after: Duration) -> Refusal {
+        let mut refusal = Refusal::new(Kind::Unavailable, status, message.into());
         refusal
             .response
             .headers_mut()
@@ -152,6 +163,29 @@ impl axum_core::response::IntoResponse for Refusal {
     fn into_response(self) -> axum_core::response::Response {
         self.response.map(axum_core::body::Body::from)
     }
+}
+
+/// Whose the subscription is: the user and expiry `access` grants (an
+/// expiry already past is a `401`), and the client's `address`.
+pub(crate) fn owner(access: &Access, address: Option<IpAddr>) -> Result<Owner, Refusal> {
+    let expires = match access.expiry() {
+        None => None,
+        Some(at) => match at.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => Some(Instant::now() + left),
+            _ => {
+                return Err(Refusal::new(
+                    Kind::Expired,
+                    StatusCode::UNAUTHORIZED,
+                    "access expired: sign in again".into(),
+                ))
+            }
+        },
+    };
+    Ok(Owner {
+        user: access.user_id().map(Arc::from),
+        address,
+        expires,
+    })
 }
 
 /// Runs the authorization hook on the request head, if the layer has one
@@ -229,12 +263,13 @@ pub(crate) async fn subscribe(
     config: &Config,
     topics: &[&str],
     resume: &Resume,
+    owner: Owner,
 ) -> Result<Subscription, Refusal> {
     // The engine's history is not loaded yet, or the client saw an event on
     // another instance that this one has not read yet: wait (briefly) rather
     // than answer with a reset or replay too much.
     hub.caught_up(resume).await;
-    subscribe_now(hub, config, topics, resume)
+    subscribe_now(hub, config, topics, resume, owner)
 }
 
 /// Whether opening a subscription may have to wait: for the authorization
@@ -249,19 +284,31 @@ pub(crate) fn subscribe_now(
     config: &Config,
     topics: &[&str],
     resume: &Resume,
+    owner: Owner,
 ) -> Result<Subscription, Refusal> {
-    hub.subscribe(topics, resume).map_err(|error| match error {
-        SubscribeError::Closed => {
-            Refusal::unavailable("the event stream is shutting down", config.retry_after)
-        }
-        SubscribeError::TooManySubscribers => Refusal::unavailable(
-            "too many open event streams; try again later",
-            config.retry_after,
-        ),
-        SubscribeError::NoRuntime => {
-            Refusal::internal("tower-sse serves event streams only inside a Tokio runtime")
-        }
-    })
+    hub.subscribe(topics, resume, owner)
+        .map_err(|error| match error {
+            SubscribeError::Closed => {
+                Refusal::unavailable("the event stream is shutting down", config.retry_after)
+            }
+            SubscribeError::TooManySubscribers => Refusal::unavailable(
+                "too many open event streams; try again later",
+                config.retry_after,
+            ),
+            SubscribeError::TooManyForUser => Refusal::retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many open event streams for this user; close one or try again later",
+                config.retry_after,
+            ),
+            SubscribeError::TooManyForAddress => Refusal::retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many open event streams from this address; try again later",
+                config.retry_after,
+            ),
+            SubscribeError::NoRuntime => {
+                Refusal::internal("tower-sse serves event streams only inside a Tokio runtime")
+            }
+        })
 }
 
 /// At most 64 characters of client input, for an error message.

@@ -7,10 +7,14 @@ use crate::{
     config::{self, Config},
     error::Error,
     event::Event,
-    hub::{BackplaneStatus, Hub},
+    hub::{
+        control::{self, Control},
+        BackplaneStatus, Hub,
+    },
     published::Published,
     record::Message,
     subscribe::Subscribe,
+    topic,
 };
 
 /// Broadcasts events to every connected subscriber, and opens streams.
@@ -86,7 +90,7 @@ impl Publisher {
     /// whether the engine took it (an event the engine then refuses whose
     /// `Published` was dropped is logged as lost).
     pub fn publish(&self, event: Event) -> Result<Published, Error> {
-        self.hub.publish(Message::new(None, event)?)
+        self.hub.publish(Message::new(None, unreserved(event)?)?)
     }
 
     /// Publishes `event` to the subscribers of `topic` only.
@@ -97,7 +101,72 @@ impl Publisher {
     /// little: the event is kept in the history for those who subscribe
     /// later with a `Last-Event-ID`.
     pub fn publish_to(&self, topic: &str, event: Event) -> Result<Published, Error> {
-        self.hub.publish(Message::new(Some(topic), event)?)
+        self.hub
+            .publish(Message::new(Some(topic), unreserved(event)?)?)
+    }
+
+    /// Ends every stream of `user` (as the authorization hook named it with
+    /// [`Access::user`](crate::Access::user)) now — a logout, a ban — of
+    /// every transport, and with a backplane on every instance: returns once
+    /// the engine holds the order (each instance acts on it as it reads it,
+    /// normally within milliseconds). Browsers reconnect and the hook runs
+    /// again, so refuse the user there. WebSocket sessions close with code
+    /// `4003`.
+    pub async fn disconnect_user(&self, user: &str) -> Result<(), Error> {
+        self.control(Control::EndUser(user.to_owned())).await
+    }
+
+    /// Ends every stream that follows `topic` now (a room closed), as
+    /// [`disconnect_user`](Publisher::disconnect_user) does; WebSocket
+    /// sessions close with code `4004`. Streams that reconnect follow it
+    /// again unless the hook stops granting it. An invalid topic is
+    /// [`Error::InvalidTopic`].
+    pub async fn disconnect_topic(&self, topic: &str) -> Result<(), Error> {
+        if !topic::is_valid(topic) {
+            return Err(Error::InvalidTopic);
+        }
+        self.control(Control::EndTopic(topic.to_owned())).await
+    }
+
+    async fn control(&self, control: Control) -> Result<(), Error> {
+        match self.hub.control(control)? {
+            None => Ok(()),
+            Some(published) => published.await.map(drop),
+        }
+    }
+
+    /// Who follows `topic` on this instance: how many streams, and their
+    /// users (distinct; the first 100 as they came, and how many in all).
+    /// With a backplane this is this instance's share: a cluster-wide count
+    /// needs every instance's, summed (e.g. each publishing its own to the
+    /// app's store). An invalid topic is [`Error::InvalidTopic`].
+    ///
+    /// ```
+    /// # async fn run(publisher: tower_sse::Publisher) -> Result<(), tower_sse::Error> {
+    /// let here = publisher.presence("room/lobby")?;
+    /// println!("{} here: {}", here.streams, here.users.join(", "));
+    /// # Ok(()) }
+    /// ```
+    pub fn presence(&self, topic: &str) -> Result<Presence, Error> {
+        if !topic::is_valid(topic) {
+            return Err(Error::InvalidTopic);
+        }
+        let (streams, users, user_count) = self.hub.presence(topic, PRESENCE_USERS);
+        Ok(Presence {
+            streams,
+            users,
+            user_count,
+        })
+    }
+
+    /// A receiver of how many streams follow `topic` on this instance,
+    /// updated as they come and go, as
+    /// [`watch_subscribers`](Publisher::watch_subscribers) does for all.
+    pub fn watch_topic(&self, topic: &str) -> Result<tokio::sync::watch::Receiver<usize>, Error> {
+        if !topic::is_valid(topic) {
+            return Err(Error::InvalidTopic);
+        }
+        Ok(self.hub.watch_topic(topic))
     }
 
     /// A stream of this hub to open from code — a handler with a route of
@@ -169,6 +238,29 @@ impl Publisher {
     /// Whether [`close`](Publisher::close) was called (or every handle dropped).
     pub fn is_closed(&self) -> bool {
         self.hub.is_closed()
+    }
+}
+
+/// How many users [`Publisher::presence`] lists at most.
+const PRESENCE_USERS: usize = 100;
+
+/// Who follows a topic, as [`Publisher::presence`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Presence {
+    /// Streams that follow the topic (of every transport; anonymous ones too).
+    pub streams: usize,
+    /// Their users, distinct, the first 100 in the order they came.
+    pub users: Vec<String>,
+    /// How many distinct users there are in all.
+    pub user_count: usize,
+}
+
+/// `event`, unless its name is one the hub keeps for itself.
+fn unreserved(event: Event) -> Result<Event, Error> {
+    match &event.name {
+        Some(name) if name.starts_with(control::RESERVED) => Err(Error::ReservedEventName),
+        _ => Ok(event),
     }
 }
 

@@ -67,6 +67,19 @@ impl Message {
         })
     }
 
+    /// A control message of the hub's (see `hub::control`): built from
+    /// fields known to be valid.
+    pub(crate) fn control(event: Event) -> Message {
+        Message {
+            topic: None,
+            event: event.name,
+            data: event.data,
+            app_id: None,
+            retry: None,
+            comment: None,
+        }
+    }
+
     /// The topic, or `None` for the default topic every subscriber follows.
     pub fn topic(&self) -> Option<&str> {
         self.topic.as_deref()

@@ -1,8 +1,10 @@
 //! Reading a stream request: the topics it asks for (query) and where it
 //! resumes (`Last-Event-ID`, or the `lastEventId` query parameter).
 
-use crate::{hub::Resume, open::Refusal, topic};
 use http::request::Parts;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{config::Config, hub::Resume, open::Refusal, topic};
 
 /// What a client asked for on a stream path.
 #[derive(Debug)]
@@ -56,6 +58,24 @@ pub(crate) fn resume(parts: &Parts) -> Resume {
             .last()
             .map_or(Resume::Live, |(_, id)| Resume::After(id.into_owned())),
     }
+}
+
+/// The client's address: as the layer's
+/// [`client_address`](crate::SseLayer::client_address) finds it, else axum's
+/// `ConnectInfo<SocketAddr>` (feature `axum`), else a `SocketAddr` in the
+/// request's extensions.
+pub(crate) fn address(config: &Config, parts: &Parts) -> Option<IpAddr> {
+    if let Some(find) = &config.client_address {
+        return (find.0)(parts);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(info.0.ip());
+    }
+    parts.extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
 fn query(parts: &Parts) -> form_urlencoded::Parse<'_> {

@@ -97,21 +97,17 @@ fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFut
         Ok(request) => request,
         Err(refusal) => return ResponseFuture::ready(refused(refusal)),
     };
+    let address = request::address(config, &parts);
+    let head = parts.method == Method::HEAD;
     if !open::may_wait(publisher.hub(), config) {
-        let opened = open_stream(
-            &publisher,
-            &Access::all(),
-            &request,
-            parts.method == Method::HEAD,
-        );
+        let opened = open_stream(&publisher, &Access::all(), &request, address, head);
         return ResponseFuture::ready(respond(opened));
     }
     ResponseFuture::own(Box::pin(async move {
-        let head = parts.method == Method::HEAD;
         let opened = async {
             let access = open::authorize(publisher.config(), parts).await?;
             publisher.hub().caught_up(&request.resume).await;
-            open_stream(&publisher, &access, &request, head)
+            open_stream(&publisher, &access, &request, address, head)
         };
         respond(opened.await)
     }))
@@ -124,14 +120,16 @@ fn open_stream(
     publisher: &Publisher,
     access: &Access,
     request: &StreamRequest,
+    address: Option<std::net::IpAddr>,
     head: bool,
 ) -> Result<Option<EventStream>, Refusal> {
     let (hub, config) = (publisher.hub(), publisher.config());
     let topics = open::topics(config, access, request.topics.iter().map(String::as_str))?;
+    let owner = open::owner(access, address)?;
     if head {
         return Ok(None);
     }
-    let subscription = open::subscribe_now(hub, config, &topics, &request.resume)?;
+    let subscription = open::subscribe_now(hub, config, &topics, &request.resume, owner)?;
     Ok(Some(EventStream::new(subscription, config)))
 }
 

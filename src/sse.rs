@@ -163,12 +163,12 @@ impl Body for EventStream {
         }
         // Registered before reading, so an event published after the read
         // wakes us; one published before it is in what we read.
-        this.subscription.register(cx.waker());
-        let ended = this.subscription.ended();
-        // Ended by `disconnect_all`, or cut off for lagging: what is already
+        let ended = this.subscription.poll_ended(cx);
+        // Ended from outside (all but a closing hub, whose streams first send
+        // what was published before), or cut off for lagging: what is already
         // in the buffer (e.g. the id the stream starts after) still goes out,
         // or a browser ended before its first event had no id to resume from.
-        let mut ending = ended == Some(Ended::Disconnected);
+        let mut ending = ended.is_some_and(|why| why != Ended::Closed);
         if !ending {
             match this.read() {
                 Ok(Some(bytes)) => return this.send(bytes),

@@ -97,9 +97,8 @@ impl Stream for RecordStream {
         if this.done {
             return Poll::Ready(None);
         }
-        this.subscription.register(cx.waker());
-        let ended = this.subscription.ended();
-        if ended == Some(Ended::Disconnected) {
+        let ended = this.subscription.poll_ended(cx);
+        if ended.is_some_and(|why| why != Ended::Closed) {
             this.done = true;
             return Poll::Ready(None);
         }

@@ -50,6 +50,7 @@ pub struct Subscribe {
     topics: Vec<String>,
     resume: Resume,
     parts: Option<Parts>,
+    access: Option<Access>,
 }
 
 impl Subscribe {
@@ -60,6 +61,7 @@ impl Subscribe {
             topics: Vec::new(),
             resume: Resume::Live,
             parts: None,
+            access: None,
         }
     }
 
@@ -97,6 +99,18 @@ impl Subscribe {
     pub fn request(mut self, parts: &Parts) -> Self {
         self.resume = request::resume(parts);
         self.parts = Some(parts.clone());
+        self.access = None;
+        self
+    }
+
+    /// Opens it with this [`Access`] rather than one from the layer's
+    /// authorization hook (which then does not run): the topics it allows,
+    /// the user it names (for presence, limits and
+    /// [`Publisher::disconnect_user`](crate::Publisher::disconnect_user)),
+    /// its expiry. For code that did its own authorization.
+    pub fn access(mut self, access: Access) -> Self {
+        self.parts = None;
+        self.access = Some(access);
         self
     }
 
@@ -114,16 +128,20 @@ impl Subscribe {
     }
 
     async fn open(self) -> Result<crate::hub::Subscription, Refusal> {
-        let access = match self.parts {
-            Some(parts) => open::authorize(&self.config, parts).await?,
-            None => Access::all(),
+        let (access, address) = match self.parts {
+            Some(parts) => {
+                let address = request::address(&self.config, &parts);
+                (open::authorize(&self.config, parts).await?, address)
+            }
+            None => (self.access.unwrap_or_else(Access::all), None),
         };
         let topics = open::topics(
             &self.config,
             &access,
             self.topics.iter().map(String::as_str),
         )?;
-        open::subscribe(&self.hub, &self.config, &topics, &self.resume).await
+        let owner = open::owner(&access, address)?;
+        open::subscribe(&self.hub, &self.config, &topics, &self.resume, owner).await
     }
 }
 

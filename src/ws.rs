@@ -29,7 +29,7 @@ use tokio_tungstenite::{
 use crate::{
     authorize::Access,
     body::{refused, text, OwnBody},
-    hub::{Ended, Resume, StartKind, Subscription},
+    hub::{Ended, Owner, Resume, StartKind, Subscription},
     open::{self, Kind, Refusal},
     publisher::Publisher,
     record::Encoding,
@@ -43,6 +43,8 @@ use crate::{
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Events sent per wake-up before checking the client's messages again.
 const BATCH: usize = 256;
+/// And about as many bytes at most, so a replay holds little at once.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// A record as the JSON text every WebSocket client gets: built once per
 /// event, from the record's fields, by the first session that sends it.
@@ -148,10 +150,13 @@ pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<
     let config = publisher.config().clone();
     let opened = async {
         let request = request::parse(&parts, &config.topic_param, config.max_topics)?;
+        let address = request::address(&config, &parts);
         let access = open::authorize(&config, parts).await?;
+        let owner = open::owner(&access, address)?;
         let mut session = Session {
             publisher,
             access,
+            owner,
             topics: request.topics.into_iter().collect(),
             subscription: None,
             last: None,
@@ -201,12 +206,35 @@ pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<
 struct Close(CloseCode, String);
 
 impl Close {
+    /// The close of a subscription ended from outside; `None` for a closing
+    /// hub, whose session first sends what was published before.
+    fn ended(why: Ended) -> Option<Close> {
+        let (code, reason) = match why {
+            Ended::Closed => return None,
+            Ended::Disconnected => (
+                CloseCode::Restart,
+                "the server ended every stream; reconnect with last_event_id",
+            ),
+            Ended::Revoked => (CloseCode::Library(4003), "access revoked"),
+            Ended::TopicClosed => (
+                CloseCode::Library(4004),
+                "a topic of this session was closed",
+            ),
+            Ended::Expired => (
+                CloseCode::Library(4001),
+                "access expired; reconnect with fresh credentials",
+            ),
+        };
+        Some(Close(code, reason.into()))
+    }
+
     /// The close that refuses a change of topics.
     fn refusal(refusal: &Refusal) -> Close {
         let code = match refusal.kind() {
             Kind::Invalid => CloseCode::Protocol,
             Kind::TooManyTopics | Kind::Forbidden | Kind::Hook => CloseCode::Policy,
             Kind::Unavailable => CloseCode::Again,
+            Kind::Expired => CloseCode::Library(4001),
             Kind::Internal => CloseCode::Error,
         };
         Close(code, format!("could not subscribe: {refusal}"))
@@ -216,6 +244,8 @@ impl Close {
 struct Session {
     publisher: Publisher,
     access: Access,
+    /// Whose the session is (its user, address, expiry).
+    owner: Owner,
     /// Topics the client asked for (the default topic and topics the hook
     /// makes it follow come on top).
     topics: BTreeSet<String>,
@@ -233,7 +263,9 @@ impl Session {
         // Leave first: a session that changes topics at the subscriber limit
         // must not be refused for counting twice.
         self.subscription = None;
-        let subscription = open::subscribe(self.publisher.hub(), config, &topics, resume).await?;
+        let owner = self.owner.clone();
+        let subscription =
+            open::subscribe(self.publisher.hub(), config, &topics, resume, owner).await?;
         self.subscription = Some(subscription);
         Ok(())
     }
@@ -268,6 +300,8 @@ impl Session {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let close = self.serve(&mut ws).await;
+        // Unsubscribed now, not after the close handshake.
+        self.subscription = None;
         if let Some(Close(code, reason)) = close {
             tracing::debug!(?code, reason, "WebSocket session closes");
             let frame = CloseFrame {
@@ -330,19 +364,19 @@ impl Session {
                     }
                 },
                 read = poll_fn(|cx| {
-                    subscription.register(cx.waker());
-                    let ended = subscription.ended();
-                    if ended == Some(Ended::Disconnected) {
-                        return Poll::Ready(Err(Close(
-                            CloseCode::Restart,
-                            "the server ended every stream; reconnect with last_event_id".into(),
-                        )));
+                    let ended = subscription.poll_ended(cx);
+                    if let Some(close) = ended.and_then(Close::ended) {
+                        return Poll::Ready(Err(close));
                     }
+                    // At most `BATCH` events, and about `BATCH_BYTES`, per wake-up.
+                    let mut bytes = 0;
                     let read = subscription.read(|record| {
-                        if out.len() == BATCH {
+                        if out.len() == BATCH || (bytes >= BATCH_BYTES && !out.is_empty()) {
                             return false;
                         }
-                        out.push((record.id().as_u64(), record.encoded(&ENCODING).clone()));
+                        let json = record.encoded(&ENCODING).clone();
+                        bytes += json.len();
+                        out.push((record.id().as_u64(), json));
                         true
                     });
                     match read {

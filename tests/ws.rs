@@ -4,17 +4,11 @@
 mod common;
 
 use axum::Router;
-use common::{within, Server};
-use futures_util::{SinkExt, StreamExt};
+use common::{closed, next, send, ws_open, Server, Ws};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    tungstenite::{protocol::frame::coding::CloseCode, Message},
-    MaybeTlsStream, WebSocketStream,
-};
+use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message};
 use tower_sse::{Access, Event, Hub, SseLayer};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn server(layer: SseLayer) -> Server {
     let publisher = layer.publisher();
@@ -22,40 +16,7 @@ async fn server(layer: SseLayer) -> Server {
 }
 
 async fn open(server: &Server, query: &str) -> Ws {
-    let url = format!("ws://{}/ws{query}", server.addr);
-    let (ws, response) = within("the handshake", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 101);
-    ws
-}
-
-/// The next JSON message (pings skipped).
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match within("a message", ws.next()).await {
-            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-/// The close frame the server ends with.
-async fn closed(ws: &mut Ws) -> (CloseCode, String) {
-    loop {
-        match within("the close frame", ws.next()).await {
-            Some(Ok(Message::Close(Some(frame)))) => return (frame.code, frame.reason.to_string()),
-            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, message: Value) {
-    ws.send(Message::Text(message.to_string().into()))
-        .await
-        .unwrap();
+    ws_open(&format!("ws://{}/ws{query}", server.addr), None).await
 }
 
 #[tokio::test]

@@ -74,9 +74,12 @@ impl Topic {
         self.ring.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether the topic holds nothing and nobody follows it (it may go).
+    /// Whether the topic holds nothing and nobody follows or watches it (it
+    /// may go).
     pub(crate) fn is_idle(&self) -> bool {
-        self.followers.count() == 0 && self.ring().entries.is_empty()
+        self.followers.count() == 0
+            && !self.followers.is_watched()
+            && self.ring().entries.is_empty()
     }
 }
 

@@ -7,6 +7,7 @@
 //! * [`subscription`]: a subscriber's cursors and the merge read;
 //! * [`replica`]: publishing through an engine and reading its log back.
 
+pub(crate) mod control;
 mod history;
 mod outbox;
 mod registry;
@@ -24,7 +25,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use replica::BackplaneStatus;
-pub(crate) use start::{Resume, StartKind, SubscribeError};
+pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{
@@ -34,6 +35,7 @@ use crate::{
     record::Encoding,
     record::Message,
 };
+use control::Control;
 use replica::Replica;
 use settings::Settings;
 use state::Core;
@@ -133,6 +135,26 @@ impl HubBuilder {
         self
     }
 
+    /// How many streams one user (as the authorization hook names it with
+    /// [`Access::user`](crate::Access::user)) may have open at once on this
+    /// instance; past it, new ones are refused with `429 Too Many Requests`
+    /// and `Retry-After`. Default: no limit.
+    pub fn max_streams_per_user(mut self, streams: usize) -> Self {
+        self.settings.max_streams_per_user = streams;
+        self
+    }
+
+    /// How many streams one client address may have open at once on this
+    /// instance; past it, `429` with `Retry-After`. The address is axum's
+    /// `ConnectInfo<SocketAddr>` (serve with
+    /// `into_make_service_with_connect_info`), or a `SocketAddr` in the
+    /// request's extensions; a request without one is not counted. Default:
+    /// no limit.
+    pub fn max_streams_per_address(mut self, streams: usize) -> Self {
+        self.settings.max_streams_per_address = streams;
+        self
+    }
+
     /// Shares the hub's events with other instances through an engine:
     /// events published on any instance reach streams on every instance,
     /// ids are global, and a client resumes on whichever instance it
@@ -224,15 +246,48 @@ impl Hub {
         }
     }
 
-    /// Registers a subscriber of `topics` (and the default topic) from `resume`.
+    /// Registers a subscriber of `topics` (and the default topic) from
+    /// `resume`, for `owner`.
     pub(crate) fn subscribe(
         &self,
         topics: &[&str],
         resume: &Resume,
+        owner: Owner,
     ) -> Result<Subscription, SubscribeError> {
         self.ensure_fan_out()?;
         self.ensure_replica();
-        Subscription::open(&self.inner.core, topics, resume)
+        Subscription::open(&self.inner.core, topics, resume, owner)
+    }
+
+    /// Ends the streams `control` names: here at once without an engine;
+    /// with one, on every instance as each reads it from the engine (the
+    /// returned [`Published`] resolves once the engine holds it).
+    pub(crate) fn control(&self, control: Control) -> Result<Option<Published>, Error> {
+        match &self.inner.replica {
+            None => {
+                if self.inner.core.is_closed() {
+                    return Err(Error::Closed);
+                }
+                self.inner.core.apply(&control);
+                Ok(None)
+            }
+            Some(replica) => {
+                replica.ensure_running(&self.inner.core);
+                replica
+                    .publish(&self.inner.core, control.message())
+                    .map(Some)
+            }
+        }
+    }
+
+    /// How many subscriptions of this instance follow `topic`, and their
+    /// users: the first `limit`, and how many in all.
+    pub(crate) fn presence(&self, topic: &str, limit: usize) -> (usize, Vec<String>, usize) {
+        self.inner.core.presence(topic, limit)
+    }
+
+    pub(crate) fn watch_topic(&self, topic: &str) -> watch::Receiver<usize> {
+        self.inner.core.watch_topic(topic)
     }
 
     /// Starts the task that wakes the readers of large topics, or restarts it

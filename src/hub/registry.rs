@@ -5,54 +5,177 @@
 
 use atomic_waker::AtomicWaker;
 use slab::Slab;
-use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
-    Arc, Mutex, MutexGuard,
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
+    task::Waker,
 };
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// Up to this many followers, the publisher wakes a topic's readers itself
 /// (sparing the hop through the fan-out task and its scheduling delay);
 /// beyond, the fan-out task does.
 const WAKE_INLINE: usize = 32;
 
+/// Why a subscription was ended from outside, if it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// `disconnect_all` was called since it opened: the client reconnects.
+    Disconnected,
+    /// The hub closed: the client should go away (what was published before
+    /// is still delivered first).
+    Closed,
+    /// Every stream of its user was ended (a logout, a ban).
+    Revoked,
+    /// A topic it follows was closed.
+    TopicClosed,
+    /// The access its authorization granted expired.
+    Expired,
+}
+
+impl Ended {
+    const ALL: [Ended; 5] = [
+        Ended::Disconnected,
+        Ended::Closed,
+        Ended::Revoked,
+        Ended::TopicClosed,
+        Ended::Expired,
+    ];
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+/// One subscription as the topics it follows know it: how to wake it, whose
+/// it is, and whether it was ended from outside.
+pub(crate) struct Reader {
+    waker: AtomicWaker,
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) address: Option<IpAddr>,
+    ended: AtomicU8,
+}
+
+impl Reader {
+    pub(crate) fn new(user: Option<Arc<str>>, address: Option<IpAddr>) -> Arc<Reader> {
+        Arc::new(Reader {
+            waker: AtomicWaker::new(),
+            user,
+            address,
+            ended: AtomicU8::new(0),
+        })
+    }
+
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Ends the subscription for `why` (the first reason given stays).
+    pub(crate) fn end(&self, why: Ended) {
+        let _ = self
+            .ended
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.wake();
+    }
+
+    pub(crate) fn ended(&self) -> Option<Ended> {
+        let code = self.ended.load(Ordering::Acquire);
+        Ended::ALL.into_iter().find(|why| why.code() == code)
+    }
+}
+
 /// The readers of one topic.
 #[derive(Default)]
 pub(crate) struct Followers {
-    wakers: Mutex<Slab<Arc<AtomicWaker>>>,
+    readers: Mutex<Slab<Arc<Reader>>>,
     /// How many subscriptions follow the topic. Changed only under the hub's
     /// state lock, which decides from it whether to forget the topic.
     count: AtomicUsize,
+    /// The count again, for those who watch it (made by the first).
+    watch: OnceLock<watch::Sender<usize>>,
     /// Set while queued for the fan-out task, so it is queued once.
     queued: AtomicBool,
 }
 
 impl Followers {
-    fn wakers(&self) -> MutexGuard<'_, Slab<Arc<AtomicWaker>>> {
+    fn readers(&self) -> MutexGuard<'_, Slab<Arc<Reader>>> {
         // A panic while holding the lock cannot leave the slab inconsistent.
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a subscription's waker; returns its key.
-    pub(crate) fn add(&self, waker: Arc<AtomicWaker>) -> usize {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.wakers().insert(waker)
+    /// Registers a subscription's reader; returns its key.
+    pub(crate) fn add(&self, reader: Arc<Reader>) -> usize {
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.publish_count(count);
+        self.readers().insert(reader)
     }
 
-    /// Unregisters the waker under `key`; returns how many follow still.
+    /// Unregisters the reader under `key`; returns how many follow still.
     pub(crate) fn remove(&self, key: usize) -> usize {
-        self.wakers().try_remove(key);
-        self.count.fetch_sub(1, Ordering::Relaxed) - 1
+        self.readers().try_remove(key);
+        let count = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.publish_count(count);
+        count
+    }
+
+    fn publish_count(&self, count: usize) {
+        if let Some(watch) = self.watch.get() {
+            watch.send_replace(count);
+        }
     }
 
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// A receiver of the count, updated as subscriptions come and go.
+    pub(crate) fn watch(&self) -> watch::Receiver<usize> {
+        self.watch
+            .get_or_init(|| watch::Sender::new(self.count()))
+            .subscribe()
+    }
+
+    /// Whether someone watches the count (the topic must not be forgotten).
+    pub(crate) fn is_watched(&self) -> bool {
+        self.watch.get().is_some_and(|w| w.receiver_count() > 0)
+    }
+
     pub(crate) fn wake_all(&self) {
-        for (_, waker) in self.wakers().iter() {
-            waker.wake();
+        for (_, reader) in self.readers().iter() {
+            reader.wake();
         }
+    }
+
+    /// Ends every subscription (of `user`, if given) for `why`.
+    pub(crate) fn end(&self, user: Option<&str>, why: Ended) {
+        for (_, reader) in self.readers().iter() {
+            if user.is_none_or(|user| reader.user.as_deref() == Some(user)) {
+                reader.end(why);
+            }
+        }
+    }
+
+    /// The users of the subscriptions, distinct, the first `limit` of them
+    /// in the order they came, and how many there are in all.
+    pub(crate) fn users(&self, limit: usize) -> (Vec<String>, usize) {
+        let readers = self.readers();
+        let mut seen = std::collections::HashSet::new();
+        let mut first = Vec::new();
+        for (_, reader) in readers.iter() {
+            if let Some(user) = &reader.user {
+                if seen.insert(user.clone()) && first.len() < limit {
+                    first.push(user.to_string());
+                }
+            }
+        }
+        (first, seen.len())
     }
 }
 
@@ -107,7 +230,7 @@ impl FanOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Wake, Waker};
+    use std::task::Wake;
 
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -120,9 +243,9 @@ mod tests {
 
     fn follower(followers: &Followers) -> Arc<Count> {
         let count = Arc::new(Count::default());
-        let waker = Arc::new(AtomicWaker::new());
-        waker.register(&Waker::from(count.clone()));
-        followers.add(waker);
+        let reader = Reader::new(None, None);
+        reader.register(&Waker::from(count.clone()));
+        followers.add(reader);
         count
     }
 
@@ -163,5 +286,36 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(followers.remove(0), WAKE_INLINE);
+    }
+
+    #[test]
+    fn readers_are_ended_by_user_or_all_and_users_counted_once() {
+        let followers = Followers::default();
+        let mut watched = followers.watch();
+        let readers: Vec<_> = [Some("ann"), Some("bob"), Some("ann"), None]
+            .into_iter()
+            .map(|user| {
+                let reader = Reader::new(user.map(Into::into), None);
+                followers.add(reader.clone());
+                reader
+            })
+            .collect();
+        assert_eq!(*watched.borrow_and_update(), 4);
+        assert_eq!(followers.users(1), (vec!["ann".to_owned()], 2));
+        followers.end(Some("ann"), Ended::Revoked);
+        let ended: Vec<_> = readers.iter().map(|r| r.ended()).collect();
+        assert_eq!(
+            ended,
+            [Some(Ended::Revoked), None, Some(Ended::Revoked), None]
+        );
+        followers.end(None, Ended::TopicClosed);
+        assert_eq!(
+            readers[0].ended(),
+            Some(Ended::Revoked),
+            "the first reason stays"
+        );
+        assert_eq!(readers[3].ended(), Some(Ended::TopicClosed));
+        followers.remove(0);
+        assert_eq!(*watched.borrow_and_update(), 3);
     }
 }

@@ -10,6 +10,8 @@ pub(crate) struct Settings {
     pub(crate) max_lag: usize,
     pub(crate) max_event_size: usize,
     pub(crate) max_subscribers: usize,
+    pub(crate) max_streams_per_user: usize,
+    pub(crate) max_streams_per_address: usize,
 }
 
 impl Default for Settings {
@@ -20,6 +22,8 @@ impl Default for Settings {
             max_lag: 1024,
             max_event_size: 1024 * 1024,
             max_subscribers: usize::MAX,
+            max_streams_per_user: usize::MAX,
+            max_streams_per_address: usize::MAX,
         }
     }
 }

@@ -1,5 +1,17 @@
-//! Where a subscription starts (and how the client said so), and why the
-//! hub may refuse one.
+//! Where a subscription starts (and how the client said so), whose it is,
+//! and why the hub may refuse one.
+
+use std::{net::IpAddr, sync::Arc};
+use tokio::time::Instant;
+
+/// Whose a subscription is, as its authorization and request said.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Owner {
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) address: Option<IpAddr>,
+    /// When its access expires, if it does.
+    pub(crate) expires: Option<Instant>,
+}
 
 /// Where a new subscriber starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,5 +49,7 @@ pub(crate) enum StartKind {
 pub(crate) enum SubscribeError {
     Closed,
     TooManySubscribers,
+    TooManyForUser,
+    TooManyForAddress,
     NoRuntime,
 }

@@ -5,7 +5,6 @@
 //! in its topic's ring and in the history, so ids are in order in every ring
 //! and across rings. Readers take only their rings' read locks.
 
-use atomic_waker::AtomicWaker;
 use std::{
     collections::HashMap,
     sync::{
@@ -17,10 +16,11 @@ use std::{
 use tokio::sync::watch;
 
 use super::{
+    control::Control,
     history::{Follow, History, Topic},
-    registry::FanOut,
+    registry::{Ended, FanOut, Reader},
     settings::Settings,
-    start::{Resume, Start, StartKind, SubscribeError},
+    start::{Owner, Resume, Start, StartKind, SubscribeError},
 };
 use crate::{
     error::Error,
@@ -59,6 +59,9 @@ pub(crate) struct Core {
 struct State {
     next_id: u64,
     topics: HashMap<Arc<str>, Arc<Topic>>,
+    /// Open subscriptions per user and per client address, for their limits.
+    per_user: HashMap<Arc<str>, usize>,
+    per_address: HashMap<std::net::IpAddr, usize>,
     history: History,
     closed: bool,
 }
@@ -83,6 +86,8 @@ impl Core {
             state: Mutex::new(State {
                 next_id: start,
                 topics,
+                per_user: HashMap::new(),
+                per_address: HashMap::new(),
                 history: History::new(settings.history_limit(), settings.history_ttl, start - 1),
                 closed: false,
             }),
@@ -136,15 +141,39 @@ impl Core {
     }
 
     /// Appends a record an engine numbered, in the order of those ids: one
-    /// not above the newest is a duplicate (a re-read) and is skipped.
+    /// not above the newest is a duplicate (a re-read) and is skipped. A
+    /// control message is acted on, not stored.
     pub(crate) fn insert(&self, record: Record) {
-        let state = self.state();
+        let mut state = self.state();
         let id = record.id().as_u64();
         if state.closed || id < state.next_id {
             return;
         }
-        self.append(state, record);
+        match Control::of(record.message()) {
+            Some(control) => {
+                state.next_id = id + 1;
+                drop(state);
+                self.apply(&control);
+            }
+            None => self.append(state, record),
+        }
         self.newest.send_replace(id);
+    }
+
+    /// Ends the streams (of this instance) a control message names.
+    pub(crate) fn apply(&self, control: &Control) {
+        match control {
+            Control::EndUser(user) => {
+                // Every subscription follows the default topic.
+                self.default_topic.followers.end(Some(user), Ended::Revoked);
+            }
+            Control::EndTopic(topic) => {
+                let topic = self.state().topics.get(topic.as_str()).cloned();
+                if let Some(topic) = topic {
+                    topic.followers.end(None, Ended::TopicClosed);
+                }
+            }
+        }
     }
 
     fn append(&self, mut state: MutexGuard<'_, State>, record: Record) {
@@ -287,13 +316,39 @@ impl Core {
         }
     }
 
-    /// Registers a reader of `topics` (the default topic is always followed)
-    /// starting at `resume`, woken through `waker`.
+    /// How many subscriptions follow `topic`, and their users (distinct;
+    /// the first `limit`, and how many in all).
+    pub(crate) fn presence(&self, topic: &str, limit: usize) -> (usize, Vec<String>, usize) {
+        let topic = match topic {
+            DEFAULT_TOPIC => Some(self.default_topic.clone()),
+            name => self.state().topics.get(name).cloned(),
+        };
+        match topic {
+            Some(topic) => {
+                let (users, total) = topic.followers.users(limit);
+                (topic.followers.count(), users, total)
+            }
+            None => (0, Vec::new(), 0),
+        }
+    }
+
+    /// A receiver of how many subscriptions follow `topic`.
+    pub(crate) fn watch_topic(&self, topic: &str) -> watch::Receiver<usize> {
+        let topic = match topic {
+            DEFAULT_TOPIC => self.default_topic.clone(),
+            name => self.state().topic(name),
+        };
+        topic.followers.watch()
+    }
+
+    /// Registers `reader`, a subscription of `owner` to `topics` (the
+    /// default topic is always followed) starting at `resume`.
     pub(crate) fn register(
         &self,
         topics: &[&str],
         resume: &Resume,
-        waker: &Arc<AtomicWaker>,
+        owner: &Owner,
+        reader: &Arc<Reader>,
     ) -> Result<(Vec<Follow>, Start), SubscribeError> {
         let mut state = self.state();
         if state.closed {
@@ -301,6 +356,25 @@ impl Core {
         }
         if self.subscribers.load(Ordering::Relaxed) >= self.settings.max_subscribers {
             return Err(SubscribeError::TooManySubscribers);
+        }
+        let user_count = owner
+            .user
+            .as_ref()
+            .map(|u| state.per_user.get(u).copied().unwrap_or(0));
+        if user_count.is_some_and(|n| n >= self.settings.max_streams_per_user) {
+            return Err(SubscribeError::TooManyForUser);
+        }
+        let address_count = owner
+            .address
+            .map(|a| state.per_address.get(&a).copied().unwrap_or(0));
+        if address_count.is_some_and(|n| n >= self.settings.max_streams_per_address) {
+            return Err(SubscribeError::TooManyForAddress);
+        }
+        if let Some(user) = &owner.user {
+            *state.per_user.entry(user.clone()).or_default() += 1;
+        }
+        if let Some(address) = owner.address {
+            *state.per_address.entry(address).or_default() += 1;
         }
         let now = state.history.now();
         state.evict(now);
@@ -340,7 +414,7 @@ impl Core {
         let follows = followed
             .into_iter()
             .map(|topic| {
-                let key = topic.followers.add(waker.clone());
+                let key = topic.followers.add(reader.clone());
                 let (cursor, joined) = {
                     let ring = topic.ring();
                     (ring.seq_after(start.after), ring.head_seq())
@@ -358,16 +432,33 @@ impl Core {
         Ok((follows, start))
     }
 
-    /// Unregisters a reader; topics nobody follows and that hold nothing go.
-    pub(crate) fn unregister(&self, follows: &[Follow]) {
+    /// Unregisters a subscription; topics nobody follows and that hold
+    /// nothing go.
+    pub(crate) fn unregister(&self, follows: &[Follow], reader: &Reader) {
         let mut state = self.state();
         for follow in follows {
             if follow.topic.followers.remove(follow.key) == 0 && follow.topic.is_idle() {
                 state.forget(&follow.topic);
             }
         }
+        if let Some(user) = &reader.user {
+            decrement(&mut state.per_user, user);
+        }
+        if let Some(address) = &reader.address {
+            decrement(&mut state.per_address, address);
+        }
         let count = self.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
         self.count.send_replace(count);
+    }
+}
+
+/// One less under `key`; the entry goes at zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -400,7 +491,7 @@ impl State {
         let mut emptied = Vec::new();
         self.history.evict(now, |topic| emptied.push(topic.clone()));
         for topic in emptied {
-            if topic.followers.count() == 0 {
+            if topic.is_idle() {
                 self.forget(&topic);
             }
         }

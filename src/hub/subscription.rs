@@ -2,12 +2,19 @@
 //! followed topic, and the read that merges those topics in id order.
 //! Transports read through it; it knows none of them.
 
-use atomic_waker::AtomicWaker;
-use std::{sync::Arc, task::Waker};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tokio::time::Sleep;
 
+pub(crate) use super::registry::Ended;
 use super::{
     history::Follow,
-    start::{Resume, Start, SubscribeError},
+    registry::Reader,
+    start::{Owner, Resume, Start, SubscribeError},
     state::Core,
 };
 use crate::record::Record;
@@ -18,39 +25,36 @@ use crate::record::Record;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Lagged;
 
-/// Why a subscription has nothing more to read, if it has not.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Ended {
-    /// `disconnect_all` was called since it opened: the client reconnects.
-    Disconnected,
-    /// The hub closed: the client should go away (what was published before
-    /// is still delivered first).
-    Closed,
-}
-
 /// A subscriber registered with the hub. Dropping it unregisters it.
 pub(crate) struct Subscription {
     core: Arc<Core>,
     generation: u64,
-    waker: Arc<AtomicWaker>,
+    reader: Arc<Reader>,
+    /// Fires when the owner's access expires.
+    expiry: Option<Pin<Box<Sleep>>>,
     follows: Vec<Follow>,
     start: Start,
 }
 
 impl Subscription {
-    /// Registers a subscriber of `topics` (and the default topic) from `resume`.
+    /// Registers a subscriber of `topics` (and the default topic) from
+    /// `resume`, for `owner`.
     pub(crate) fn open(
         core: &Arc<Core>,
         topics: &[&str],
         resume: &Resume,
+        owner: Owner,
     ) -> Result<Subscription, SubscribeError> {
-        let waker = Arc::new(AtomicWaker::new());
+        let reader = Reader::new(owner.user.clone(), owner.address);
         let generation = core.generation();
-        let (follows, start) = core.register(topics, resume, &waker)?;
+        let (follows, start) = core.register(topics, resume, &owner, &reader)?;
         Ok(Subscription {
             core: core.clone(),
             generation,
-            waker,
+            reader,
+            expiry: owner
+                .expires
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
             follows,
             start,
         })
@@ -61,23 +65,26 @@ impl Subscription {
         self.start
     }
 
-    /// Wakes `waker` when a followed topic gets a record, or the
-    /// subscription ends. Register before reading, so that a record appended
-    /// after the read wakes it and one appended before is in what it read.
-    pub(crate) fn register(&self, waker: &Waker) {
-        self.waker.register(waker);
-    }
-
-    /// Whether it was ended: disconnected (checked first: it ends at once)
-    /// or closed (it ends once it has read what is left).
-    pub(crate) fn ended(&self) -> Option<Ended> {
-        if self.core.generation() != self.generation {
-            Some(Ended::Disconnected)
-        } else if self.core.is_closed() {
-            Some(Ended::Closed)
-        } else {
-            None
+    /// Whether it was ended, and else wakes `cx`'s task when a followed
+    /// topic gets a record or it is ended. Call it before reading, so that a
+    /// record appended after the read wakes the task and one appended before
+    /// is in what it read. Closed is told last: what was published before
+    /// is still read; the other reasons end the subscription at once.
+    pub(crate) fn poll_ended(&mut self, cx: &mut Context<'_>) -> Option<Ended> {
+        self.reader.register(cx.waker());
+        if let Some(why) = self.reader.ended() {
+            return Some(why);
         }
+        if self.core.generation() != self.generation {
+            return Some(Ended::Disconnected);
+        }
+        if let Some(expiry) = &mut self.expiry {
+            if expiry.as_mut().poll(cx) == Poll::Ready(()) {
+                self.reader.end(Ended::Expired);
+                return Some(Ended::Expired);
+            }
+        }
+        self.core.is_closed().then_some(Ended::Closed)
     }
 
     /// Offers the undelivered records of every followed topic to `take`, in
@@ -134,14 +141,19 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.core.unregister(&self.follows);
+        self.core.unregister(&self.follows, &self.reader);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::Event, hub::settings::Settings, hub::start::StartKind, record::Message};
+    use crate::{
+        event::Event,
+        hub::{settings::Settings, start::StartKind},
+        record::Message,
+    };
+    use std::task::Context;
 
     fn core(max_lag: usize) -> Arc<Core> {
         Core::new(
@@ -171,7 +183,8 @@ mod tests {
     #[test]
     fn topics_are_merged_in_id_order_and_others_are_not_seen() {
         let core = core(100);
-        let mut sub = Subscription::open(&core, &["a", "b"], &Resume::Live).unwrap();
+        let mut sub =
+            Subscription::open(&core, &["a", "b"], &Resume::Live, Owner::default()).unwrap();
         assert_eq!(sub.start().kind, StartKind::Live);
         for (topic, data) in [
             (Some("b"), "1"),
@@ -189,7 +202,8 @@ mod tests {
     #[test]
     fn a_declined_record_stays_unread() {
         let core = core(100);
-        let mut sub = Subscription::open(&core, &["a", "b"], &Resume::Live).unwrap();
+        let mut sub =
+            Subscription::open(&core, &["a", "b"], &Resume::Live, Owner::default()).unwrap();
         for (topic, data) in [(Some("a"), "1"), (Some("b"), "2"), (Some("a"), "3")] {
             publish(&core, topic, data);
         }
@@ -216,24 +230,36 @@ mod tests {
         let ids: Vec<u64> = (0..5)
             .map(|i| publish(&core, None, &i.to_string()))
             .collect();
-        let mut sub = Subscription::open(&core, &[], &Resume::After(ids[2].to_string())).unwrap();
+        let mut sub = Subscription::open(
+            &core,
+            &[],
+            &Resume::After(ids[2].to_string()),
+            Owner::default(),
+        )
+        .unwrap();
         assert_eq!(sub.start().kind, StartKind::Resumed);
         assert_eq!(
             read_all(&mut sub).unwrap(),
             ["3", "4"],
             "backlog is not lag"
         );
-        let lost = Subscription::open(&core, &[], &Resume::After(ids[0].to_string())).unwrap();
+        let lost = Subscription::open(
+            &core,
+            &[],
+            &Resume::After(ids[0].to_string()),
+            Owner::default(),
+        )
+        .unwrap();
         assert_eq!(lost.start().kind, StartKind::Reset);
         assert_eq!(lost.start().after, ids[4]);
-        let unknown = Subscription::open(&core, &[], &Resume::Unknown).unwrap();
+        let unknown = Subscription::open(&core, &[], &Resume::Unknown, Owner::default()).unwrap();
         assert_eq!(unknown.start().kind, StartKind::Reset);
     }
 
     #[test]
     fn lag_past_the_bound_ends_the_read() {
         let core = core(2);
-        let mut sub = Subscription::open(&core, &["a"], &Resume::Live).unwrap();
+        let mut sub = Subscription::open(&core, &["a"], &Resume::Live, Owner::default()).unwrap();
         publish(&core, Some("a"), "1");
         publish(&core, None, "2");
         assert_eq!(read_all(&mut sub).unwrap(), ["1", "2"]);
@@ -243,23 +269,64 @@ mod tests {
         assert_eq!(read_all(&mut sub), Err(Lagged));
     }
 
+    fn ended(sub: &mut Subscription) -> Option<Ended> {
+        sub.poll_ended(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
     #[test]
     fn disconnect_and_close_end_it_and_drop_unregisters() {
         let core = core(10);
-        let sub = Subscription::open(&core, &["a"], &Resume::Live).unwrap();
+        let mut sub = Subscription::open(&core, &["a"], &Resume::Live, Owner::default()).unwrap();
         assert_eq!(core.subscriber_count(), 1);
-        assert_eq!(sub.ended(), None);
+        assert_eq!(ended(&mut sub), None);
         core.disconnect_all();
-        assert_eq!(sub.ended(), Some(Ended::Disconnected));
-        let fresh = Subscription::open(&core, &["a"], &Resume::Live).unwrap();
-        assert_eq!(fresh.ended(), None);
+        assert_eq!(ended(&mut sub), Some(Ended::Disconnected));
+        let mut fresh = Subscription::open(&core, &["a"], &Resume::Live, Owner::default()).unwrap();
+        assert_eq!(ended(&mut fresh), None);
         core.close();
-        assert_eq!(fresh.ended(), Some(Ended::Closed));
+        assert_eq!(ended(&mut fresh), Some(Ended::Closed));
         drop((sub, fresh));
         assert_eq!(core.subscriber_count(), 0);
         assert!(matches!(
-            Subscription::open(&core, &[], &Resume::Live),
+            Subscription::open(&core, &[], &Resume::Live, Owner::default()),
             Err(SubscribeError::Closed)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_ends_it_and_limits_count_per_user_and_address() {
+        let core = Core::new(
+            Settings {
+                max_streams_per_user: 1,
+                max_streams_per_address: 2,
+                ..Settings::default()
+            },
+            false,
+        );
+        let ann = |expires| Owner {
+            user: Some("ann".into()),
+            address: Some([10, 0, 0, 1].into()),
+            expires,
+        };
+        let at = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut sub = Subscription::open(&core, &[], &Resume::Live, ann(Some(at))).unwrap();
+        assert!(matches!(
+            Subscription::open(&core, &[], &Resume::Live, ann(None)),
+            Err(SubscribeError::TooManyForUser)
+        ));
+        let other = Owner {
+            address: Some([10, 0, 0, 1].into()),
+            ..Owner::default()
+        };
+        let _second = Subscription::open(&core, &[], &Resume::Live, other.clone()).unwrap();
+        assert!(matches!(
+            Subscription::open(&core, &[], &Resume::Live, other),
+            Err(SubscribeError::TooManyForAddress)
+        ));
+        assert_eq!(ended(&mut sub), None);
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        assert_eq!(ended(&mut sub), Some(Ended::Expired));
+        drop(sub);
+        let _again = Subscription::open(&core, &[], &Resume::Live, ann(None)).unwrap();
     }
 }

@@ -269,3 +269,61 @@ pub fn id(published: Result<tower_sse::Published, tower_sse::Error>) -> tower_ss
         .id()
         .expect("a hub without a backplane numbers events at once")
 }
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket at `url`, with a `Cookie` header if given; the
+/// handshake must succeed.
+pub async fn ws_open(url: &str, cookie: Option<&str>) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().unwrap());
+    }
+    let (ws, response) = within("the handshake", tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next JSON message (pings skipped).
+pub async fn next(ws: &mut Ws) -> serde_json::Value {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The close frame the server ends with.
+pub async fn closed(
+    ws: &mut Ws,
+) -> (
+    tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode,
+    String,
+) {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match within("the close frame", ws.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => return (frame.code, frame.reason.to_string()),
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, message: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        message.to_string().into(),
+    ))
+    .await
+    .unwrap();
+}
