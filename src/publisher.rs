@@ -176,6 +176,13 @@ impl Publisher {
         Subscribe::new(self.hub.clone(), self.config.clone())
     }
 
+    /// How many events the history holds now, and about how many bytes (as
+    /// [`HubBuilder::history_bytes`](crate::HubBuilder::history_bytes)
+    /// counts them).
+    pub fn history_size(&self) -> (usize, usize) {
+        self.hub.history_size()
+    }
+
     /// How many streams (of every transport) are open now.
     pub fn subscriber_count(&self) -> usize {
         self.hub.subscriber_count()

@@ -16,6 +16,10 @@ use crate::{
     topic,
 };
 
+/// The fixed part of a record's footprint: its allocation, the encoded
+/// bytes' header, its places in the history.
+const RECORD_OVERHEAD: usize = 320;
+
 /// How many transports may cache an encoding in a record.
 pub(crate) const ENCODINGS: usize = 2;
 
@@ -201,6 +205,13 @@ impl Record {
     /// What `encoding` makes of this record, built by the first caller.
     pub(crate) fn encoded(&self, encoding: &Encoding) -> &Bytes {
         self.inner.encoded[encoding.slot].get_or_init(|| (encoding.encode)(self))
+    }
+
+    /// About what the record holds in memory: its fields, the encoded
+    /// bytes of one transport (about as large again), and a fixed part.
+    /// What a hub's byte budget counts.
+    pub(crate) fn footprint(&self) -> usize {
+        2 * self.inner.message.size() + RECORD_OVERHEAD
     }
 
     /// Whether two records are the same stored event (not only equal).

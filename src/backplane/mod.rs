@@ -69,13 +69,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Retention {
     /// Events of all topics together.
     pub events: usize,
+    /// Bytes, about, as the hub counts them (an engine that cannot trim by
+    /// bytes keeps the count; the hub trims its own copy).
+    pub bytes: usize,
     /// The age past which an event may be dropped, if any.
     pub age: Option<Duration>,
 }
 
 impl Retention {
-    pub(crate) fn new(events: usize, age: Option<Duration>) -> Self {
-        Retention { events, age }
+    pub(crate) fn new(events: usize, bytes: usize, age: Option<Duration>) -> Self {
+        Retention { events, bytes, age }
     }
 }
 

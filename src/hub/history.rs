@@ -110,6 +110,10 @@ impl Follow {
 pub(crate) struct History {
     order: VecDeque<Retained>,
     limit: usize,
+    /// What the retained records hold, as [`Record::footprint`] counts it,
+    /// and how much they may.
+    bytes: usize,
+    byte_limit: usize,
     ttl: Option<Duration>,
     /// How many retained records carry an id set by the app: while none do,
     /// a `Last-Event-ID` is read as a number without searching.
@@ -126,10 +130,17 @@ struct Retained {
 }
 
 impl History {
-    pub(crate) fn new(limit: usize, ttl: Option<Duration>, evicted_up_to: u64) -> History {
+    pub(crate) fn new(
+        limit: usize,
+        byte_limit: usize,
+        ttl: Option<Duration>,
+        evicted_up_to: u64,
+    ) -> History {
         History {
             order: VecDeque::new(),
             limit,
+            bytes: 0,
+            byte_limit,
             ttl,
             app_ids: 0,
             evicted_up_to,
@@ -138,6 +149,11 @@ impl History {
 
     pub(crate) fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// How many records, and how many bytes, it holds now.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (self.order.len(), self.bytes)
     }
 
     /// The time, when the history has an age limit (the clock is read only then).
@@ -149,6 +165,7 @@ impl History {
     /// (as given by [`History::now`]).
     pub(crate) fn push(&mut self, topic: &Arc<Topic>, record: Record, now: Option<Instant>) {
         self.app_ids += usize::from(record.message().app_id().is_some());
+        self.bytes += record.footprint();
         topic.ring_mut().entries.push_back(record.clone());
         self.order.push_back(Retained {
             record,
@@ -157,7 +174,8 @@ impl History {
         });
     }
 
-    /// Drops records beyond the count, and older than the age limit at
+    /// Drops the oldest records beyond the count, beyond the byte budget
+    /// (the newest record always stays), and older than the age limit at
     /// `now`; `emptied` gets each topic whose ring became empty.
     pub(crate) fn evict(&mut self, now: Option<Instant>, mut emptied: impl FnMut(&Arc<Topic>)) {
         while let Some(oldest) = self.order.front() {
@@ -165,7 +183,8 @@ impl History {
                 (Some(ttl), Some(now), Some(at)) => now.duration_since(at) > ttl,
                 _ => false,
             };
-            if !expired && self.order.len() <= self.limit {
+            let over_budget = self.bytes > self.byte_limit && self.order.len() > 1;
+            if !expired && !over_budget && self.order.len() <= self.limit {
                 return;
             }
             let Some(old) = self.order.pop_front() else {
@@ -173,6 +192,7 @@ impl History {
             };
             let id = old.record.id().as_u64();
             self.app_ids -= usize::from(old.record.message().app_id().is_some());
+            self.bytes -= old.record.footprint();
             let empty = {
                 let mut ring = old.topic.ring_mut();
                 if ring.entries.front().is_some_and(|r| r.same(&old.record)) {
@@ -193,6 +213,7 @@ impl History {
     pub(crate) fn clear<'a>(&mut self, up_to: u64, topics: impl Iterator<Item = &'a Arc<Topic>>) {
         self.order.clear();
         self.app_ids = 0;
+        self.bytes = 0;
         self.evicted_up_to = self.evicted_up_to.max(up_to);
         for topic in topics {
             topic.ring_mut().clear(up_to);
@@ -243,7 +264,7 @@ mod tests {
     #[test]
     fn the_oldest_leave_first_across_topics() {
         let (a, b) = (Topic::new("a".into(), 9), Topic::new("b".into(), 9));
-        let mut history = History::new(3, None, 9);
+        let mut history = History::new(3, usize::MAX, None, 9);
         let mut emptied = Vec::new();
         for (id, topic) in [(10, &a), (11, &b), (12, &a), (13, &a)] {
             history.push(topic, record(id, None), None);
@@ -263,7 +284,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn records_older_than_the_ttl_leave() {
         let topic = Topic::new("t".into(), 0);
-        let mut history = History::new(100, Some(Duration::from_secs(60)), 0);
+        let mut history = History::new(100, usize::MAX, Some(Duration::from_secs(60)), 0);
         history.push(&topic, record(1, None), history.now());
         tokio::time::advance(Duration::from_secs(30)).await;
         history.push(&topic, record(2, None), history.now());
@@ -276,7 +297,7 @@ mod tests {
     #[test]
     fn app_ids_are_found_newest_first_then_numbers() {
         let topic = Topic::new("t".into(), 0);
-        let mut history = History::new(2, None, 0);
+        let mut history = History::new(2, usize::MAX, None, 0);
         assert_eq!(history.resolve("42"), Some(42));
         assert_eq!(history.resolve("x"), None);
         history.push(&topic, record(5, Some("x")), None);
@@ -294,9 +315,33 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_budget_evicts_the_oldest_but_keeps_the_newest() {
+        let topic = Topic::new("t".into(), 0);
+        let big = |id: u64| {
+            let event = Event::default().data("x".repeat(1000));
+            Record::new(EventId::new(id), Message::new(None, event).unwrap())
+        };
+        let one = big(1).footprint();
+        let mut history = History::new(100, 2 * one, None, 0);
+        for id in 1..=3 {
+            history.push(&topic, big(id), None);
+            history.evict(None, |_| {});
+        }
+        assert_eq!(ids(&topic), [2, 3]);
+        assert_eq!(history.size(), (2, 2 * one));
+        assert_eq!(history.evicted_up_to, 1);
+        // A budget smaller than one record keeps the newest.
+        let mut tiny = History::new(100, 10, None, 0);
+        let topic = Topic::new("u".into(), 0);
+        tiny.push(&topic, big(7), None);
+        tiny.evict(None, |_| {});
+        assert_eq!(ids(&topic), [7]);
+    }
+
+    #[test]
     fn clear_keeps_the_numbering_and_raises_what_is_known() {
         let topic = Topic::new("t".into(), 0);
-        let mut history = History::new(10, None, 0);
+        let mut history = History::new(10, usize::MAX, None, 0);
         history.push(&topic, record(1, None), None);
         history.push(&topic, record(2, None), None);
         history.clear(50, [&topic].into_iter());
@@ -309,7 +354,7 @@ mod tests {
     #[test]
     fn a_cursor_lags_when_its_next_record_left_or_too_many_are_unread() {
         let topic = Topic::new("t".into(), 0);
-        let mut history = History::new(3, None, 0);
+        let mut history = History::new(3, usize::MAX, None, 0);
         let follow = |cursor, joined| Follow {
             topic: topic.clone(),
             key: 0,

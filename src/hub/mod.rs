@@ -104,6 +104,21 @@ impl HubBuilder {
         self
     }
 
+    /// How many bytes the history may hold, beyond which the oldest events
+    /// leave it (the newest always stays). Default: 32 MiB.
+    ///
+    /// An event counts about twice its size (name, data, ids, as
+    /// [`max_event_size`](Self::max_event_size) counts it: its fields, and
+    /// its stream bytes) plus a few hundred bytes; a WebSocket frame, built
+    /// once its first session reads it, comes on top. A client whose resume
+    /// point left the history gets the reset, as with the count, and a
+    /// subscriber whose unread events left it is cut off and resumes:
+    /// nothing is lost silently.
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.settings.history_bytes = bytes;
+        self
+    }
+
     /// Also drops events older than `age` from the history. Default: no
     /// age limit.
     pub fn history_ttl(mut self, age: Duration) -> Self {
@@ -174,6 +189,7 @@ impl HubBuilder {
         let replica = self.backplane.map(|backplane| {
             backplane.retain(Retention::new(
                 self.settings.history_limit(),
+                self.settings.history_bytes,
                 self.settings.history_ttl,
             ));
             Replica::new(backplane)
@@ -323,6 +339,10 @@ impl Hub {
 
     pub(crate) fn subscriber_count(&self) -> usize {
         self.inner.core.subscriber_count()
+    }
+
+    pub(crate) fn history_size(&self) -> (usize, usize) {
+        self.inner.core.history_size()
     }
 
     pub(crate) fn watch_subscribers(&self) -> watch::Receiver<usize> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub(crate) struct Settings {
     pub(crate) history: usize,
     pub(crate) history_ttl: Option<Duration>,
+    pub(crate) history_bytes: usize,
     pub(crate) max_lag: usize,
     pub(crate) max_event_size: usize,
     pub(crate) max_subscribers: usize,
@@ -19,6 +20,7 @@ impl Default for Settings {
         Settings {
             history: 1024,
             history_ttl: None,
+            history_bytes: 32 * 1024 * 1024,
             max_lag: 1024,
             max_event_size: 1024 * 1024,
             max_subscribers: usize::MAX,

@@ -88,7 +88,12 @@ impl Core {
                 topics,
                 per_user: HashMap::new(),
                 per_address: HashMap::new(),
-                history: History::new(settings.history_limit(), settings.history_ttl, start - 1),
+                history: History::new(
+                    settings.history_limit(),
+                    settings.history_bytes,
+                    settings.history_ttl,
+                    start - 1,
+                ),
                 closed: false,
             }),
             published: AtomicU64::new(start - 1),
@@ -246,6 +251,11 @@ impl Core {
 
     pub(crate) fn watch_newest(&self) -> watch::Receiver<u64> {
         self.newest.subscribe()
+    }
+
+    /// How many events, and about how many bytes, the history holds.
+    pub(crate) fn history_size(&self) -> (usize, usize) {
+        self.state().history.size()
     }
 
     pub(crate) fn history_limit(&self) -> usize {
