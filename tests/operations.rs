@@ -254,3 +254,49 @@ async fn names_the_hub_keeps_are_refused() {
     let refused = publisher.publish(Event::default().event("tower-sse:end-user").data("ann"));
     assert!(matches!(refused, Err(Error::ReservedEventName)));
 }
+
+#[tokio::test]
+async fn a_room_with_presence_events_hears_who_joins_and_leaves() {
+    let hub = Hub::builder().presence_events("room/").build();
+    let server = server(&hub).await;
+    let mut bob = sse(&server, "?topic=room/a", "user=bob").await;
+    let own = bob.next().await.unwrap();
+    assert_eq!((own.event.as_str(), own.data.as_str()), ("join", "bob"));
+
+    let ann = sse(&server, "?topic=room/a", "user=ann").await;
+    let joined = bob.next().await.unwrap();
+    assert_eq!(
+        (joined.event.as_str(), joined.data.as_str()),
+        ("join", "ann")
+    );
+    // Anonymous streams, and topics outside the prefix, announce nothing.
+    let _anonymous = sse(&server, "?topic=room/a", "").await;
+    let _elsewhere = sse(&server, "?topic=user/carol", "user=carol").await;
+    drop(ann);
+    let left = bob.next().await.unwrap();
+    assert_eq!((left.event.as_str(), left.data.as_str()), ("leave", "ann"));
+}
+
+#[tokio::test]
+async fn the_byte_budget_keeps_the_resume_guarantee() {
+    // Room for about four events of 1,000 bytes.
+    let hub = Hub::builder().history_bytes(4 * 2_400).build();
+    let server = server(&hub).await;
+    let p = &server.publisher;
+    let ids: Vec<_> = (0..10)
+        .map(|i| id(p.publish(Event::default().data(format!("{i:01000}")))))
+        .collect();
+    let (events, bytes) = p.history_size();
+    assert!(
+        events < 10 && bytes <= 4 * 2_400,
+        "{events} events, {bytes} bytes"
+    );
+    // From an id still covered: the rest, in order.
+    let kept = ids[10 - events];
+    let mut resumed = Subscriber::resume(&server.url("/events"), Some(&kept.to_string())).await;
+    let first = resumed.next().await.unwrap();
+    assert_eq!(first.id, ids[11 - events].to_string());
+    // From an evicted one: the reset, never a hole.
+    let mut gone = Subscriber::resume(&server.url("/events"), Some(&ids[0].to_string())).await;
+    assert_eq!(gone.next().await.unwrap().event, tower_sse::RESET_EVENT);
+}

@@ -150,6 +150,17 @@ impl HubBuilder {
         self
     }
 
+    /// Streams of a user (named by the authorization hook with
+    /// [`Access::user`](crate::Access::user)) that join or leave a topic
+    /// starting with `prefix` publish a `join` or `leave` event to it, whose
+    /// data is the user: a room's followers see who comes and goes. Off by
+    /// default; may be given several times. With a backplane the events go
+    /// through it like any other.
+    pub fn presence_events(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.presence_events.push(prefix.into());
+        self
+    }
+
     /// How many streams one user (as the authorization hook names it with
     /// [`Access::user`](crate::Access::user)) may have open at once on this
     /// instance; past it, new ones are refused with `429 Too Many Requests`
@@ -272,7 +283,25 @@ impl Hub {
     ) -> Result<Subscription, SubscribeError> {
         self.ensure_fan_out()?;
         self.ensure_replica();
-        Subscription::open(&self.inner.core, topics, resume, owner)
+        let user = owner.user.clone();
+        let mut subscription = Subscription::open(&self.inner.core, topics, resume, owner)?;
+        let prefixes = &self.inner.core.settings.presence_events;
+        if let (Some(user), false) = (user, prefixes.is_empty()) {
+            let announced: Vec<Arc<str>> = topics
+                .iter()
+                .filter(|t| prefixes.iter().any(|p| t.starts_with(p.as_str())))
+                .map(|t| Arc::from(*t))
+                .collect();
+            if !announced.is_empty() {
+                announce(self, &user, &announced, "join");
+                subscription.on_drop(Box::new(Leave {
+                    hub: Arc::downgrade(&self.inner),
+                    user,
+                    topics: announced,
+                }));
+            }
+        }
+        Ok(subscription)
     }
 
     /// Ends the streams `control` names: here at once without an engine;
@@ -359,6 +388,33 @@ impl Hub {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.core.is_closed()
+    }
+}
+
+/// Publishes a `join` or `leave` event (`name`) of `user` to `topics`.
+fn announce(hub: &Hub, user: &str, topics: &[Arc<str>], name: &str) {
+    for topic in topics {
+        let event = crate::event::Event::default().event(name).data(user);
+        let published = Message::new(Some(topic), event).and_then(|m| hub.publish(m));
+        if let Err(e) = published {
+            tracing::debug!(error = %e, topic = &**topic, "presence event not published");
+        }
+    }
+}
+
+/// Announces that a user left, when the subscription that joined goes.
+struct Leave {
+    /// Weak: a subscription does not keep the hub open.
+    hub: std::sync::Weak<Inner>,
+    user: Arc<str>,
+    topics: Vec<Arc<str>>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Some(inner) = self.hub.upgrade() {
+            announce(&Hub { inner }, &self.user, &self.topics, "leave");
+        }
     }
 }
 

@@ -13,6 +13,8 @@ pub(crate) struct Settings {
     pub(crate) max_subscribers: usize,
     pub(crate) max_streams_per_user: usize,
     pub(crate) max_streams_per_address: usize,
+    /// Topic prefixes whose streams announce their users' comings and goings.
+    pub(crate) presence_events: Vec<String>,
 }
 
 impl Default for Settings {
@@ -26,6 +28,7 @@ impl Default for Settings {
             max_subscribers: usize::MAX,
             max_streams_per_user: usize::MAX,
             max_streams_per_address: usize::MAX,
+            presence_events: Vec::new(),
         }
     }
 }

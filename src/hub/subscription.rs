@@ -34,6 +34,9 @@ pub(crate) struct Subscription {
     expiry: Option<Pin<Box<Sleep>>>,
     follows: Vec<Follow>,
     start: Start,
+    /// Dropped with the subscription, after it is unregistered (what the
+    /// hub does then, e.g. announce that its user left).
+    on_drop: Option<Box<dyn Send + Sync>>,
 }
 
 impl Subscription {
@@ -57,7 +60,13 @@ impl Subscription {
                 .map(|at| Box::pin(tokio::time::sleep_until(at))),
             follows,
             start,
+            on_drop: None,
         })
+    }
+
+    /// Keeps `guard` until the subscription is dropped, then drops it.
+    pub(crate) fn on_drop(&mut self, guard: Box<dyn Send + Sync>) {
+        self.on_drop = Some(guard);
     }
 
     /// Where it starts, for the transport to tell the client.
@@ -142,6 +151,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.core.unregister(&self.follows, &self.reader);
+        self.on_drop.take();
     }
 }
 
