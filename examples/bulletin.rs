@@ -18,7 +18,14 @@
 //!   `202 Accepted`, or `303` back to `/` for a browser form without script.
 //! * `POST /login` with `name`, `POST /logout`, `GET /me` — a toy session in a
 //!   cookie. Signed in, a stream also follows the user's private topic
-//!   `user/<name>`; nobody may ask for someone else's (`403`).
+//!   `user/<name>`; nobody may ask for someone else's (`403`). Signing out
+//!   ends every stream of that user at once (in every tab), so none keeps
+//!   receiving private messages.
+//! * `GET /rooms/{room}/here` — who is in the room: `{"streams": n, "users":
+//!   […]}`, from the hub's presence; the page shows "N here", refreshed when
+//!   a signed-in user joins or leaves (the hub's `join`/`leave` events).
+//! * `GET /metrics` — with `--features axum,metrics`, the crate's metrics in
+//!   Prometheus's text format.
 //! * `GET /events?topic=…` — the layer's own event stream, any topics.
 
 use axum::{
@@ -30,27 +37,52 @@ use axum::{
 };
 use serde::Deserialize;
 use std::time::Duration;
-use tower_sse::{Access, Event, EventStream, Publisher, Refusal, SseLayer, Subscribe};
+use tower_sse::{Access, Event, EventStream, Hub, Publisher, Refusal, SseLayer, Subscribe};
 
 /// Longest message accepted, in characters.
 pub const MAX_MESSAGE: usize = 2000;
 
 /// The bulletin app on its own: the router, with the layer already applied.
 pub fn app(sse: SseLayer) -> Router {
-    Router::new()
+    #[cfg(feature = "metrics")]
+    prometheus();
+    let router = Router::new()
         .route("/", get(index))
         .route("/rooms/{room}/events", get(room_events))
+        .route("/rooms/{room}/here", get(here))
         .route("/publish", post(publish))
         .route("/login", post(login))
         .route("/logout", post(logout))
-        .route("/me", get(me))
-        .layer(sse)
+        .route("/me", get(me));
+    #[cfg(feature = "metrics")]
+    let router = router.route("/metrics", get(metrics));
+    router.layer(sse)
+}
+
+/// The Prometheus recorder, installed by the first app made with
+/// `--features metrics`.
+#[cfg(feature = "metrics")]
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+#[cfg(feature = "metrics")]
+async fn metrics() -> String {
+    prometheus().render()
 }
 
 /// The layer as the example configures it: anyone may follow the rooms; a
 /// signed-in user also follows their private topic, and only theirs.
 pub fn layer() -> SseLayer {
-    let layer = SseLayer::new("/events");
+    // Signed-in users joining or leaving a room are announced in it.
+    let hub = Hub::builder().presence_events("room/").build();
+    let layer = SseLayer::new("/events").hub(&hub);
     // With `--features axum,ws`, the page can switch to WebSocket.
     #[cfg(feature = "ws")]
     let layer = layer.websocket("/ws");
@@ -60,7 +92,7 @@ pub fn layer() -> SseLayer {
         .authorize(|parts: Parts| async move {
             let access = Access::none().allow_prefix("room/");
             Ok(match user(&parts.headers) {
-                Some(name) => access.follow(format!("user/{name}")),
+                Some(name) => access.follow(format!("user/{name}")).user(name),
                 None => access,
             })
         })
@@ -89,6 +121,18 @@ fn valid_name(name: &str) -> bool {
 
 async fn index() -> Html<&'static str> {
     Html(PAGE)
+}
+
+/// Who is in a room now (on this instance).
+async fn here(Path(room): Path<String>, publisher: Publisher) -> Response {
+    match publisher.presence(&format!("room/{room}")) {
+        Ok(here) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"streams": here.streams, "users": here.users}).to_string(),
+        )
+            .into_response(),
+        Err(e) => reject(StatusCode::NOT_FOUND, e.to_string()),
+    }
 }
 
 /// One room's stream (and, signed in, the user's private topic, which the
@@ -210,7 +254,14 @@ async fn login(Form(login): Form<Login>) -> Response {
         .into_response()
 }
 
-async fn logout() -> Response {
+async fn logout(publisher: Publisher, headers: HeaderMap) -> Response {
+    // Every stream of the user ends now, in every tab: they reconnect
+    // without the session, so no private message reaches a signed-out tab.
+    if let Some(name) = user(&headers) {
+        if let Err(e) = publisher.disconnect_user(&name).await {
+            return reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+    }
     let cookie = "user=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0";
     (
         StatusCode::SEE_OTHER,
@@ -275,6 +326,7 @@ const PAGE: &str = r##"<!doctype html>
   #status { font-size: .85rem; color: #6b7280; margin: 0 0 1rem; }
   #status.live::before { content: "● "; color: #16a34a; }
   #status.down::before { content: "● "; color: #dc2626; }
+  #here { font-size: .85rem; color: #6b7280; margin: -.75rem 0 1rem; }
   form { display: flex; gap: .5rem; margin-bottom: 1rem; flex-wrap: wrap; }
   input[name=message] { flex: 1; min-width: 12rem; }
   input[name=to] { width: 7rem; }
@@ -301,7 +353,7 @@ const PAGE: &str = r##"<!doctype html>
       <form method="post" action="/login"><input name="name" placeholder="your name" size="10" required><button class="quiet">Sign in</button></form>
     </div>
   </header>
-  <p id="status">connecting…</p>
+  <p id="status">connecting…</p> <p id="here"></p>
   <form id="post" method="post" action="/publish">
     <select name="room" id="room" title="room">
       <option value="general">#general</option>
@@ -323,6 +375,16 @@ const PAGE: &str = r##"<!doctype html>
   const status = document.getElementById("status");
   const error = document.getElementById("error");
   const room = document.getElementById("room");
+  const hereLine = document.getElementById("here");
+
+  // "N here": the room's presence, refreshed when someone joins or leaves.
+  async function refreshHere() {
+    const r = await fetch("/rooms/" + encodeURIComponent(room.value) + "/here");
+    if (!r.ok) return;
+    const here = await r.json();
+    hereLine.textContent = here.streams + " here" + (here.users.length ? ": " + here.users.join(", ") : "");
+  }
+  setInterval(refreshHere, 15000);
 
   function show(text, meta, kind) {
     const item = document.createElement("li");
@@ -353,7 +415,9 @@ const PAGE: &str = r##"<!doctype html>
     list.replaceChildren();
     if (transport.value === "ws") { wsLast = undefined; return connectWs(); }
     events = new EventSource("/rooms/" + encodeURIComponent(room.value) + "/events");
-    events.onopen = () => { status.textContent = "live in #" + room.value; status.className = "live"; };
+    events.onopen = () => { status.textContent = "live in #" + room.value; status.className = "live"; refreshHere(); };
+    events.addEventListener("join", refreshHere);
+    events.addEventListener("leave", refreshHere);
     events.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
     events.onmessage = (e) => show(e.data, when(e));
     events.addEventListener("private", (e) => show(e.data, "private · " + when(e), "private"));
@@ -366,10 +430,12 @@ const PAGE: &str = r##"<!doctype html>
     if (wsLast) url += "&lastEventId=" + encodeURIComponent(wsLast);
     let opened = false;
     ws = new WebSocket(url);
-    ws.onopen = () => { opened = true; status.textContent = "live in #" + wsRoom + " (WebSocket)"; status.className = "live"; };
+    ws.onopen = () => { opened = true; status.textContent = "live in #" + wsRoom + " (WebSocket)"; status.className = "live"; refreshHere(); };
     ws.onmessage = (m) => {
       const f = JSON.parse(m.data);
-      if (f.type === "event") {
+      if (f.type === "event" && (f.event === "join" || f.event === "leave")) {
+        refreshHere();
+      } else if (f.type === "event") {
         wsLast = f.id;
         const meta = `#${f.id} · ${new Date().toLocaleTimeString()}`;
         if (f.event === "private") show(f.data, "private · " + meta, "private");

@@ -36,7 +36,8 @@ pin_project! {
 /// The bodies of the answers the layer gives itself on the stream path.
 #[derive(Debug)]
 pub(crate) enum OwnBody {
-    Stream(EventStream),
+    // Boxed: a stream is much larger than the layer's other answers.
+    Stream(Box<EventStream>),
     Full(Option<Bytes>),
 }
 
@@ -56,7 +57,7 @@ impl Body for OwnBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
-            OwnBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
+            OwnBody::Stream(stream) => Pin::new(&mut **stream).poll_frame(cx),
             OwnBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }

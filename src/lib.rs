@@ -140,6 +140,7 @@ mod error;
 mod event;
 mod hub;
 mod layer;
+mod observe;
 mod open;
 mod published;
 mod publisher;

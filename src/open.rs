@@ -19,7 +19,7 @@ use crate::{
     authorize::Access,
     config::Config,
     hub::{Hub, Owner, Resume, SubscribeError, Subscription},
-    topic,
+    observe, topic,
 };
 
 /// Why a stream was not opened, and the HTTP answer that says so: `400` for
@@ -58,6 +58,7 @@ pub(crate) enum Kind {
 
 impl Refusal {
     fn new(kind: Kind, status: StatusCode, message: String) -> Refusal {
+        observe::refused(status.as_u16());
         let mut response = Response::new(message + "\n");
         *response.status_mut() = status;
         response.headers_mut().insert(
@@ -124,6 +125,7 @@ impl Refusal {
 
     /// A refusal that answers with `response` (the authorization hook's).
     pub fn with_response(response: Response<String>) -> Refusal {
+        observe::refused(response.status().as_u16());
         Refusal {
             kind: Kind::Hook,
             response: Box::new(response),

@@ -137,7 +137,7 @@ fn respond(opened: Result<Option<EventStream>, Refusal>) -> Response<OwnBody> {
     match opened {
         Ok(stream) => {
             let mut response = Response::new(match stream {
-                Some(stream) => OwnBody::Stream(stream),
+                Some(stream) => OwnBody::Stream(Box::new(stream)),
                 None => OwnBody::full(Bytes::new()),
             });
             sse::headers(&mut response);

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     config::Config,
     hub::{Ended, StartKind, Subscription},
+    observe::{Reason, StreamLife, Transport},
     record::Encoding,
     record::Record,
     wire,
@@ -67,6 +68,7 @@ fn encode(record: &Record) -> Bytes {
 /// axum `IntoResponse` with the `axum` feature).
 pub struct EventStream {
     subscription: Subscription,
+    life: StreamLife,
     /// Bytes to send before anything else, then the frame being built.
     buf: BytesMut,
     keep_alive: Option<KeepAlive>,
@@ -84,6 +86,12 @@ impl EventStream {
     pub(crate) fn new(subscription: Subscription, config: &Config) -> Self {
         let mut buf = BytesMut::from(&config.prelude[..]);
         let start = subscription.start();
+        let life = StreamLife::begin(
+            Transport::Sse,
+            subscription.topics(),
+            subscription.user(),
+            start.kind == StartKind::Reset,
+        );
         let id = wire::Id::Number(start.after);
         match start.kind {
             // The id alone: the browser takes it as its last event id without
@@ -102,6 +110,7 @@ impl EventStream {
         let now = Instant::now();
         EventStream {
             subscription,
+            life,
             buf,
             keep_alive: config
                 .keep_alive
@@ -129,8 +138,10 @@ impl EventStream {
     fn read(&mut self) -> Result<Option<Bytes>, ()> {
         let buf = &mut self.buf;
         let mut first: Option<Bytes> = None;
+        let mut taken = 0;
         let read = self.subscription.read(|record| {
             let bytes = record.encoded(&ENCODING);
+            taken += 1;
             if buf.is_empty() && first.is_none() {
                 // Maybe the only one: share it rather than copy it.
                 first = Some(bytes.clone());
@@ -140,11 +151,13 @@ impl EventStream {
                 buf.extend_from_slice(&first);
             }
             if !buf.is_empty() && buf.len() + bytes.len() > FRAME_CAP {
+                taken -= 1;
                 return false;
             }
             buf.extend_from_slice(bytes);
             true
         });
+        self.life.delivered(taken);
         read.map(|()| first).map_err(drop)
     }
 }
@@ -169,12 +182,19 @@ impl Body for EventStream {
         // in the buffer (e.g. the id the stream starts after) still goes out,
         // or a browser ended before its first event had no id to resume from.
         let mut ending = ended.is_some_and(|why| why != Ended::Closed);
+        if let Some(why) = ended {
+            this.life.end(why.into());
+        }
         if !ending {
             match this.read() {
                 Ok(Some(bytes)) => return this.send(bytes),
                 Ok(None) => {}
                 Err(()) => {
-                    tracing::debug!("event stream ends: subscriber fell behind the lag bound");
+                    tracing::debug!(
+                        parent: this.life.span(),
+                        "event stream ends: subscriber fell behind the lag bound"
+                    );
+                    this.life.end(Reason::Lagged);
                     ending = true;
                 }
             }

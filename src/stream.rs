@@ -13,6 +13,7 @@ use std::{
 use crate::{
     event::EventId,
     hub::{self, Ended, StartKind, Subscription},
+    observe::{Reason, StreamLife, Transport},
     record::Record,
 };
 
@@ -44,6 +45,7 @@ const BATCH: usize = 64;
 /// ```
 pub struct RecordStream {
     subscription: Subscription,
+    life: StreamLife,
     pending: VecDeque<Record>,
     done: bool,
 }
@@ -64,8 +66,15 @@ impl std::error::Error for Lagged {}
 
 impl RecordStream {
     pub(crate) fn new(subscription: Subscription) -> Self {
+        let life = StreamLife::begin(
+            Transport::Records,
+            subscription.topics(),
+            subscription.user(),
+            subscription.start().kind == StartKind::Reset,
+        );
         RecordStream {
             subscription,
+            life,
             pending: VecDeque::new(),
             done: false,
         }
@@ -98,6 +107,9 @@ impl Stream for RecordStream {
             return Poll::Ready(None);
         }
         let ended = this.subscription.poll_ended(cx);
+        if let Some(why) = ended {
+            this.life.end(why.into());
+        }
         if ended.is_some_and(|why| why != Ended::Closed) {
             this.done = true;
             return Poll::Ready(None);
@@ -108,10 +120,12 @@ impl Stream for RecordStream {
             pending.len() < BATCH
         });
         if let Err(hub::Lagged) = read {
+            this.life.end(Reason::Lagged);
             this.done = true;
             this.pending.clear();
             return Poll::Ready(Some(Err(Lagged)));
         }
+        this.life.delivered(this.pending.len());
         match this.pending.pop_front() {
             Some(record) => Poll::Ready(Some(Ok(record))),
             None if ended.is_some() => {

@@ -30,6 +30,7 @@ use crate::{
     authorize::Access,
     body::{refused, text, OwnBody},
     hub::{Ended, Owner, Resume, StartKind, Subscription},
+    observe::{Reason, StreamLife, Transport},
     open::{self, Kind, Refusal},
     publisher::Publisher,
     record::Encoding,
@@ -160,8 +161,17 @@ pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<
             topics: request.topics.into_iter().collect(),
             subscription: None,
             last: None,
+            life: None,
         };
         session.subscribe(&request.resume).await?;
+        session.life = session.subscription.as_ref().map(|subscription| {
+            StreamLife::begin(
+                Transport::WebSocket,
+                subscription.topics(),
+                subscription.user(),
+                subscription.start().kind == StartKind::Reset,
+            )
+        });
         Ok::<_, Refusal>(session)
     };
     let session = match opened.await {
@@ -202,8 +212,8 @@ pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<
     response
 }
 
-/// Why a session ends, and the close frame that says so.
-struct Close(CloseCode, String);
+/// Why a session ends: the close frame that says so, and the reason counted.
+struct Close(CloseCode, String, Reason);
 
 impl Close {
     /// The close of a subscription ended from outside; `None` for a closing
@@ -225,7 +235,7 @@ impl Close {
                 "access expired; reconnect with fresh credentials",
             ),
         };
-        Some(Close(code, reason.into()))
+        Some(Close(code, reason.into(), why.into()))
     }
 
     /// The close that refuses a change of topics.
@@ -237,7 +247,11 @@ impl Close {
             Kind::Expired => CloseCode::Library(4001),
             Kind::Internal => CloseCode::Error,
         };
-        Close(code, format!("could not subscribe: {refusal}"))
+        let why = match refusal.kind() {
+            Kind::Unavailable | Kind::Internal => Reason::Refused,
+            _ => Reason::Protocol,
+        };
+        Close(code, format!("could not subscribe: {refusal}"), why)
     }
 }
 
@@ -252,6 +266,8 @@ struct Session {
     subscription: Option<Subscription>,
     /// Hub id of the last event sent, or the one the session started after.
     last: Option<u64>,
+    /// Counted and traced from its first subscription to its end.
+    life: Option<StreamLife>,
 }
 
 impl Session {
@@ -302,7 +318,11 @@ impl Session {
         let close = self.serve(&mut ws).await;
         // Unsubscribed now, not after the close handshake.
         self.subscription = None;
-        if let Some(Close(code, reason)) = close {
+        if let (Some(life), Some(close)) = (&mut self.life, &close) {
+            life.end(close.2);
+        }
+        self.life = None;
+        if let Some(Close(code, reason, _)) = close {
             tracing::debug!(?code, reason, "WebSocket session closes");
             let frame = CloseFrame {
                 code,
@@ -349,6 +369,7 @@ impl Session {
                         return Some(Close(
                             CloseCode::Unsupported,
                             "binary messages are not part of the protocol".into(),
+                            Reason::Protocol,
                         ))
                     }
                     Some(Ok(_)) => {} // ping, pong: answered by tungstenite
@@ -356,6 +377,7 @@ impl Session {
                         return Some(Close(
                             CloseCode::Size,
                             format!("message too big: the limit is {MAX_MESSAGE} bytes"),
+                            Reason::Protocol,
                         ))
                     }
                     Some(Err(e)) => {
@@ -383,17 +405,22 @@ impl Session {
                         Err(_) => Poll::Ready(Err(Close(
                             CloseCode::Again,
                             "fell behind the lag bound; reconnect with last_event_id".into(),
+                            Reason::Lagged,
                         ))),
                         Ok(()) if !out.is_empty() => Poll::Ready(Ok(())),
                         Ok(()) if ended.is_some() => Poll::Ready(Err(Close(
                             CloseCode::Away,
                             "the server is shutting down".into(),
+                            Reason::Shutdown,
                         ))),
                         Ok(()) => Poll::Pending,
                     }
                 }) => {
                     if let Err(close) = read {
                         return Some(close);
+                    }
+                    if let Some(life) = &self.life {
+                        life.delivered(out.len());
                     }
                     for (id, json) in out.drain(..) {
                         ws.feed(event_frame(&json)).await.ok()?;
@@ -410,7 +437,13 @@ impl Session {
 
     /// A client message: `subscribe` or `unsubscribe`.
     async fn handle(&mut self, message: &str) -> Result<(), Close> {
-        let protocol = |why: &str| Close(CloseCode::Protocol, format!("protocol error: {why}"));
+        let protocol = |why: &str| {
+            Close(
+                CloseCode::Protocol,
+                format!("protocol error: {why}"),
+                Reason::Protocol,
+            )
+        };
         let message: Value =
             serde_json::from_str(message).map_err(|_| protocol("a message is a JSON object"))?;
         let kind = message.get("type").and_then(Value::as_str);

@@ -294,7 +294,7 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
     post(&[("message", "to everyone")]).await;
 
     let got: Vec<(String, String)> = alice
-        .take(3)
+        .take(4)
         .await
         .into_iter()
         .map(|e| (e.event, e.data))
@@ -302,6 +302,8 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
     assert_eq!(
         got,
         [
+            // The room announces who joins (the example's presence events).
+            ("join".to_owned(), "alice".to_owned()),
             ("private".to_owned(), "from someone: psst".to_owned()),
             ("message".to_owned(), "in general".to_owned()),
             ("message".to_owned(), "to everyone".to_owned()),

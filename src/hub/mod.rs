@@ -31,6 +31,7 @@ pub(crate) use subscription::{Ended, Lagged, Subscription};
 use crate::{
     backplane::{Backplane, Retention},
     error::Error,
+    observe,
     published::Published,
     record::Encoding,
     record::Message,
@@ -251,13 +252,17 @@ impl Hub {
 
     /// Takes `message`: numbers and appends it, or queues it for the engine.
     pub(crate) fn publish(&self, message: Message) -> Result<Published, Error> {
-        match &self.inner.replica {
+        let published = match &self.inner.replica {
             None => self.inner.core.publish(message).map(Published::stored),
             Some(replica) => {
                 replica.ensure_running(&self.inner.core);
                 replica.publish(&self.inner.core, message)
             }
+        };
+        if published.is_ok() {
+            observe::published();
         }
+        published
     }
 
     /// Waits (briefly) until this instance has what a subscription resuming

@@ -15,6 +15,8 @@ use std::{
 };
 use tokio::sync::{watch, Notify};
 
+use crate::observe::Reason;
+
 /// Up to this many followers, the publisher wakes a topic's readers itself
 /// (sparing the hop through the fan-out task and its scheduling delay);
 /// beyond, the fan-out task does.
@@ -34,6 +36,18 @@ pub(crate) enum Ended {
     TopicClosed,
     /// The access its authorization granted expired.
     Expired,
+}
+
+impl From<Ended> for Reason {
+    fn from(why: Ended) -> Reason {
+        match why {
+            Ended::Disconnected => Reason::Disconnected,
+            Ended::Closed => Reason::Shutdown,
+            Ended::Revoked => Reason::Revoked,
+            Ended::TopicClosed => Reason::TopicClosed,
+            Ended::Expired => Reason::Expired,
+        }
+    }
 }
 
 impl Ended {

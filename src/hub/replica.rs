@@ -20,6 +20,7 @@ use crate::{
     backplane::{Backplane, BackplaneReader, Read},
     error::{BoxError, Error},
     event::EventId,
+    observe,
     published::Published,
     record::Message,
 };
@@ -87,6 +88,7 @@ impl Replica {
     }
 
     fn set_status(&self, status: BackplaneStatus) {
+        observe::backplane_up(status.is_up());
         self.status.send_replace(status);
     }
 
@@ -199,6 +201,9 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                     recovered = failures > 0,
                     "backplane: reading the log"
                 );
+                if failures > 0 {
+                    observe::backplane_reconnect();
+                }
                 loaded = true;
                 replica.loaded.send_replace(true);
                 replica.set_status(BackplaneStatus::Up);

@@ -25,6 +25,7 @@ use super::{
 use crate::{
     error::Error,
     event::EventId,
+    observe,
     record::{Encoding, Message, Record, ENCODINGS},
 };
 
@@ -183,7 +184,9 @@ impl Core {
 
     fn append(&self, mut state: MutexGuard<'_, State>, record: Record) {
         let topic = self.push(&mut state, &record);
+        let (events, bytes) = state.history.size();
         drop(state);
+        observe::history(events, bytes);
         for encoding in self.eager.iter().filter_map(OnceLock::get) {
             record.encoded(encoding);
         }

@@ -69,6 +69,19 @@ impl Subscription {
         self.on_drop = Some(guard);
     }
 
+    /// The topics it follows, but the default one.
+    pub(crate) fn topics(&self) -> impl Iterator<Item = &str> {
+        self.follows
+            .iter()
+            .map(|f| &*f.topic.name)
+            .filter(|name| !name.is_empty())
+    }
+
+    /// Its user, if its access named one.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.reader.user.as_deref()
+    }
+
     /// Where it starts, for the transport to tell the client.
     pub(crate) fn start(&self) -> Start {
         self.start

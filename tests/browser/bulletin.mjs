@@ -2,7 +2,8 @@
 // see each other's posts live; after the server drops every stream, the
 // browser reconnects by itself and shows each missed message exactly once,
 // in order; then one page switches to WebSocket and changes rooms on the same
-// connection. Usage: node bulletin.mjs <base url> <screenshot path>
+// connection; signing out ends the user's stream in another tab at once.
+// Usage: node bulletin.mjs <base url> <screenshot path>
 // Run by tests/browser.rs, which serves the app and the /test/drop hook.
 import { chromium } from "playwright-core";
 
@@ -79,7 +80,42 @@ try {
   if (JSON.stringify(onB) !== JSON.stringify(["for random"])) {
     fail(`after the room change over WebSocket, page B shows ${JSON.stringify(onB)}`);
   }
-  console.log(`ok: live in both pages; resumed after the drop without loss or duplicate; WebSocket live and changes rooms; screenshot ${screenshot}`);
+  // Signing out ends the user's streams in every tab: ann signs in, opens a
+  // second tab, gets a private message there, signs out in the first tab;
+  // the second tab's stream ends within 1 s, and a private message sent
+  // after that does not reach it.
+  const ann = await browser.newContext();
+  const c1 = await ann.newPage();
+  await c1.goto(base);
+  await c1.fill("input[name=name]", "ann");
+  await c1.click("#who button");
+  await c1.waitForSelector("#who >> text=signed in as ann");
+  await c1.waitForSelector("#status.live");
+  const c2 = await ann.newPage();
+  await c2.goto(base);
+  await c2.waitForSelector("#status.live");
+  await c2.waitForSelector("#here >> text=ann");
+  await a.fill("input[name=to]", "ann");
+  await a.fill("input[name=message]", "psst, ann");
+  await a.click("form#post button");
+  await c2.waitForSelector("li.private >> text=psst, ann");
+  const signedOut = Date.now();
+  await c1.click("#who >> text=Sign out");
+  await c2.waitForSelector("#status.down", { timeout: 1000 });
+  const ended = Date.now() - signedOut;
+  await a.fill("input[name=to]", "ann");
+  await a.fill("input[name=message]", "too late, ann");
+  await a.click("form#post button");
+  await c2.waitForSelector("#status.live", { timeout: 15000 });
+  const marker = await fetch(new URL("/publish", base), {
+    method: "POST",
+    body: new URLSearchParams({ message: "public after sign-out" }),
+  });
+  if (marker.status !== 202) fail(`publish answered ${marker.status}`);
+  await c2.waitForSelector("li >> text=public after sign-out");
+  const onC2 = await texts(c2);
+  if (onC2.includes("too late, ann")) fail(`a signed-out tab got a private message: ${JSON.stringify(onC2)}`);
+  console.log(`ok: live in both pages; resumed after the drop without loss or duplicate; WebSocket live and changes rooms; a sign-out ended the other tab's stream in ${ended} ms; screenshot ${screenshot}`);
 } finally {
   await browser.close();
 }
