@@ -464,6 +464,30 @@ async fn entries_that_are_not_events_are_skipped_and_read_past() {
     assert_eq!(event.id, packed.to_string(), "the id is the entry's");
 }
 
+#[tokio::test]
+async fn disconnect_user_through_redis_ends_the_users_streams_on_every_node() {
+    use futures_util::StreamExt;
+    let redis = Redis::start();
+    let key = key();
+    let (a, b) = (node(&redis, &key).await, node(&redis, &key).await);
+    let open = |user: &'static str| {
+        b.publisher
+            .subscribe()
+            .access(tower_sse::Access::all().user(user))
+            .records()
+    };
+    let (mut ann, mut bob) = (open("ann").await.unwrap(), open("bob").await.unwrap());
+    a.publisher.disconnect_user("ann").await.unwrap();
+    assert!(within("ann's stream on B to end", ann.next())
+        .await
+        .is_none());
+    let id = send(&a.publisher, Event::default().data("for bob"))
+        .await
+        .unwrap();
+    let got = within("bob's event", bob.next()).await.unwrap().unwrap();
+    assert_eq!(got.id(), id, "the order itself is never delivered");
+}
+
 /// The engine conformance suite against a `redis-server` of each case's own,
 /// with an append-only file so that it can stop and start with its data,
 /// or start without it.
