@@ -300,3 +300,75 @@ async fn the_byte_budget_keeps_the_resume_guarantee() {
     let mut gone = Subscriber::resume(&server.url("/events"), Some(&ids[0].to_string())).await;
     assert_eq!(gone.next().await.unwrap().event, tower_sse::RESET_EVENT);
 }
+
+#[tokio::test]
+async fn the_client_address_is_axums_connect_info_by_default() {
+    use std::net::SocketAddr;
+    let hub = Hub::builder().max_streams_per_address(1).build();
+    let layer = SseLayer::new("/events").hub(&hub);
+    let app = Router::new().layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let url = format!("http://{addr}/events");
+    let _first = Subscriber::connect(&url).await;
+    let second = client().get(&url).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.text().await.unwrap().contains("this address"));
+}
+
+/// Everything written through `tracing` while a test runs, as text.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_stream_has_a_span_with_its_transport_topics_user_and_end() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let hub = Hub::new();
+    let server = server(&hub).await;
+    let mut ann = sse(&server, "?topic=room/a", "user=ann").await;
+    server.publisher.disconnect_user("ann").await.unwrap();
+    assert!(ann.next().await.is_none());
+    let mut count = server.publisher.watch_subscribers();
+    within("the stream to go", count.wait_for(|n| *n == 0))
+        .await
+        .unwrap();
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let ended = text
+        .lines()
+        .find(|line| line.contains("stream ended"))
+        .unwrap_or_else(|| panic!("no stream end in:\n{text}"));
+    for field in [
+        "event_stream",
+        "transport=\"sse\"",
+        "room/a",
+        "user=\"ann\"",
+        "reason=\"revoked\"",
+    ] {
+        assert!(ended.contains(field), "{field} missing from: {ended}");
+    }
+}
