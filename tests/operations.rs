@@ -221,7 +221,7 @@ async fn presence_counts_streams_and_lists_users_and_can_be_watched() {
 }
 
 #[tokio::test]
-async fn with_a_backplane_disconnect_user_holds_on_every_instance() {
+async fn with_a_backplane_disconnect_user_and_topic_hold_on_every_instance() {
     let engine = MemoryBackplane::new();
     let (a, b) = (
         Hub::builder().backplane(engine.clone()).build(),
@@ -246,6 +246,33 @@ async fn with_a_backplane_disconnect_user_holds_on_every_instance() {
         .unwrap();
     let got = within("bob's event", bob.next()).await.unwrap().unwrap();
     assert_eq!(got.id(), id, "the order itself was never delivered");
+
+    // A topic closed on A ends its streams on B too.
+    let mut in_room = b
+        .publisher()
+        .subscribe()
+        .topic("room/x")
+        .records()
+        .await
+        .unwrap();
+    a.publisher().disconnect_topic("room/x").await.unwrap();
+    assert!(within("the room's stream on B to end", in_room.next())
+        .await
+        .is_none());
+    let id = a
+        .publisher()
+        .publish(Event::default().data("bob stays"))
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("bob's next", bob.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .id(),
+        id
+    );
 }
 
 #[tokio::test]
