@@ -116,8 +116,11 @@ impl Stream for RecordStream {
         }
         let pending = &mut this.pending;
         let read = this.subscription.read(|record| {
+            if pending.len() == BATCH {
+                return false;
+            }
             pending.push_back(record.clone());
-            pending.len() < BATCH
+            true
         });
         if let Err(hub::Lagged) = read {
             this.life.end(Reason::Lagged);

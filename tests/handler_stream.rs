@@ -320,3 +320,18 @@ async fn a_handler_returns_the_publish_error_as_its_answer() {
     server.publisher.close();
     assert_eq!(say("lobby", "hi").await.unwrap().status(), 503);
 }
+
+#[tokio::test]
+async fn a_record_stream_yields_each_record_once_across_its_batches() {
+    let hub = Hub::builder().history(1000).max_lag(1000).build();
+    let publisher = hub.publisher();
+    let mut records = publisher.subscribe().records().await.unwrap();
+    let sent: Vec<_> = (0..200)
+        .map(|i| id(publisher.publish(Event::default().data(format!("{i}")))))
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..sent.len() {
+        seen.push(next(&mut records).await.unwrap().id());
+    }
+    assert_eq!(seen, sent, "each once, in order (batches of 64 inside)");
+}
