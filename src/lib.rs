@@ -159,6 +159,9 @@ mod wire;
 mod ws;
 
 pub use authorize::Access;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use backplane::postgres::PostgresBackplane;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use backplane::redis::RedisBackplane;

@@ -1,0 +1,448 @@
+//! [`PostgresBackplane`]: many instances, one stream, through a table of the
+//! PostgreSQL database the app already has.
+//!
+//! Every event is a row; the table's identity column gives its global id.
+//! `LISTEN`/`NOTIFY` only wakes the readers (a notification carries nothing:
+//! readers read the rows). The known trap of sequences — a transaction that
+//! drew id 10 committing after the one that drew 11, so a reader past 11
+//! skips 10 forever — is closed by the table itself: a statement-level
+//! `BEFORE INSERT` trigger takes a transaction-scoped advisory lock before
+//! any id is drawn, so inserts into the table (the engine's, or any other
+//! program's) commit one at a time, in id order.
+//!
+//! The schema, created if missing on every connection (`tower_sse_events`
+//! unless [`PostgresBackplane::table`] names another; PostgreSQL 14 or
+//! later):
+//!
+//! ```sql
+//! CREATE TABLE tower_sse_events (
+//!     id bigint GENERATED ALWAYS AS IDENTITY (START WITH <µs since 1970 at creation>) PRIMARY KEY,
+//!     topic text,        -- NULL: every subscriber
+//!     event text,        -- the event name
+//!     data text NOT NULL,
+//!     app_id text,       -- the app's own id (Event::id)
+//!     retry_ms bigint,
+//!     comment text,
+//!     created_at timestamptz NOT NULL DEFAULT now()
+//! );
+//! -- plus the two statement triggers: the advisory lock, and pg_notify
+//! ```
+//!
+//! So a SQL trigger or a worker in any language publishes with a plain
+//! `INSERT INTO tower_sse_events (topic, event, data) VALUES (…)`. Ids start
+//! at the table's creation time in microseconds, so a table made again after
+//! a loss numbers above every id a browser kept. The table is trimmed to the
+//! hub's history (count and age; the newest row always stays) once a second
+//! or every quarter of the history, by the instance that appends, in a
+//! statement apart from the inserts, so trimming never holds up a publisher.
+
+use std::{
+    future::poll_fn,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{sync::Notify, time::Instant};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+
+use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
+use crate::{
+    error::{BoxError, Error},
+    event::{Event, EventId},
+    record::{Message, Record},
+};
+
+/// The table used unless [`PostgresBackplane::table`] names another.
+const DEFAULT_TABLE: &str = "tower_sse_events";
+/// How long a read waits for a notification when there is nothing to read.
+const BLOCK: Duration = Duration::from_secs(1);
+/// How often, at most, the appending instance trims the table.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// A PostgreSQL backplane: several instances of an app share one event
+/// stream through a table of their database, with the same ids, history and
+/// resume guarantees as a single instance.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_sse::Error> {
+/// use tower_sse::{Event, Hub, PostgresBackplane, SseLayer};
+///
+/// let backplane = PostgresBackplane::connect("host=127.0.0.1 user=app dbname=app").await?;
+/// let hub = Hub::builder().history(4096).backplane(backplane).build();
+/// let layer = SseLayer::new("/events").hub(&hub);
+/// let id = layer.publisher().publish(Event::default().data("hello"))?.await?;
+/// # let _ = id; Ok(()) }
+/// ```
+///
+/// It keeps one connection for publishing (reconnected when it breaks) and
+/// each hub's reader one more, which `LISTEN`s. See the
+/// [module documentation](self) for the table and how ordering holds.
+/// Connections are without TLS (`tokio-postgres`'s `NoTls`): on another
+/// host, tunnel them or use a local connection.
+#[derive(Clone)]
+pub struct PostgresBackplane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: String,
+    table: String,
+    publish: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// What the hubs that use it keep (the largest asked), once one asked.
+    retention: Mutex<Option<Retention>>,
+    /// When the table was last trimmed, and how many rows went in since.
+    trimmed: Mutex<(Option<Instant>, usize)>,
+}
+
+impl std::fmt::Debug for PostgresBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackplane")
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresBackplane {
+    /// Connects with `config` (a `tokio-postgres` connection string:
+    /// `host=… user=… dbname=…` or `postgresql://…`) and creates the table
+    /// if it is missing. Fails with [`Error::Backplane`] when the database
+    /// cannot be reached now.
+    pub async fn connect(config: &str) -> Result<PostgresBackplane, Error> {
+        PostgresBackplane::connect_to(config, DEFAULT_TABLE).await
+    }
+
+    /// The same backplane on another table (created if missing): instances
+    /// that share a stream share a table; apps sharing a database use
+    /// different tables. A table name is letters, digits and `_`.
+    pub async fn table(self, table: &str) -> Result<PostgresBackplane, Error> {
+        PostgresBackplane::connect_to(&self.inner.config, table).await
+    }
+
+    async fn connect_to(config: &str, table: &str) -> Result<PostgresBackplane, Error> {
+        if table.is_empty()
+            || !table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(Error::Backplane(
+                format!("invalid table name {table:?}: use letters, digits and `_`").into(),
+            ));
+        }
+        let backplane = PostgresBackplane {
+            inner: Arc::new(Inner {
+                config: config.to_owned(),
+                table: table.to_owned(),
+                publish: tokio::sync::Mutex::new(None),
+                retention: Mutex::new(None),
+                trimmed: Mutex::new((None, 0)),
+            }),
+        };
+        backplane.client().await.map_err(Error::Backplane)?;
+        Ok(backplane)
+    }
+
+    /// The publishing connection, made again when it broke.
+    async fn client(&self) -> Result<Arc<Client>, BoxError> {
+        let mut publish = self.inner.publish.lock().await;
+        if let Some(client) = publish.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(open(&self.inner.config, &self.inner.table, None).await?);
+        *publish = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Trims the table to the retention after `appended` more rows: once
+    /// per [`TRIM_EVERY`], or sooner when a quarter of the history went in.
+    async fn trim(&self, client: &Client, appended: usize) {
+        let Some(retention) = *self
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        else {
+            return;
+        };
+        {
+            let mut trimmed = self.inner.trimmed.lock().unwrap_or_else(|e| e.into_inner());
+            trimmed.1 += appended;
+            let due = trimmed.0.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
+                || trimmed.1 >= (retention.events / 4).max(1);
+            if !due {
+                return;
+            }
+            *trimmed = (Some(Instant::now()), 0);
+        }
+        let table = &self.inner.table;
+        let keep = i64::try_from(retention.events.max(1)).unwrap_or(i64::MAX);
+        let by_count = format!(
+            "DELETE FROM {table} WHERE id < (SELECT id FROM {table} ORDER BY id DESC OFFSET $1::int8 - 1 LIMIT 1)"
+        );
+        if let Err(e) = client.execute(&by_count, &[&keep]).await {
+            tracing::warn!(error = %e, "backplane: could not trim the table");
+        }
+        if let Some(age) = retention.age {
+            let by_age = format!(
+                "DELETE FROM {table} WHERE created_at < now() - $1::float8 * interval '1 second' \
+                 AND id < (SELECT max(id) FROM {table})"
+            );
+            if let Err(e) = client.execute(&by_age, &[&age.as_secs_f64()]).await {
+                tracing::warn!(error = %e, "backplane: could not trim the table by age");
+            }
+        }
+    }
+}
+
+/// A connection with the table in place; with `notify`, one that `LISTEN`s
+/// and wakes `notify` on every notification.
+async fn open(config: &str, table: &str, notify: Option<Arc<Notify>>) -> Result<Client, BoxError> {
+    let (client, mut connection) = tokio_postgres::connect(config, NoTls).await?;
+    tokio::spawn(async move {
+        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if let Some(notify) = &notify {
+                        notify.notify_one();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane: PostgreSQL connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    client.batch_execute(&schema(table)).await?;
+    Ok(client)
+}
+
+/// The table, its lock and its notification, created if missing.
+fn schema(table: &str) -> String {
+    let start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros().max(1));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            id bigint GENERATED ALWAYS AS IDENTITY (START WITH {start}) PRIMARY KEY,
+            topic text,
+            event text,
+            data text NOT NULL,
+            app_id text,
+            retry_ms bigint,
+            comment text,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE OR REPLACE FUNCTION {table}_order() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock(hashtext('{table}')); RETURN NULL; END $$;
+        CREATE OR REPLACE TRIGGER {table}_order BEFORE INSERT ON {table}
+            FOR EACH STATEMENT EXECUTE FUNCTION {table}_order();
+        CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{table}', ''); RETURN NULL; END $$;
+        CREATE OR REPLACE TRIGGER {table}_notify AFTER INSERT ON {table}
+            FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();"
+    )
+}
+
+impl Backplane for PostgresBackplane {
+    fn retain(&self, retention: Retention) {
+        let mut kept = self
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *kept = Some(match *kept {
+            None => retention,
+            Some(mut kept) => {
+                kept.events = kept.events.max(retention.events);
+                kept.age = match (kept.age, retention.age) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                kept
+            }
+        });
+    }
+
+    fn append<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let column = |f: &dyn Fn(&Message) -> Option<String>| -> Vec<Option<String>> {
+                messages.iter().map(f).collect()
+            };
+            let topics = column(&|m| m.topic().map(str::to_owned));
+            let events = column(&|m| m.event().map(str::to_owned));
+            let data: Vec<String> = messages.iter().map(|m| m.data().to_owned()).collect();
+            let app_ids = column(&|m| m.app_id().map(str::to_owned));
+            let comments = column(&|m| m.comment().map(str::to_owned));
+            let retries: Vec<Option<i64>> = messages
+                .iter()
+                .map(|m| {
+                    m.retry()
+                        .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
+                })
+                .collect();
+            // One statement: the trigger's lock is held until it commits.
+            // Rows go in in the batch's order, so the ids, sorted, are theirs.
+            let insert = format!(
+                "INSERT INTO {} (topic, event, data, app_id, retry_ms, comment) \
+                 SELECT t, e, d, i, r, c FROM unnest($1::text[], $2::text[], $3::text[], \
+                 $4::text[], $5::int8[], $6::text[]) WITH ORDINALITY AS u(t, e, d, i, r, c, n) \
+                 ORDER BY n RETURNING id",
+                self.inner.table
+            );
+            let rows = client
+                .query(
+                    &insert,
+                    &[&topics, &events, &data, &app_ids, &retries, &comments],
+                )
+                .await?;
+            let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            ids.sort_unstable();
+            self.trim(&client, ids.len()).await;
+            Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
+        })
+    }
+
+    fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            last_id(&client, &self.inner.table).await
+        })
+    }
+
+    fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
+        Box::pin(async move {
+            let notify = Arc::new(Notify::new());
+            let table = self.inner.table.clone();
+            let client = open(&self.inner.config, &table, Some(notify.clone())).await?;
+            client.batch_execute(&format!("LISTEN {table}")).await?;
+            Ok(Box::new(Reader {
+                client,
+                table,
+                notify,
+            }) as Box<dyn BackplaneReader>)
+        })
+    }
+}
+
+async fn last_id(client: &Client, table: &str) -> Result<Option<EventId>, BoxError> {
+    let row = client
+        .query_one(&format!("SELECT max(id) FROM {table}"), &[])
+        .await?;
+    Ok(row
+        .get::<_, Option<i64>>(0)
+        .map(|id| EventId::new(id as u64)))
+}
+
+/// One connection that reads the table and listens for new rows.
+struct Reader {
+    client: Client,
+    table: String,
+    notify: Arc<Notify>,
+}
+
+impl Reader {
+    /// Whether the table still has a row at or before `after` (it is trimmed
+    /// from its oldest end, so then it has every row after it); with no row
+    /// at all, whether nothing was read yet.
+    async fn holds_now(&self, after: EventId) -> Result<bool, BoxError> {
+        let row = self
+            .client
+            .query_one(&format!("SELECT min(id) FROM {}", self.table), &[])
+            .await?;
+        Ok(match row.get::<_, Option<i64>>(0) {
+            Some(first) => first as u64 <= after.as_u64(),
+            None => after.as_u64() == 0,
+        })
+    }
+
+    async fn rows_after(&self, after: EventId, limit: usize) -> Result<Vec<Row>, BoxError> {
+        let query = format!(
+            "SELECT id, topic, event, data, app_id, retry_ms, comment FROM {} \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+            self.table
+        );
+        let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        Ok(self.client.query(&query, &[&after, &limit]).await?)
+    }
+}
+
+impl BackplaneReader for Reader {
+    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
+        Box::pin(async move {
+            // The newest id first: a row added after it is in the range read
+            // next, or is read later (it is above `last`).
+            let last = last_id(&self.client, &self.table).await?;
+            let query = format!(
+                "SELECT id, topic, event, data, app_id, retry_ms, comment FROM \
+                 (SELECT * FROM {} ORDER BY id DESC LIMIT $1) newest ORDER BY id",
+                self.table
+            );
+            let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+            let rows = self.client.query(&query, &[&limit]).await?;
+            Ok(Tail::new(rows.iter().filter_map(record).collect(), last))
+        })
+    }
+
+    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
+        Box::pin(async move { self.holds_now(after).await })
+    }
+
+    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
+        Box::pin(async move {
+            let mut rows = self.rows_after(after, limit).await?;
+            if rows.is_empty() {
+                // Nothing yet: wait for a notification (one sent since the
+                // query is kept by `Notify`), then look again.
+                if tokio::time::timeout(BLOCK, self.notify.notified())
+                    .await
+                    .is_err()
+                {
+                    return Ok(Read::records(Vec::new()));
+                }
+                rows = self.rows_after(after, limit).await?;
+            }
+            if !rows.is_empty() && after.as_u64() > 0 && !self.holds_now(after).await? {
+                return Ok(Read::Gap);
+            }
+            let up_to = rows
+                .last()
+                .map(|row| EventId::new(row.get::<_, i64>(0) as u64));
+            let records = rows.iter().filter_map(record).collect();
+            Ok(Read::Records { records, up_to })
+        })
+    }
+}
+
+/// One row as a record; a row that is not a valid event is logged and
+/// skipped.
+fn record(row: &Row) -> Option<Record> {
+    let id: i64 = row.get(0);
+    let text = |i: usize| row.get::<_, Option<String>>(i);
+    let mut event = Event::default();
+    if let Some(name) = text(2) {
+        event = event.event(name);
+    }
+    event = event.data(row.get::<_, String>(3));
+    if let Some(app_id) = text(4) {
+        event = event.id(app_id);
+    }
+    if let Some(retry) = row.get::<_, Option<i64>>(5) {
+        event = event.retry(Duration::from_millis(u64::try_from(retry).unwrap_or(0)));
+    }
+    if let Some(comment) = text(6) {
+        event = event.comment(comment);
+    }
+    let topic = text(1);
+    match Message::new(topic.as_deref(), event) {
+        Ok(message) => Some(Record::new(EventId::new(id as u64), message)),
+        Err(e) => {
+            tracing::warn!(id, error = %e, "backplane: skipping a row that is not a valid event");
+            None
+        }
+    }
+}

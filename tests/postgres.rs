@@ -1,0 +1,357 @@
+//! The PostgreSQL backplane against a real server: each test starts its own
+//! (`initdb` and `pg_ctl` into a temporary directory, on a free port; as the
+//! `postgres` user when run as root) and stops it. Needs the server's
+//! binaries: `apt-get install postgresql` (`.ci/run` installs them if
+//! absent). Run with `cargo test --features axum,postgres,testing --test postgres`.
+
+mod common;
+
+use axum::Router;
+use common::{within, Server, Subscriber};
+use futures_util::StreamExt;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+use tower_sse::{testing::Harness, Event, EventId, Hub, PostgresBackplane, SseLayer};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL binary: on the `PATH`, or in Debian's versioned directory.
+fn binary(name: &str) -> PathBuf {
+    let on_path = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let debian = || {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("bin").join(name)))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    on_path
+        .or_else(debian)
+        .unwrap_or_else(|| panic!("{name} is needed for this test: apt-get install postgresql"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a PostgreSQL binary, as `postgres` when we are root (the server
+/// refuses to run as root).
+fn run(name: &str, args: &[&str]) {
+    let binary = binary(name);
+    let mut command = if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(&binary);
+        command
+    } else {
+        Command::new(&binary)
+    };
+    let status = command
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", binary.display()));
+    assert!(status.success(), "{name} {args:?} failed");
+}
+
+/// A PostgreSQL server of this test, in a directory of its own; stopped and
+/// removed when dropped.
+struct Pg {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Pg {
+    fn start() -> Pg {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tower-sse-pg-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["postgres:"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let pg = Pg {
+            dir,
+            port: free_port(),
+        };
+        pg.init();
+        pg.start_server();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn init(&self) {
+        run(
+            "initdb",
+            &[
+                "-D",
+                &self.data(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self) {
+        run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    /// Stops the server and starts it with an empty database.
+    fn lose_data(&self) {
+        std::fs::remove_dir_all(Path::new(&self.data())).unwrap();
+        self.init();
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+            self.port
+        )
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} pg_ctl -D {} -m immediate stop >/dev/null 2>&1",
+                if is_root() {
+                    "runuser -u postgres --"
+                } else {
+                    ""
+                },
+                self.data()
+            ))
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/bin:/bin",
+                    binary("pg_ctl").parent().unwrap().display()
+                ),
+            )
+            .status();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+struct PgHarness {
+    pg: Pg,
+}
+
+impl Harness for PgHarness {
+    type Backplane = PostgresBackplane;
+
+    async fn connect(&self) -> PostgresBackplane {
+        PostgresBackplane::connect(&self.pg.config()).await.unwrap()
+    }
+
+    async fn stop(&self) {
+        self.pg.stop();
+    }
+
+    async fn start(&self, keep_data: bool) {
+        if !keep_data {
+            self.pg.lose_data();
+        }
+        self.pg.start_server();
+    }
+}
+
+async fn pg_harness() -> PgHarness {
+    PgHarness { pg: Pg::start() }
+}
+
+tower_sse::backplane_conformance!(pg_harness);
+
+/// Raw connections of another program.
+async fn raw(pg: &Pg) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.config(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn concurrent_inserts_on_many_connections_are_read_without_a_skip() {
+    let pg = Pg::start();
+    let hub = Hub::builder()
+        .history(10_000)
+        .max_lag(10_000)
+        .backplane(PostgresBackplane::connect(&pg.config()).await.unwrap())
+        .build();
+    let mut records = hub.publisher().subscribe().records().await.unwrap();
+    // Eight programs insert at once, each on its own connection: without the
+    // table's lock, an id drawn first could commit last and be skipped.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let config = pg.config();
+            tokio::spawn(async move {
+                let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                for i in 0..100 {
+                    client
+                        .execute(
+                            "INSERT INTO tower_sse_events (data) VALUES ($1)",
+                            &[&format!("{w}-{i}")],
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let client = raw(&pg).await;
+    let all: Vec<i64> = client
+        .query("SELECT id FROM tower_sse_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(all.len(), 800);
+    let mut seen = Vec::new();
+    while seen.len() < all.len() {
+        let record = within("every row", records.next()).await.unwrap().unwrap();
+        seen.push(record.id().as_u64() as i64);
+    }
+    // (Compared without printing 800 ids when they differ.)
+    let first_difference = seen.iter().zip(&all).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "every row read, once, in id order");
+}
+
+#[tokio::test]
+async fn a_row_inserted_by_plain_sql_reaches_a_browser_with_its_id() {
+    let pg = Pg::start();
+    let hub = Hub::builder()
+        .backplane(PostgresBackplane::connect(&pg.config()).await.unwrap())
+        .build();
+    let layer = SseLayer::new("/events").hub(&hub);
+    let server = Server::start(Router::new().layer(layer), hub.publisher()).await;
+    let mut browser = Subscriber::connect(&server.url("/events?topic=orders")).await;
+    let client = raw(&pg).await;
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO tower_sse_events (topic, event, data) \
+             VALUES ('orders', 'paid', 'order 7\nis paid') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let event = browser.next().await.unwrap();
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str(), event.id.as_str()),
+        ("paid", "order 7\nis paid", id.to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_table_is_trimmed_to_the_history_and_keeps_the_newest() {
+    let pg = Pg::start();
+    let hub = Hub::builder()
+        .history(5)
+        .max_lag(5)
+        .backplane(PostgresBackplane::connect(&pg.config()).await.unwrap())
+        .build();
+    let publisher = hub.publisher();
+    let mut last = EventId::new(0);
+    for i in 0..20 {
+        last = publisher
+            .publish(Event::default().data(format!("{i}")))
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let client = raw(&pg).await;
+    let (count, newest): (i64, i64) = {
+        let row = client
+            .query_one("SELECT count(*), max(id) FROM tower_sse_events", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(count < 20, "trimmed: {count} rows");
+    assert!(count >= 5, "kept the history: {count} rows");
+    assert_eq!(newest as u64, last.as_u64());
+}
+
+#[tokio::test]
+async fn connect_fails_clearly_when_postgres_is_unreachable() {
+    let config = format!(
+        "host=127.0.0.1 port={} user=postgres connect_timeout=2",
+        free_port()
+    );
+    let err = PostgresBackplane::connect(&config).await.unwrap_err();
+    assert!(matches!(err, tower_sse::Error::Backplane(_)), "{err:?}");
+    let err = PostgresBackplane::connect(&config)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("backplane"), "{err}");
+}
