@@ -159,6 +159,9 @@ mod wire;
 mod ws;
 
 pub use authorize::Access;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use backplane::nats::NatsBackplane;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use backplane::postgres::PostgresBackplane;

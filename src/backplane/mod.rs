@@ -56,6 +56,8 @@ use crate::{
     record::{Message, Record},
 };
 
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]

@@ -1,0 +1,536 @@
+//! [`NatsBackplane`]: many instances, one stream, through a NATS JetStream
+//! stream (replicated across a NATS cluster when its stream has replicas).
+//!
+//! Every event is one message on one subject of one stream, so the stream's
+//! sequence orders all topics. An event's id is the stream's epoch — the
+//! time the engine made it, in microseconds, kept in the stream's
+//! description (`tower-sse epoch <µs>`) — plus its sequence: the same on
+//! every instance, and above every id a browser kept when a stream is made
+//! again after a loss (a stream lives longer in microseconds than it has
+//! messages). A stream made by hand without that description has epoch 0.
+//! Each instance reads the stream with an ordered consumer from the last
+//! sequence it applied; a jump in the sequence is a gap (messages purged
+//! before it read them), which the hub answers with a reload and the reset.
+//!
+//! The message (so that any program can publish with a plain `nats pub`):
+//! the subject (`tower-sse.events` unless [`NatsBackplane::stream`] names
+//! another), the data as the payload, and headers `Tower-Sse-Topic` (absent:
+//! every subscriber), `Tower-Sse-Event`, `Tower-Sse-Id`, `Tower-Sse-Retry`
+//! (milliseconds) and `Tower-Sse-Comment` (line breaks written `\n`).
+//! The stream keeps the hub's history (`max_messages`, `max_age`).
+
+use async_nats::{
+    jetstream::{
+        self,
+        consumer::{pull, DeliverPolicy},
+        stream::{self, Config, Stream},
+        Context,
+    },
+    HeaderMap,
+};
+use futures_util::{FutureExt, StreamExt};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
+use crate::{
+    error::{BoxError, Error},
+    event::{Event, EventId},
+    record::{Message, Record},
+};
+
+const DEFAULT_STREAM: &str = "TOWER_SSE";
+const DEFAULT_SUBJECT: &str = "tower-sse.events";
+/// How long a read waits for a message when there is none.
+const BLOCK: Duration = Duration::from_secs(1);
+
+const TOPIC: &str = "Tower-Sse-Topic";
+const EVENT: &str = "Tower-Sse-Event";
+const ID: &str = "Tower-Sse-Id";
+const RETRY: &str = "Tower-Sse-Retry";
+const COMMENT: &str = "Tower-Sse-Comment";
+
+/// A NATS JetStream backplane: several instances of an app share one event
+/// stream, with the same ids, history and resume guarantees as a single
+/// instance.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_sse::Error> {
+/// use tower_sse::{Event, Hub, NatsBackplane, SseLayer};
+///
+/// let backplane = NatsBackplane::connect("nats://127.0.0.1:4222").await?;
+/// let hub = Hub::builder().history(4096).backplane(backplane).build();
+/// let layer = SseLayer::new("/events").hub(&hub);
+/// let id = layer.publisher().publish(Event::default().data("hello"))?.await?;
+/// # let _ = id; Ok(()) }
+/// ```
+///
+/// The stream is created if missing (file storage, one replica; make it
+/// yourself with more replicas for a cluster, on the same subject). See the
+/// [module documentation](self) for the message format.
+#[derive(Clone)]
+pub struct NatsBackplane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    context: Context,
+    stream: String,
+    subject: String,
+    retention: Mutex<Option<Retention>>,
+    /// The stream's epoch as last read, and the last sequence acknowledged.
+    epoch: Mutex<(u64, u64)>,
+}
+
+impl std::fmt::Debug for NatsBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBackplane")
+            .field("stream", &self.inner.stream)
+            .field("subject", &self.inner.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backplane_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Backplane(Box::new(e))
+}
+
+impl NatsBackplane {
+    /// Connects to NATS at `url` (`nats://host:4222`) and makes sure the
+    /// stream exists. Fails with [`Error::Backplane`] when NATS (with
+    /// JetStream) cannot be reached now.
+    pub async fn connect(url: &str) -> Result<NatsBackplane, Error> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await
+            .map_err(backplane_error)?;
+        let backplane = NatsBackplane {
+            inner: Arc::new(Inner {
+                context: jetstream::new(client),
+                stream: DEFAULT_STREAM.into(),
+                subject: DEFAULT_SUBJECT.into(),
+                retention: Mutex::new(None),
+                epoch: Mutex::new((0, 0)),
+            }),
+        };
+        backplane.ensure_stream().await.map_err(Error::Backplane)?;
+        Ok(backplane)
+    }
+
+    /// The stream and subject the events go through (default `TOWER_SSE`
+    /// on `tower-sse.events`): instances that share a stream share both.
+    pub async fn stream(self, stream: &str, subject: &str) -> Result<NatsBackplane, Error> {
+        let backplane = NatsBackplane {
+            inner: Arc::new(Inner {
+                context: self.inner.context.clone(),
+                stream: stream.into(),
+                subject: subject.into(),
+                retention: Mutex::new(None),
+                epoch: Mutex::new((0, 0)),
+            }),
+        };
+        backplane.ensure_stream().await.map_err(Error::Backplane)?;
+        Ok(backplane)
+    }
+
+    /// The stream, created if missing, with the retention the hubs ask for.
+    async fn ensure_stream(&self) -> Result<Stream, BoxError> {
+        let retention = *self
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        let mut config = Config {
+            name: self.inner.stream.clone(),
+            subjects: vec![self.inner.subject.clone()],
+            storage: stream::StorageType::File,
+            description: Some(format!("{EPOCH}{start}")),
+            ..Config::default()
+        };
+        if let Some(retention) = retention {
+            config.max_messages = i64::try_from(retention.events).unwrap_or(i64::MAX);
+            config.max_age = retention.age.unwrap_or_default();
+        }
+        let context = &self.inner.context;
+        let mut stream = context.get_or_create_stream(config.clone()).await?;
+        self.set_epoch(epoch(&stream.info().await?.config));
+        if retention.is_some() {
+            let current = &stream.info().await?.config;
+            if current.max_messages != config.max_messages || current.max_age != config.max_age {
+                let mut update = current.clone();
+                update.max_messages = config.max_messages;
+                update.max_age = config.max_age;
+                context.update_stream(update).await?;
+            }
+        }
+        Ok(stream)
+    }
+}
+
+impl NatsBackplane {
+    fn set_epoch(&self, epoch: u64) {
+        let mut current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0 != epoch {
+            *current = (epoch, 0);
+        }
+    }
+
+    /// The id of the message acknowledged under `sequence`; a sequence not
+    /// above the last one means the stream was made again: its epoch is read
+    /// anew first.
+    async fn id_of(&self, sequence: u64) -> Result<EventId, BoxError> {
+        let stale = {
+            let current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
+            sequence <= current.1
+        };
+        if stale {
+            let mut stream = self.inner.context.get_stream(&self.inner.stream).await?;
+            self.set_epoch(epoch(&stream.info().await?.config));
+        }
+        let mut current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        current.1 = current.1.max(sequence);
+        Ok(EventId::new(current.0 + sequence))
+    }
+}
+
+/// The prefix of the stream description that carries its epoch.
+const EPOCH: &str = "tower-sse epoch ";
+
+/// A stream's epoch, from its description (0 when it has none).
+fn epoch(config: &Config) -> u64 {
+    config
+        .description
+        .as_deref()
+        .and_then(|d| d.strip_prefix(EPOCH))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Backplane for NatsBackplane {
+    fn retain(&self, retention: Retention) {
+        let mut kept = self
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *kept = Some(match *kept {
+            None => retention,
+            Some(mut kept) => {
+                kept.events = kept.events.max(retention.events);
+                kept.age = match (kept.age, retention.age) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                kept
+            }
+        });
+    }
+
+    fn append<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
+        Box::pin(async move {
+            // Sent in order on one connection, then their acks awaited.
+            let mut acks = Vec::with_capacity(messages.len());
+            for message in messages {
+                let ack = self
+                    .inner
+                    .context
+                    .publish_with_headers(
+                        self.inner.subject.clone(),
+                        headers(message),
+                        message.data().to_owned().into(),
+                    )
+                    .await?;
+                acks.push(ack);
+            }
+            let mut ids = Vec::with_capacity(acks.len());
+            for ack in acks {
+                ids.push(self.id_of(ack.await?.sequence).await?);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
+        Box::pin(async move {
+            let mut stream = self.inner.context.get_stream(&self.inner.stream).await?;
+            let info = stream.info().await?;
+            Ok(last(epoch(&info.config), &info.state))
+        })
+    }
+
+    fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
+        Box::pin(async move {
+            let mut stream = self.ensure_stream().await?;
+            let epoch = epoch(&stream.info().await?.config);
+            Ok(Box::new(Reader {
+                stream,
+                epoch,
+                messages: None,
+            }) as Box<dyn BackplaneReader>)
+        })
+    }
+}
+
+/// The id of the newest message the stream gave, if any.
+fn last(epoch: u64, state: &stream::State) -> Option<EventId> {
+    (state.last_sequence > 0).then(|| EventId::new(epoch + state.last_sequence))
+}
+
+/// Whether the stream (of `epoch`) holds every message after the id `after`.
+fn holds(epoch: u64, state: &stream::State, after: u64) -> bool {
+    holds_seq(
+        epoch,
+        (state.messages, state.first_sequence, state.last_sequence),
+        after,
+    )
+}
+
+/// [`holds`], from the stream's message count, first and last sequence.
+fn holds_seq(epoch: u64, (messages, first, last): (u64, u64, u64), after: u64) -> bool {
+    if after == 0 {
+        return first <= 1 || messages == 0;
+    }
+    // An id of an earlier stream: this one was made after it.
+    let Some(after) = after.checked_sub(epoch) else {
+        return false;
+    };
+    if messages == 0 {
+        last <= after
+    } else {
+        first <= after + 1
+    }
+}
+
+fn headers(message: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(topic) = message.topic() {
+        headers.insert(TOPIC, topic);
+    }
+    if let Some(event) = message.event() {
+        headers.insert(EVENT, event);
+    }
+    if let Some(id) = message.app_id() {
+        headers.insert(ID, id);
+    }
+    if let Some(retry) = message.retry() {
+        headers.insert(RETRY, retry.as_millis().to_string().as_str());
+    }
+    if let Some(comment) = message.comment() {
+        let escaped = comment.replace('\\', "\\\\").replace('\n', "\\n");
+        headers.insert(COMMENT, escaped.as_str());
+    }
+    headers
+}
+
+/// An ordered consumer of the stream, and the sequence it delivers next.
+struct Reader {
+    stream: Stream,
+    epoch: u64,
+    messages: Option<(pull::Ordered, u64)>,
+}
+
+impl Reader {
+    /// The consumer's messages from `start` on, made anew unless it is there.
+    async fn messages_from(&mut self, start: u64) -> Result<&mut pull::Ordered, BoxError> {
+        if self
+            .messages
+            .as_ref()
+            .is_none_or(|(_, next)| *next != start)
+        {
+            let consumer = self
+                .stream
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start.max(1),
+                    },
+                    ..pull::OrderedConfig::default()
+                })
+                .await?;
+            self.messages = Some((consumer.messages().await?, start));
+        }
+        match &mut self.messages {
+            Some((messages, _)) => Ok(messages),
+            None => Err("no consumer".into()),
+        }
+    }
+}
+
+impl BackplaneReader for Reader {
+    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
+        Box::pin(async move {
+            let state = self.stream.info().await?.state.clone();
+            let last = last(self.epoch, &state);
+            if state.messages == 0 {
+                return Ok(Tail::new(Vec::new(), last));
+            }
+            let count = (state.messages).min(limit.max(1) as u64);
+            let start = state.last_sequence + 1 - count;
+            let mut records = Vec::with_capacity(count as usize);
+            let mut read = 0;
+            while read < count {
+                let after = EventId::new(self.epoch + start - 1 + read);
+                match self.read(after, (count - read) as usize).await? {
+                    Read::Records {
+                        records: batch,
+                        up_to,
+                    } => {
+                        let Some(up_to) = up_to else { break };
+                        read = up_to.as_u64() - self.epoch + 1 - start;
+                        records.extend(batch);
+                    }
+                    // Purged meanwhile: what is left is read after the load.
+                    Read::Gap => break,
+                }
+            }
+            Ok(Tail::new(records, last))
+        })
+    }
+
+    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
+        Box::pin(async move {
+            let state = &self.stream.info().await?.state;
+            Ok(holds(self.epoch, state, after.as_u64()))
+        })
+    }
+
+    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
+        Box::pin(async move {
+            // The sequence to read from: after 0, the first; after an id of
+            // an earlier stream, what this one holds is past a gap.
+            let start = match after.as_u64() {
+                0 => 1,
+                id if id < self.epoch => return Ok(Read::Gap),
+                id => id - self.epoch + 1,
+            };
+            let messages = self.messages_from(start).await?;
+            let Ok(first) = tokio::time::timeout(BLOCK, messages.next()).await else {
+                // Nothing for a while: check the stream is still there (an
+                // error makes the hub reconnect, which makes it again), and
+                // that the consumer did not miss what it holds (a consumer
+                // lost in a server restart is made anew).
+                let state = &self.stream.info().await?.state;
+                if state.last_sequence >= start {
+                    self.messages = None;
+                }
+                return Ok(Read::records(Vec::new()));
+            };
+            let mut batch = vec![first.ok_or("the consumer ended")??];
+            while batch.len() < limit {
+                match messages.next().now_or_never() {
+                    Some(Some(message)) => batch.push(message?),
+                    _ => break,
+                }
+            }
+            let mut records = Vec::with_capacity(batch.len());
+            let mut up_to = None;
+            for message in &batch {
+                let sequence = message.info()?.stream_sequence;
+                // A jump from where it was asked to start: purged before read.
+                if up_to.is_none() && after.as_u64() > 0 && sequence > start {
+                    self.messages = None;
+                    return Ok(Read::Gap);
+                }
+                up_to = Some(EventId::new(self.epoch + sequence));
+                records.extend(record(self.epoch + sequence, message));
+            }
+            if let (Some((_, next)), Some(up_to)) = (&mut self.messages, up_to) {
+                *next = up_to.as_u64() - self.epoch + 1;
+            }
+            Ok(Read::Records { records, up_to })
+        })
+    }
+}
+
+/// One message as a record; one that is not a valid event is logged and
+/// skipped.
+fn record(id: u64, message: &async_nats::jetstream::Message) -> Option<Record> {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let mut event = Event::default();
+    if let Some(name) = header(EVENT) {
+        event = event.event(name);
+    }
+    match std::str::from_utf8(&message.payload) {
+        Ok(data) => event = event.data(data),
+        Err(_) => {
+            tracing::warn!(id, "backplane: skipping a message whose data is not UTF-8");
+            return None;
+        }
+    }
+    if let Some(id) = header(ID) {
+        event = event.id(id);
+    }
+    if let Some(retry) = header(RETRY).and_then(|ms| ms.parse().ok()) {
+        event = event.retry(Duration::from_millis(retry));
+    }
+    if let Some(comment) = header(COMMENT) {
+        event = event.comment(unescape(&comment));
+    }
+    let topic = header(TOPIC);
+    match Message::new(topic.as_deref(), event) {
+        Ok(message) => Some(Record::new(EventId::new(id), message)),
+        Err(e) => {
+            tracing::warn!(id, error = %e, "backplane: skipping a message that is not a valid event");
+            None
+        }
+    }
+}
+
+/// `\n` back to a line break, `\\` to a backslash.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_cross_headers_with_their_line_breaks() {
+        let comment = "one\ntwo \\n three\\";
+        let escaped = comment.replace('\\', "\\\\").replace('\n', "\\n");
+        assert!(!escaped.contains('\n'));
+        assert_eq!(unescape(&escaped), comment);
+    }
+
+    #[test]
+    fn a_stream_holds_what_follows_its_first_message() {
+        let epoch = 1_000;
+        assert!(holds_seq(epoch, (3, 10, 12), 1_009));
+        assert!(holds_seq(epoch, (3, 10, 12), 1_012));
+        assert!(!holds_seq(epoch, (3, 10, 12), 1_008), "9 was purged");
+        assert!(holds_seq(epoch, (0, 13, 12), 1_012));
+        assert!(!holds_seq(epoch, (0, 13, 12), 1_011));
+        assert!(holds_seq(epoch, (0, 0, 0), 0));
+        assert!(
+            !holds_seq(epoch, (2, 1, 2), 999),
+            "an id of an earlier stream"
+        );
+    }
+}
