@@ -74,7 +74,8 @@ pub async fn subscribe_ws(addr: &str, path: &str) -> WsSub {
 }
 
 /// Reads `m` events from a WebSocket subscriber (the first line of each
-/// event's data is its send time) and records their latency.
+/// event's data is its send time) and records their latency. A repeated or
+/// out-of-order event fails the run (see [`check_order`]).
 pub async fn read_ws_events(
     mut ws: WsSub,
     m: usize,
@@ -82,7 +83,7 @@ pub async fn read_ws_events(
 ) -> hdrhistogram::Histogram<u64> {
     use futures_util::StreamExt;
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-    let mut seen = 0;
+    let (mut seen, mut last) = (0, 0);
     while seen < m {
         READS.fetch_add(1, Ordering::Relaxed);
         let message = match ws.next().await {
@@ -102,10 +103,23 @@ pub async fn read_ws_events(
             .and_then(|d| d.lines().next())
             .and_then(|l| l.parse().ok())
             .unwrap();
+        check_order(&mut last, sent, seen, m);
         histogram.record(now.saturating_sub(sent).max(1)).unwrap();
         seen += 1;
     }
     histogram
+}
+
+/// Events are published one after the other (each `POST` answered before
+/// the next), so each subscriber's send times strictly increase: an event
+/// delivered twice could otherwise stand in for a lost one in the count.
+fn check_order(last: &mut u64, sent: u64, seen: usize, m: usize) {
+    assert!(
+        sent > *last,
+        "event {} of {m} repeated or out of order (sent at {sent} ns, after one sent at {last} ns)",
+        seen + 1
+    );
+    *last = sent;
 }
 
 /// A subscriber that never reads, with a 4 KiB receive buffer: once its
@@ -119,7 +133,8 @@ pub async fn stuck(addr: &str, path: &str) -> TcpStream {
 }
 
 /// Reads `m` events (lines `data: <sent nanos>`) and records their latency.
-/// Other lines (ids, comments, chunk framing, padding data) are skipped.
+/// Other lines (ids, comments, chunk framing, padding data) are skipped. A
+/// repeated or out-of-order event fails the run (see [`check_order`]).
 pub async fn read_events(
     mut reader: Sub,
     m: usize,
@@ -128,7 +143,7 @@ pub async fn read_events(
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut pending = Vec::new();
-    let mut seen = 0;
+    let (mut seen, mut last) = (0, 0);
     while seen < m {
         buf.clear();
         READS.fetch_add(1, Ordering::Relaxed);
@@ -145,6 +160,7 @@ pub async fn read_events(
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .and_then(|s| s.trim().parse::<u64>().ok())
             {
+                check_order(&mut last, sent, seen, m);
                 histogram.record(now.saturating_sub(sent).max(1)).unwrap();
                 seen += 1;
             }

@@ -2,8 +2,10 @@
 //! hand-rolled axum way (`axum::response::Sse` over `tokio::sync::broadcast`,
 //! an `Event` built per subscriber) and Nchan (the nginx pub/sub module).
 //!
-//! `cargo bench --bench fanout --features axum,redis,ws` (installs nginx + Nchan from
-//! Debian's packages when missing: run as root, or `FANOUT_SKIP=nchan`).
+//! `cargo bench --bench fanout --features axum,redis,ws,postgres,nats`
+//! (installs nginx + Nchan, redis-server, PostgreSQL and nats-server from
+//! Debian's packages when missing: run as root, or leave them out with
+//! `FANOUT_SKIP=nchan,redis,postgres,nats`).
 //!
 //! Each server runs in its own process(es), so its CPU time and memory are
 //! read from `/proc` apart from the load client's (see `server.rs`). The
@@ -26,9 +28,12 @@
 //!   subscriber is read here, with all 10,000 connected and nothing sent;
 //! - `topics`: 1,000 topics × 10 subscribers, 20,000 events round-robin;
 //! - `churn`: 50,000 connect/disconnect cycles, 100 at a time;
-//! - `cross`: two tower-sse nodes sharing a Redis backplane (a
-//!   `redis-server` the bench starts), 100 subscribers on node B, 3,000
-//!   events at 1,000/s published on node A, against one node without Redis;
+//! - `cross`: two tower-sse nodes sharing a backplane, once per engine
+//!   (Redis, PostgreSQL, NATS JetStream: a server the bench starts on a free
+//!   port and stops), 100 subscribers on node B, 3,000 events at 1,000/s
+//!   published on node A, each against one node without a backplane
+//!   measured just before it; CPU per delivery counts both nodes and the
+//!   engine's processes;
 //! - `stuck`: 1,000 readers × 300 paced 4 KiB events, with and without 100
 //!   clients that never read (tower-sse only).
 //!
@@ -47,7 +52,7 @@ enum Reader {
     Sse(Sub),
     Ws(Box<WsSub>),
 }
-use server::{Kind, ServerProcess};
+use server::{Engine, EngineProcess, Kind, ServerProcess};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -147,22 +152,33 @@ fn main() {
     }
     if wants("cross") {
         let (n, m) = (scale(100), scale(3000));
-        println!("\n== cross-node: {n} subscribers on node B, 1,000 events/s published on node A through Redis, against one node without it");
+        println!("\n== cross-node: {n} subscribers on node B, 1,000 events/s published on node A through each backplane, against one node without one");
         let load = Load::paced(n, m, 1000);
-        let single = runtime.block_on(run(Kind::TowerSse, &load));
-        println!("  single node: {single}");
-        let redis = server::RedisProcess::start();
-        let a = ServerProcess::start_with(Kind::TowerSseRedis, &redis.url());
-        let b = ServerProcess::start_with(Kind::TowerSseRedis, &redis.url());
-        let cross = runtime.block_on(run_on(Kind::TowerSseRedis, &[&a, &b], &b, &a, &load));
-        let redis_cpu = redis.cpu();
-        println!("  two nodes:   {cross}");
-        report.cross(
-            n,
-            single,
-            cross,
-            redis_cpu.as_secs_f64() * 1e9 / (n * m) as f64,
-        );
+        let mut runs = Vec::new();
+        for engine in Engine::ALL
+            .into_iter()
+            .filter(|e| !skip.split(',').any(|s| s == e.short_name()))
+        {
+            // The baseline just before, so both see the same machine.
+            let single = runtime.block_on(run(Kind::TowerSse, &load));
+            println!("  one node:  {single}");
+            let process = EngineProcess::start(engine);
+            // One after the other: `start_with` returns once the node's hub
+            // reads the engine's log. Dropped in reverse, the engine last.
+            let a = ServerProcess::start_with(engine.kind(), &process.url());
+            let b = ServerProcess::start_with(engine.kind(), &process.url());
+            let cross = runtime.block_on(run_on(
+                engine.kind(),
+                &[&a, &b],
+                Some(&process),
+                &b,
+                &a,
+                &load,
+            ));
+            println!("  two nodes: {cross}");
+            runs.push((engine, single, cross));
+        }
+        report.cross(n, runs);
     }
     if wants("stuck") {
         let (n, k) = (scale(1000), scale(100));
@@ -237,6 +253,9 @@ pub struct Figures {
     pub subscribers: usize,
     /// Server CPU (user + system, all its processes) per delivered event.
     pub cpu_ns: f64,
+    /// The backplane engine's CPU (user + system, all its processes) per
+    /// delivered event, over the same time as `cpu_ns`; 0 without one.
+    pub engine_cpu_ns: f64,
     pub per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
@@ -267,20 +286,26 @@ impl std::fmt::Display for Figures {
             self.idle_bytes,
             self.growth_bytes / 1e6,
             self.events_per_read
-        )
+        )?;
+        if self.kind.engine().is_some() {
+            write!(f, ", engine CPU {:.0} ns/delivery", self.engine_cpu_ns)?;
+        }
+        Ok(())
     }
 }
 
 async fn run(kind: Kind, load: &Load) -> Figures {
     let server = ServerProcess::start(kind);
-    run_on(kind, &[&server], &server, &server, load).await
+    run_on(kind, &[&server], None, &server, &server, load).await
 }
 
 /// Runs `load` with the subscribers on `subscribe` and the publisher on
-/// `publish`; CPU and memory are those of all `servers`.
+/// `publish`; CPU and memory are those of all `servers`, and the CPU of
+/// `engine` (their backplane's) is read over the same time.
 async fn run_on(
     kind: Kind,
     servers: &[&ServerProcess],
+    engine: Option<&EngineProcess>,
     subscribe: &ServerProcess,
     publish: &ServerProcess,
     load: &Load,
@@ -331,6 +356,8 @@ async fn run_on(
         .collect();
     client::READS.store(0, std::sync::atomic::Ordering::Relaxed);
     let cpu_before = cpu_of();
+    let engine_cpu_of = || engine.map_or(Duration::ZERO, |e| e.cpu());
+    let engine_cpu_before = engine_cpu_of();
     let start = Instant::now();
     let padding = "x".repeat(load.padding);
     let mut ticks = load
@@ -369,6 +396,7 @@ async fn run_on(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = (cpu_of() - cpu_before).as_secs_f64();
+    let engine_cpu = engine_cpu_of().saturating_sub(engine_cpu_before);
     let deliveries: usize = load
         .topics
         .iter()
@@ -388,6 +416,7 @@ async fn run_on(
         kind,
         subscribers: n,
         cpu_ns: cpu * 1e9 / deliveries as f64,
+        engine_cpu_ns: engine_cpu.as_secs_f64() * 1e9 / deliveries as f64,
         per_s: deliveries as f64 / elapsed,
         p50_us: latencies.value_at_quantile(0.5) as f64 / 1e3,
         p99_us: latencies.value_at_quantile(0.99) as f64 / 1e3,

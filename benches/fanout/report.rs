@@ -1,7 +1,10 @@
 //! Tables of figures and ratios (printed, and written into BENCHMARKS.md
 //! between its `fanout` markers) and the chart (docs/fanout.svg).
 
-use crate::{server::Kind, Churn, Figures};
+use crate::{
+    server::{Engine, Kind},
+    Churn, Figures,
+};
 use std::fmt::Write;
 
 const BEGIN: &str = "<!-- fanout:begin (written by `cargo bench --bench fanout`) -->";
@@ -297,37 +300,71 @@ impl Report {
         self.text.push_str(&t);
     }
 
-    pub fn cross(&mut self, n: usize, single: Figures, cross: Figures, redis_cpu_ns: f64) {
+    /// One run per engine: `(engine, one node measured just before, two
+    /// nodes through the engine)`.
+    pub fn cross(&mut self, n: usize, runs: Vec<(Engine, Figures, Figures)>) {
+        if runs.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = runs.iter().map(|(e, _, _)| e.name()).collect();
         self.heading(&format!(
-            "Cross-node (Redis backplane): {n} subscribers on node B, events published on node A at 1,000/s, against one node without Redis"
+            "Cross-node ({} backplanes): {n} subscribers on node B, events published on node A at 1,000/s, each against one node without a backplane measured just before it",
+            names.join(", ")
         ));
         let mut t = String::from(
-            "| | latency p50 | latency p99 | latency max | server CPU per delivery | events published per second |\n|---|---:|---:|---:|---:|---:|\n",
+            "| | latency p50 | latency p99 | latency max | tower-sse CPU per delivery | engine CPU per delivery | events published per second |\n|---|---:|---:|---:|---:|---:|---:|\n",
         );
-        for (name, f) in [("one node", &single), ("two nodes via Redis", &cross)] {
+        for (engine, single, cross) in &runs {
+            for (name, f, engine_cpu) in [
+                (
+                    format!("one node (before {})", engine.name()),
+                    single,
+                    "—".to_string(),
+                ),
+                (
+                    format!("two nodes via {}", engine.name()),
+                    cross,
+                    format!("{:.0} ns", cross.engine_cpu_ns),
+                ),
+            ] {
+                writeln!(
+                    t,
+                    "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} ns | {engine_cpu} | {:.0} |",
+                    f.p50_us, f.p99_us, f.max_us, f.cpu_ns, f.publish_per_s
+                )
+                .unwrap();
+            }
+        }
+        t.push_str(
+            "\n| backplane | p99 added over one node | CPU per delivery, both nodes + engine | against one node |\n|---|---:|---:|---:|\n",
+        );
+        for (engine, single, cross) in &runs {
+            let total = cross.cpu_ns + cross.engine_cpu_ns;
             writeln!(
                 t,
-                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} ns | {:.0} |",
-                f.p50_us, f.p99_us, f.max_us, f.cpu_ns, f.publish_per_s
+                "| {} | {:+.2} ms ({:.2}×) | {total:.0} ns | {:.2}× |",
+                engine.name(),
+                (cross.p99_us - single.p99_us) / 1e3,
+                cross.p99_us / single.p99_us,
+                total / single.cpu_ns
             )
             .unwrap();
         }
-        writeln!(
-            t,
-            "\nTwo nodes / one node: p99 {:.2}× ({:+.2} ms), CPU per delivery {:.2}× (both nodes' CPU; redis-server used another {:.0} ns per delivery).",
-            cross.p99_us / single.p99_us,
-            (cross.p99_us - single.p99_us) / 1e3,
-            cross.cpu_ns / single.cpu_ns,
-            redis_cpu_ns
-        )
-        .unwrap();
+        t.push_str(
+            "\nCPU is user + system time from `/proc`, from the first event published to the last one delivered: tower-sse's is both nodes' processes; the engine's is redis-server's or nats-server's process (all its threads), or PostgreSQL's postmaster with all its child processes (backends, WAL writer, checkpointer, …, and the children it reaped meanwhile).\n",
+        );
         println!("\n{t}");
         self.text.push_str(&t);
-        let delta_ms = (cross.p99_us - single.p99_us) / 1e3;
-        self.target(
-            format!("cross-node p99 within 2 ms of one node at 1,000 events/s: {delta_ms:+.2} ms"),
-            delta_ms <= 2.0,
-        );
+        for (engine, single, cross) in &runs {
+            let delta_ms = (cross.p99_us - single.p99_us) / 1e3;
+            self.target(
+                format!(
+                    "cross-node p99 via {} within 2 ms of one node at 1,000 events/s: {delta_ms:+.2} ms",
+                    engine.name()
+                ),
+                delta_ms <= 2.0,
+            );
+        }
     }
 
     pub fn stuck(&mut self, n: usize, k: usize, without: Figures, with: Figures) {

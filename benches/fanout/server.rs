@@ -1,7 +1,9 @@
 //! The servers under test, each in its own process(es): tower-sse and the
 //! hand-rolled axum peer run as this binary re-executed with
 //! `FANOUT_SERVER=<kind>`; Nchan runs as nginx with a config written to a
-//! temporary directory.
+//! temporary directory. The cross-node scenario's engines (Redis,
+//! PostgreSQL, NATS JetStream) run as their own servers on free ports, see
+//! [`EngineProcess`].
 //!
 //! Every server offers the same routes (see [`Kind::sub_path`]): the event
 //! stream of one topic, `POST /pub/<topic>` to publish the body as one
@@ -9,7 +11,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
@@ -22,6 +24,11 @@ pub enum Kind {
     Nchan,
     /// tower-sse with a Redis backplane (`FANOUT_REDIS` is its URL).
     TowerSseRedis,
+    /// tower-sse with a PostgreSQL backplane (`FANOUT_POSTGRES` is its
+    /// connection string).
+    TowerSsePostgres,
+    /// tower-sse with a NATS JetStream backplane (`FANOUT_NATS` is its URL).
+    TowerSseNats,
     /// tower-sse's server, its subscribers on WebSocket (`/ws`).
     TowerSseWs,
 }
@@ -37,7 +44,9 @@ impl Kind {
     /// Where a subscriber to `topic` connects.
     pub fn sub_path(self, topic: &str) -> String {
         match self {
-            Kind::TowerSse | Kind::TowerSseRedis => format!("/events?topic={topic}"),
+            Kind::TowerSse | Kind::TowerSseRedis | Kind::TowerSsePostgres | Kind::TowerSseNats => {
+                format!("/events?topic={topic}")
+            }
             Kind::TowerSseWs => format!("/ws?topic={topic}"),
             _ => format!("/sub/{topic}"),
         }
@@ -52,12 +61,19 @@ impl Kind {
         }
     }
 
+    /// The engine of its backplane, if it has one.
+    pub fn engine(self) -> Option<Engine> {
+        Engine::ALL.into_iter().find(|e| e.kind() == self)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::TowerSse => "tower-sse",
             Kind::AxumBroadcast => "axum-broadcast",
             Kind::Nchan => "nchan",
             Kind::TowerSseRedis => "tower-sse+redis",
+            Kind::TowerSsePostgres => "tower-sse+postgres",
+            Kind::TowerSseNats => "tower-sse+nats",
             Kind::TowerSseWs => "tower-sse-ws",
         }
     }
@@ -75,14 +91,19 @@ impl ServerProcess {
         Self::start_with(kind, "")
     }
 
-    /// Starts `kind`, with `redis` as its backplane's URL when it has one.
-    pub fn start_with(kind: Kind, redis: &str) -> ServerProcess {
+    /// Starts `kind`, with `backplane` as its engine's URL (connection
+    /// string for PostgreSQL) when it has one. Returns once the server
+    /// listens and, with an engine, is connected to it.
+    pub fn start_with(kind: Kind, backplane: &str) -> ServerProcess {
         match kind {
             Kind::Nchan => start_nchan(),
             _ => {
-                let mut child = Command::new(std::env::current_exe().unwrap())
+                let mut command = Command::new(std::env::current_exe().unwrap());
+                if let Some(engine) = kind.engine() {
+                    command.env(engine.env(), backplane);
+                }
+                let mut child = command
                     .env("FANOUT_SERVER", kind.name())
-                    .env("FANOUT_REDIS", redis)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .spawn()
@@ -145,11 +166,47 @@ impl ServerProcess {
 
 /// User + system CPU time of process `pid` so far (zero once it is gone).
 fn cpu_of(pid: u32) -> Duration {
-    stat_fields(pid).map_or(Duration::ZERO, |f| {
-        let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        // The clock tick is 100 Hz on Linux x86_64 and arm64.
-        Duration::from_millis(ticks * 10)
-    })
+    stat_fields(pid).map_or(Duration::ZERO, |f| ticks(&f[11..13]))
+}
+
+/// Clock ticks (`/proc/<pid>/stat` fields) as a duration.
+fn ticks(fields: &[String]) -> Duration {
+    let ticks: u64 = fields.iter().map(|t| t.parse::<u64>().unwrap()).sum();
+    // The clock tick is 100 Hz on Linux x86_64 and arm64.
+    Duration::from_millis(ticks * 10)
+}
+
+/// User + system CPU time so far of process `root` and all its descendants
+/// (PostgreSQL's postmaster and its backends and background workers): each
+/// live process's own time plus that of the children it has waited for
+/// (`cutime` + `cstime`), so a backend that exited still counts, once.
+fn tree_cpu(root: u32) -> Duration {
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(f) = stat_fields(pid) {
+            processes.push((pid, f[1].parse::<u32>().unwrap_or(0), ticks(&f[11..15])));
+        }
+    }
+    let mut tree = vec![root];
+    let mut total = Duration::ZERO;
+    while let Some(pid) = tree.pop() {
+        for (child, parent, cpu) in &processes {
+            if *child == pid {
+                total += *cpu;
+            }
+            if *parent == pid {
+                tree.push(*child);
+            }
+        }
+    }
+    total
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name.
@@ -180,6 +237,16 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+impl TempDir {
+    /// A new empty directory under the system's temporary directory.
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("fanout-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
     }
 }
 
@@ -302,13 +369,21 @@ pub fn serve(kind: &str) {
         .unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("{}", listener.local_addr().unwrap().port());
         let app = match kind {
             "tower-sse" | "tower-sse-ws" => ours(None).await,
-            "tower-sse+redis" => ours(std::env::var("FANOUT_REDIS").ok()).await,
             "axum-broadcast" => hand_rolled(),
-            other => panic!("unknown server {other}"),
+            other => {
+                let engine = Engine::ALL
+                    .into_iter()
+                    .find(|e| e.kind().name() == other)
+                    .unwrap_or_else(|| panic!("unknown server {other}"));
+                let url = std::env::var(engine.env()).expect("the engine's URL");
+                ours(Some((engine, url))).await
+            }
         };
+        // Ready (and connected to the engine, if any): the parent waits for
+        // this line before it starts the next node.
+        println!("{}", listener.local_addr().unwrap().port());
         // Ends when the client closes our stdin or sends SIGTERM.
         let stdin_closed = tokio::task::spawn_blocking(|| {
             let mut sink = String::new();
@@ -326,85 +401,375 @@ pub fn serve(kind: &str) {
 }
 
 /// tower-sse: the layer serves `/events?topic=…`; handlers publish (through
-/// Redis when `redis` is a backplane's URL).
-async fn ours(redis: Option<String>) -> axum::Router {
+/// the engine's backplane when `backplane` names one and its URL).
+async fn ours(backplane: Option<(Engine, String)>) -> axum::Router {
     use axum::extract::Path;
-    use tower_sse::{Event, Hub, Publisher, RedisBackplane, SseLayer};
+    use tower_sse::{
+        Event, Hub, NatsBackplane, PostgresBackplane, Publisher, RedisBackplane, SseLayer,
+    };
 
     async fn publish(
         publisher: Publisher,
         Path(topic): Path<String>,
         body: String,
-    ) -> axum::http::StatusCode {
+    ) -> (axum::http::StatusCode, String) {
+        use axum::http::StatusCode;
+        // A refusal says why (the client shows the body when it fails).
         match publisher.publish_to(&topic, Event::default().data(body)) {
             Ok(published) => match published.await {
-                Ok(_) => axum::http::StatusCode::ACCEPTED,
-                Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Ok(_) => (StatusCode::ACCEPTED, String::new()),
+                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}")),
             },
-            Err(_) => axum::http::StatusCode::BAD_REQUEST,
+            Err(e @ tower_sse::Error::Backplane(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}"))
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, format!("{e:?}")),
         }
     }
     async fn count(publisher: Publisher) -> String {
         publisher.subscriber_count().to_string()
     }
-    let mut hub = Hub::builder().history(4096).max_lag(4096);
-    if let Some(url) = redis {
-        let backplane = RedisBackplane::connect(&url).await.expect("Redis is up");
-        hub = hub.backplane(backplane.key("fanout"));
+    let hub = Hub::builder().history(4096).max_lag(4096);
+    let hub = match backplane {
+        None => hub.build(),
+        Some((Engine::Redis, url)) => {
+            let backplane = RedisBackplane::connect(&url).await.expect("Redis is up");
+            hub.backplane(backplane.key("fanout")).build()
+        }
+        Some((Engine::Postgres, config)) => {
+            let backplane = PostgresBackplane::connect(&config)
+                .await
+                .expect("PostgreSQL is up");
+            hub.backplane(backplane).build()
+        }
+        Some((Engine::Nats, url)) => {
+            let backplane = NatsBackplane::connect(&url).await.expect("NATS is up");
+            hub.backplane(backplane).build()
+        }
+    };
+    let layer = SseLayer::new("/events").hub(&hub).websocket("/ws");
+    // Ready once the hub reads the engine's log: publishing is refused
+    // before. This also keeps the nodes' connections from setting the
+    // engine's schema up at the same time (two PostgreSQL connections doing
+    // it at once can fail with "tuple concurrently updated"), since the
+    // parent starts the next node only then. The hub offers its state to
+    // poll (a readiness check), not to await.
+    let publisher = layer.publisher();
+    let started = std::time::Instant::now();
+    while !publisher.backplane_status().is_up() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the backplane is not up: {:?}",
+            publisher.backplane_status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let layer = SseLayer::new("/events").hub(&hub.build()).websocket("/ws");
     axum::Router::new()
         .route("/pub/{topic}", axum::routing::post(publish))
         .route("/count", axum::routing::get(count))
         .layer(layer)
 }
 
-/// A `redis-server` for the cross-node scenario (installed from Debian's
-/// packages when missing), without persistence, on a free port.
-pub struct RedisProcess {
-    child: Child,
-    port: u16,
+/// An engine a backplane shares events through, for the cross-node scenario.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Engine {
+    Redis,
+    Postgres,
+    Nats,
 }
 
-impl RedisProcess {
-    pub fn start() -> RedisProcess {
-        if !which("redis-server") {
-            apt_install("redis-server", "or leave out the cross scenario");
+impl Engine {
+    pub const ALL: [Engine; 3] = [Engine::Redis, Engine::Postgres, Engine::Nats];
+
+    /// The tower-sse server with this engine's backplane.
+    pub fn kind(self) -> Kind {
+        match self {
+            Engine::Redis => Kind::TowerSseRedis,
+            Engine::Postgres => Kind::TowerSsePostgres,
+            Engine::Nats => Kind::TowerSseNats,
         }
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-server starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().contains("Ready to accept connections") {
-                break;
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Redis => "Redis",
+            Engine::Postgres => "PostgreSQL",
+            Engine::Nats => "NATS JetStream",
+        }
+    }
+
+    /// Its name in `FANOUT_SKIP`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Engine::Redis => "redis",
+            Engine::Postgres => "postgres",
+            Engine::Nats => "nats",
+        }
+    }
+
+    /// The variable a server reads the engine's URL (or connection string)
+    /// from.
+    fn env(self) -> &'static str {
+        match self {
+            Engine::Redis => "FANOUT_REDIS",
+            Engine::Postgres => "FANOUT_POSTGRES",
+            Engine::Nats => "FANOUT_NATS",
+        }
+    }
+}
+
+/// An engine's server, started by the bench on a free port (its binaries
+/// installed from Debian's packages when missing) and stopped when dropped:
+/// `redis-server` without persistence; `nats-server -js`, its storage in a
+/// temporary directory; PostgreSQL (`initdb` + `pg_ctl`) in a temporary
+/// directory, as the `postgres` user when we are root.
+pub struct EngineProcess {
+    url: String,
+    running: Running,
+    /// Removed after the server stopped (fields drop after `Drop::drop`).
+    _dir: Option<TempDir>,
+}
+
+enum Running {
+    /// redis-server or nats-server, our child.
+    Child(Child),
+    /// The postmaster `pg_ctl` started in the data directory `data`.
+    Postgres {
+        pg_ctl: PathBuf,
+        data: String,
+        postmaster: u32,
+    },
+}
+
+impl EngineProcess {
+    pub fn start(engine: Engine) -> EngineProcess {
+        match engine {
+            Engine::Redis => start_redis(),
+            Engine::Postgres => start_postgres(),
+            Engine::Nats => start_nats(),
+        }
+    }
+
+    /// The backplane's URL (connection string for PostgreSQL).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// User + system CPU time the engine's processes used so far: the
+    /// server's process (all its threads), and for PostgreSQL the postmaster
+    /// with all its children (backends, WAL writer, checkpointer, …).
+    pub fn cpu(&self) -> Duration {
+        match &self.running {
+            Running::Child(child) => tree_cpu(child.id()),
+            Running::Postgres { postmaster, .. } => tree_cpu(*postmaster),
+        }
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        match &mut self.running {
+            Running::Child(child) => {
+                child.kill().ok();
+                child.wait().ok();
+            }
+            Running::Postgres { pg_ctl, data, .. } => {
+                as_postgres(pg_ctl)
+                    .args(["-D", data, "-m", "immediate", "-w", "stop"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .ok();
             }
         }
-        std::thread::spawn(move || lines.for_each(drop));
-        RedisProcess { child, port }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// CPU time redis-server used so far.
-    pub fn cpu(&self) -> Duration {
-        cpu_of(self.child.id())
     }
 }
 
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+/// Waits for the line containing `ready` on a server's output, then keeps
+/// draining it; fails (and `engine`, dropped, stops the server) when the
+/// output ends first.
+fn wait_ready(
+    engine: EngineProcess,
+    output: impl std::io::Read + Send + 'static,
+    ready: &str,
+) -> EngineProcess {
+    let mut lines = BufReader::new(output).lines();
+    let found = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains(ready));
+    assert!(
+        found,
+        "{}: the server exited before it was ready",
+        engine.url
+    );
+    std::thread::spawn(move || lines.for_each(drop));
+    engine
+}
+
+fn start_redis() -> EngineProcess {
+    if !which("redis-server") {
+        apt_install("redis-server", "or set FANOUT_SKIP=redis");
+    }
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-server starts");
+    let output = child.stdout.take().unwrap();
+    let engine = EngineProcess {
+        url: format!("redis://127.0.0.1:{port}/"),
+        running: Running::Child(child),
+        _dir: None,
+    };
+    wait_ready(engine, output, "Ready to accept connections")
+}
+
+fn start_nats() -> EngineProcess {
+    if !which("nats-server") {
+        apt_install("nats-server", "or set FANOUT_SKIP=nats");
+    }
+    let dir = TempDir::new("nats");
+    let port = free_port();
+    let mut child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(&dir.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server starts");
+    let output = child.stderr.take().unwrap();
+    let engine = EngineProcess {
+        url: format!("nats://127.0.0.1:{port}"),
+        running: Running::Child(child),
+        _dir: Some(dir),
+    };
+    wait_ready(engine, output, "Server is ready")
+}
+
+/// A PostgreSQL binary: on the `PATH`, or in Debian's versioned directory
+/// (the newest).
+fn postgres_binary(name: &str) -> Option<PathBuf> {
+    let on_path = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    on_path.or_else(|| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("bin").join(name)))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        found.pop()
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command running `binary` as `postgres` when we are root (PostgreSQL
+/// refuses to run as root).
+fn as_postgres(binary: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(binary);
+        command
+    } else {
+        Command::new(binary)
     }
 }
 
+/// Runs a PostgreSQL command to its end; fails with its output.
+fn run_postgres(binary: &Path, args: &[&str]) {
+    let out = as_postgres(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", binary.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}{}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// PostgreSQL's default settings (durable commits), a cluster made by
+/// `initdb` in a temporary directory, listening on loopback only.
+fn start_postgres() -> EngineProcess {
+    if postgres_binary("initdb").is_none() || postgres_binary("pg_ctl").is_none() {
+        apt_install("postgresql", "or set FANOUT_SKIP=postgres");
+    }
+    let initdb = postgres_binary("initdb").expect("initdb installed");
+    let pg_ctl = postgres_binary("pg_ctl").expect("pg_ctl installed");
+    let dir = TempDir::new("postgres");
+    if is_root() {
+        let ok = Command::new("chown")
+            .arg("postgres:")
+            .arg(&dir.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "could not give {} to the postgres user",
+            dir.0.display()
+        );
+    }
+    let data = dir.0.join("data").display().to_string();
+    // (`--no-sync` spares initdb's own writes; the server keeps `fsync` on.)
+    run_postgres(
+        &initdb,
+        &[
+            "-D",
+            &data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+    );
+    let port = free_port();
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1",
+        dir.0.display()
+    );
+    let log = dir.0.join("log").display().to_string();
+    // `-w`: returns once the server accepts connections.
+    let started = as_postgres(&pg_ctl)
+        .args(["-D", &data, "-l", &log, "-o", &options, "-w", "start"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let postmaster = std::fs::read_to_string(format!("{data}/postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse().ok());
+    let engine = EngineProcess {
+        url: format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        running: Running::Postgres {
+            pg_ctl,
+            data,
+            postmaster: postmaster.unwrap_or(0),
+        },
+        _dir: Some(dir),
+    };
+    if !started || postmaster.is_none() {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("PostgreSQL did not start:\n{log}");
+    }
+    engine
+}
 /// What axum's documentation leads to: `Sse` over a `broadcast` receiver
 /// (one channel per topic, in a map), an `Event` built per subscriber.
 fn hand_rolled() -> axum::Router {
