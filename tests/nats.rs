@@ -6,89 +6,34 @@
 mod common;
 
 use axum::Router;
-use common::{Server, Subscriber};
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    },
+use common::{
+    services::{free_port, Scratch, Service},
+    Server, Subscriber,
 };
+use std::{path::Path, process::Command, sync::Mutex};
 use tower_sse::{testing::Harness, Event, Hub, NatsBackplane, SseLayer};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `nats-server` with JetStream, its storage in `dir`; killed when dropped.
-struct Nats {
-    child: Child,
-}
-
-impl Nats {
-    fn start(port: u16, dir: &PathBuf) -> Nats {
-        let mut child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("nats-server is needed for this test (apt-get install nats-server): {e}")
-            });
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("nats-server exited before it was ready")
-                .unwrap();
-            if line.contains("Server is ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        Nats { child }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tower-sse-nats-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A `nats-server` with JetStream on `port`, its storage in `dir`; killed
+/// when dropped.
+fn nats(port: u16, dir: &Path) -> Service {
+    let mut command = Command::new("nats-server");
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir);
+    Service::start(command, "apt-get install nats-server", "Server is ready")
 }
 
 struct NatsHarness {
-    server: Mutex<Nats>,
+    server: Mutex<Service>,
     port: u16,
-    dir: PathBuf,
+    dir: Scratch,
 }
 
 impl NatsHarness {
     fn new() -> NatsHarness {
-        let (port, dir) = (free_port(), temp_dir());
+        let (port, dir) = (free_port(), Scratch::new("nats"));
         NatsHarness {
-            server: Mutex::new(Nats::start(port, &dir)),
+            server: Mutex::new(nats(port, dir.path())),
             port,
             dir,
         }
@@ -96,13 +41,6 @@ impl NatsHarness {
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsHarness {
-    fn drop(&mut self) {
-        self.server.lock().unwrap().kill();
-        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
@@ -119,10 +57,10 @@ impl Harness for NatsHarness {
 
     async fn start(&self, keep_data: bool) {
         if !keep_data {
-            std::fs::remove_dir_all(&self.dir).unwrap();
-            std::fs::create_dir_all(&self.dir).unwrap();
+            std::fs::remove_dir_all(self.dir.path()).unwrap();
+            std::fs::create_dir_all(self.dir.path()).unwrap();
         }
-        *self.server.lock().unwrap() = Nats::start(self.port, &self.dir);
+        *self.server.lock().unwrap() = nats(self.port, self.dir.path());
     }
 }
 

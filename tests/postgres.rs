@@ -7,22 +7,16 @@
 mod common;
 
 use axum::Router;
-use common::{within, Server, Subscriber};
+use common::{
+    services::{free_port, Scratch},
+    within, Server, Subscriber,
+};
 use futures_util::StreamExt;
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
 };
 use tower_sse::{testing::Harness, Event, EventId, Hub, PostgresBackplane, SseLayer};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A PostgreSQL binary: on the `PATH`, or in Debian's versioned directory.
 fn binary(name: &str) -> PathBuf {
@@ -75,23 +69,17 @@ fn run(name: &str, args: &[&str]) {
 /// A PostgreSQL server of this test, in a directory of its own; stopped and
 /// removed when dropped.
 struct Pg {
-    dir: PathBuf,
+    dir: Scratch,
     port: u16,
 }
 
 impl Pg {
     fn start() -> Pg {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tower-sse-pg-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new("pg");
         if is_root() {
             let ok = Command::new("chown")
                 .args(["postgres:"])
-                .arg(&dir)
+                .arg(dir.path())
                 .status()
                 .unwrap();
             assert!(ok.success());
@@ -106,7 +94,7 @@ impl Pg {
     }
 
     fn data(&self) -> String {
-        self.dir.join("data").display().to_string()
+        self.dir.path().join("data").display().to_string()
     }
 
     fn init(&self) {
@@ -129,9 +117,9 @@ impl Pg {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
-            self.dir.display()
+            self.dir.path().display()
         );
-        let log = self.dir.join("log").display().to_string();
+        let log = self.dir.path().join("log").display().to_string();
         run(
             "pg_ctl",
             &[
@@ -189,7 +177,6 @@ impl Drop for Pg {
                 ),
             )
             .status();
-        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 

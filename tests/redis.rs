@@ -1,32 +1,25 @@
 //! The Redis backplane against a real `redis-server`: each test starts its
 //! own on a free loopback port (no persistence) and stops it. Needs only the
 //! binary: `apt-get install redis-server` (`.ci/run` installs it if absent).
-//! Run with `cargo test --features axum,redis,ws --test redis`.
+//! Run with `cargo test --features axum,redis,ws,testing --test redis`.
 
 mod common;
 
 use axum::Router;
-use common::{within, Server, Subscriber};
+use common::{
+    services::{free_port, Scratch, Service},
+    within, Server, Subscriber,
+};
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     sync::atomic::{AtomicUsize, Ordering},
 };
 use tower_sse::{Error, Event, Hub, RedisBackplane, SseLayer, RESET_EVENT};
 
-/// A loopback port nothing listens on (free when asked).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `redis-server` of this test; killed when dropped.
 struct Redis {
-    child: Child,
+    service: Service,
     port: u16,
 }
 
@@ -49,22 +42,12 @@ impl Redis {
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
                 .arg(dir),
         };
-        let mut child = command.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
-            panic!("redis-server is needed for this test (apt-get install redis-server): {e}")
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("redis-server exited before accepting connections")
-                .unwrap();
-            if line.contains("Ready to accept connections") {
-                break;
-            }
-        }
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Redis { child, port }
+        let service = Service::start(
+            command,
+            "apt-get install redis-server",
+            "Ready to accept connections",
+        );
+        Redis { service, port }
     }
 
     fn url(&self) -> String {
@@ -72,14 +55,7 @@ impl Redis {
     }
 
     fn kill(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
+        self.service.kill();
     }
 }
 
@@ -494,15 +470,8 @@ async fn disconnect_user_through_redis_ends_the_users_streams_on_every_node() {
 struct RedisHarness {
     redis: std::sync::Mutex<Redis>,
     port: u16,
-    dir: PathBuf,
+    dir: Scratch,
     key: String,
-}
-
-impl Drop for RedisHarness {
-    fn drop(&mut self) {
-        self.redis.lock().unwrap().kill();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
 }
 
 impl tower_sse::testing::Harness for RedisHarness {
@@ -519,20 +488,19 @@ impl tower_sse::testing::Harness for RedisHarness {
 
     async fn start(&self, keep_data: bool) {
         if !keep_data {
-            std::fs::remove_dir_all(&self.dir).unwrap();
-            std::fs::create_dir(&self.dir).unwrap();
+            std::fs::remove_dir_all(self.dir.path()).unwrap();
+            std::fs::create_dir(self.dir.path()).unwrap();
         }
-        *self.redis.lock().unwrap() = Redis::start_on(self.port, Some(&self.dir));
+        *self.redis.lock().unwrap() = Redis::start_on(self.port, Some(self.dir.path()));
     }
 }
 
 async fn redis_harness() -> RedisHarness {
     let key = key();
-    let dir = std::env::temp_dir().join(key.replace(':', "-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("redis");
     let port = free_port();
     RedisHarness {
-        redis: std::sync::Mutex::new(Redis::start_on(port, Some(&dir))),
+        redis: std::sync::Mutex::new(Redis::start_on(port, Some(dir.path()))),
         port,
         dir,
         key,

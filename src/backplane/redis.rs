@@ -29,7 +29,8 @@ use std::{
 };
 
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    aio::MultiplexedConnection,
+    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
     streams::{StreamId, StreamRangeReply, StreamReadReply},
     AsyncConnectionConfig, Client, Value,
 };
@@ -62,32 +63,74 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// # let _ = id; Ok(()) }
 /// ```
 ///
-/// Each instance keeps one connection for publishing (redis-rs's
-/// `ConnectionManager`, which reconnects by itself) and one that blocks in
-/// `XREAD`. The hub keeps the [`Backplane`](crate::backplane) contract around
-/// it: while Redis is unreachable publishing is refused with
-/// [`Error::Backplane`], the reader reconnects with backoff, catches up from
-/// the stream, and when the stream no longer holds what followed the last
-/// entry it read (Redis restarted without persistence, or trimmed past it)
-/// it restarts the history and ends every stream, so browsers reconnect and
-/// get the reset event. The history's count is kept in the stream
-/// (`MAXLEN ~`), each `XADD` trimming to the history of the instance that
-/// sent it: give every instance sharing a key the same
-/// [`history`](crate::HubBuilder::history) (a smaller one trims what the
-/// others would replay). The age limit is kept only locally.
+/// Redis as it is bought: a user and password in the URL
+/// (`redis://user:secret@host/`, Redis ACLs), TLS with `rediss://` (feature
+/// `redis-tls`; [`connect_tls`](RedisBackplane::connect_tls) for a private
+/// CA), and Sentinel ([`connect_sentinel`](RedisBackplane::connect_sentinel)):
+/// the engine asks the sentinels for the primary on every connection, so
+/// after a failover it follows the new one, and it waits for a replica to
+/// acknowledge each batch (`WAIT`) so an acknowledged event survives one.
+///
+/// Each instance keeps one connection for publishing (made again after an
+/// error) and one that blocks in `XREAD`. The hub keeps the
+/// [`Backplane`](crate::backplane) contract around it: while Redis is
+/// unreachable publishing is refused with [`Error::Backplane`], the reader
+/// reconnects with backoff, catches up from the stream, and when the stream
+/// no longer holds what followed the last entry it read (Redis restarted
+/// without persistence, or trimmed past it) it restarts the history and ends
+/// every stream, so browsers reconnect and get the reset event. The
+/// history's count is kept in the stream (`MAXLEN ~`), each `XADD` trimming
+/// to the history of the instance that sent it: give every instance sharing
+/// a key the same [`history`](crate::HubBuilder::history) (a smaller one
+/// trims what the others would replay). The age limit is kept only locally.
 #[derive(Clone)]
 pub struct RedisBackplane {
-    client: Client,
-    publish: ConnectionManager,
+    target: Target,
+    publish: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
     key: Arc<str>,
     /// The `MAXLEN` of each `XADD`: the hub's history.
     max_len: Arc<AtomicUsize>,
+    /// How many replicas must acknowledge a batch (`WAIT`), if any.
+    replicas: usize,
+}
+
+/// Where the Redis primary is.
+#[derive(Clone)]
+enum Target {
+    /// At this address.
+    Direct(Arc<Client>),
+    /// Wherever these sentinels say it is now.
+    Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+}
+
+impl Target {
+    /// A client of the primary, as it is now.
+    async fn client(&self) -> redis::RedisResult<Client> {
+        match self {
+            Target::Direct(client) => Ok(Client::clone(client)),
+            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+
+    async fn connect(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(response_timeout));
+        self.client()
+            .await?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
 }
 
 impl std::fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackplane")
             .field("key", &self.key)
+            .field("sentinel", &matches!(self.target, Target::Sentinel(_)))
             .finish_non_exhaustive()
     }
 }
@@ -97,30 +140,83 @@ fn backplane_error(e: redis::RedisError) -> Error {
 }
 
 impl RedisBackplane {
-    /// Connects to Redis at `url` (`redis://host:port/db`). Fails with
-    /// [`Error::Backplane`] when Redis cannot be reached now: the app
-    /// decides whether to start without it.
+    /// Connects to Redis at `url` (`redis://[user:password@]host:port/db`;
+    /// `rediss://` with the `redis-tls` feature, trusting the webpki roots).
+    /// Fails with [`Error::Backplane`] when Redis cannot be reached (or
+    /// refuses the credentials) now: the app decides whether to start
+    /// without it.
     pub async fn connect(url: &str) -> Result<RedisBackplane, Error> {
+        #[cfg(feature = "redis-tls")]
+        install_crypto();
         let client = Client::open(url).map_err(backplane_error)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let mut publish = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(backplane_error)?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut publish)
-            .await
-            .map_err(backplane_error)?;
-        Ok(RedisBackplane {
-            client,
-            publish,
+        RedisBackplane::start(Target::Direct(Arc::new(client)), 0).await
+    }
+
+    /// Connects to Redis over TLS at `url` (`rediss://…`), trusting the CA
+    /// whose certificate `ca_pem` holds (PEM) rather than the webpki roots:
+    /// for a Redis with a certificate of a private CA.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub async fn connect_tls(url: &str, ca_pem: &[u8]) -> Result<RedisBackplane, Error> {
+        install_crypto();
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem.to_vec()),
+        };
+        let client = Client::build_with_tls(url, certificates).map_err(backplane_error)?;
+        RedisBackplane::start(Target::Direct(Arc::new(client)), 0).await
+    }
+
+    /// Connects to the primary of the Redis set `master` that the sentinels
+    /// at `sentinels` (`redis://host:26379`, …) watch, asking them again on
+    /// every connection, so a failover is followed. Each batch of events is
+    /// acknowledged only once a replica has it too (`WAIT 1`); see
+    /// [`wait_for_replicas`](RedisBackplane::wait_for_replicas). The
+    /// primary's user and password, if any, come with `master_url`
+    /// (`redis://user:secret@/`, its host unused).
+    pub async fn connect_sentinel(
+        sentinels: &[&str],
+        master: &str,
+        master_url: Option<&str>,
+    ) -> Result<RedisBackplane, Error> {
+        #[cfg(feature = "redis-tls")]
+        install_crypto();
+        let node = match master_url {
+            None => None,
+            Some(url) => {
+                let info = redis::IntoConnectionInfo::into_connection_info(url)
+                    .map_err(backplane_error)?;
+                Some(
+                    SentinelNodeConnectionInfo::default()
+                        .set_redis_connection_info(info.redis_settings().clone()),
+                )
+            }
+        };
+        let sentinel = SentinelClient::build(
+            sentinels.to_vec(),
+            String::from(master),
+            node,
+            SentinelServerType::Master,
+        )
+        .map_err(backplane_error)?;
+        let target = Target::Sentinel(Arc::new(tokio::sync::Mutex::new(sentinel)));
+        RedisBackplane::start(target, 1).await
+    }
+
+    async fn start(target: Target, replicas: usize) -> Result<RedisBackplane, Error> {
+        let backplane = RedisBackplane {
+            target,
+            publish: Arc::new(tokio::sync::Mutex::new(None)),
             key: DEFAULT_KEY.into(),
             max_len: Arc::new(AtomicUsize::new(1024)),
-        })
+            replicas,
+        };
+        let mut conn = backplane.publisher().await.map_err(backplane_error)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(backplane_error)?;
+        Ok(backplane)
     }
 
     /// The Redis Stream key the events go through (default
@@ -130,6 +226,51 @@ impl RedisBackplane {
         self.key = key.into().into();
         self
     }
+
+    /// How many replicas must have each batch of events before it is
+    /// acknowledged (`WAIT n`, up to a second; fewer is an error, though the
+    /// primary may keep the events). Default: 0, and 1 with
+    /// [`connect_sentinel`](RedisBackplane::connect_sentinel).
+    pub fn wait_for_replicas(mut self, replicas: usize) -> RedisBackplane {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The publishing connection, made again after an error.
+    async fn publisher(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut publish = self.publish.lock().await;
+        if let Some(conn) = publish.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.target.connect(Duration::from_secs(2)).await?;
+        *publish = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `command` on the publishing connection; after an error the
+    /// connection is made again (with Sentinel: to the primary of the time).
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &(dyn Fn(&mut redis::Pipeline) + Sync),
+    ) -> Result<T, BoxError> {
+        let mut conn = self.publisher().await?;
+        let mut pipe = redis::pipe();
+        command(&mut pipe);
+        match pipe.query_async(&mut conn).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                *self.publish.lock().await = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// rustls needs one process-wide crypto provider: ring, unless the app
+/// installed another.
+#[cfg(feature = "redis-tls")]
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 impl Backplane for RedisBackplane {
@@ -143,34 +284,45 @@ impl Backplane for RedisBackplane {
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
             let max_len = self.max_len.load(Ordering::Relaxed);
-            let mut pipe = redis::pipe();
-            for message in messages {
-                let command = pipe
-                    .cmd("XADD")
-                    .arg(&*self.key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(max_len)
-                    .arg("*");
-                if let Some(topic) = message.topic() {
-                    command.arg("topic").arg(topic);
-                }
-                if let Some(event) = message.event() {
-                    command.arg("event").arg(event);
-                }
-                command.arg("data").arg(message.data());
-                if let Some(id) = message.app_id() {
-                    command.arg("id").arg(id);
-                }
-                if let Some(retry) = message.retry() {
-                    command.arg("retry").arg(retry.as_millis() as u64);
-                }
-                if let Some(comment) = message.comment() {
-                    command.arg("comment").arg(comment);
-                }
+            let replicas = self.replicas;
+            let (ids, acked): (Vec<String>, Option<usize>) = self
+                .query(&|pipe| {
+                    for message in messages {
+                        xadd(pipe, &self.key, max_len, message);
+                    }
+                    let (ids, wait) = (pipe, replicas > 0);
+                    if wait {
+                        ids.cmd("WAIT").arg(replicas).arg(1000);
+                    }
+                })
+                .await
+                .map(|mut reply: Vec<redis::Value>| {
+                    let acked = (replicas > 0)
+                        .then(|| reply.pop())
+                        .flatten()
+                        .and_then(|v| redis::from_redis_value::<usize>(v).ok());
+                    let ids = reply
+                        .into_iter()
+                        .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+                        .collect();
+                    (ids, acked)
+                })?;
+            if replicas > 0 && acked.unwrap_or(0) < replicas {
+                return Err(format!(
+                    "{} of {replicas} replicas acknowledged the events in a second; \
+                     the primary has them, a failover could lose them",
+                    acked.unwrap_or(0)
+                )
+                .into());
             }
-            let ids: Vec<String> = pipe.query_async(&mut self.publish.clone()).await?;
-
+            if ids.len() != messages.len() {
+                return Err(format!(
+                    "Redis answered {} ids for {} events",
+                    ids.len(),
+                    messages.len()
+                )
+                .into());
+            }
             ids.iter()
                 .map(|id| {
                     pack(id)
@@ -183,13 +335,15 @@ impl Backplane for RedisBackplane {
 
     fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
         Box::pin(async move {
-            let newest: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&*self.key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.publish.clone())
+            let (newest,): (StreamRangeReply,) = self
+                .query(&|pipe| {
+                    pipe.cmd("XREVRANGE")
+                        .arg(&*self.key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1);
+                })
                 .await?;
             Ok(newest
                 .ids
@@ -201,18 +355,39 @@ impl Backplane for RedisBackplane {
 
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
         Box::pin(async move {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(BLOCK + Duration::from_secs(2)));
-            let conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let conn = self.target.connect(BLOCK + Duration::from_secs(2)).await?;
             Ok(Box::new(Reader {
                 conn,
                 key: self.key.clone(),
             }) as Box<dyn BackplaneReader>)
         })
+    }
+}
+
+/// Adds one `XADD` of `message` to `pipe`.
+fn xadd(pipe: &mut redis::Pipeline, key: &str, max_len: usize, message: &Message) {
+    let command = pipe
+        .cmd("XADD")
+        .arg(key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .arg("*");
+    if let Some(topic) = message.topic() {
+        command.arg("topic").arg(topic);
+    }
+    if let Some(event) = message.event() {
+        command.arg("event").arg(event);
+    }
+    command.arg("data").arg(message.data());
+    if let Some(id) = message.app_id() {
+        command.arg("id").arg(id);
+    }
+    if let Some(retry) = message.retry() {
+        command.arg("retry").arg(retry.as_millis() as u64);
+    }
+    if let Some(comment) = message.comment() {
+        command.arg("comment").arg(comment);
     }
 }
 

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub mod services;
 use tower_sse::Publisher;
 
 /// Guard for every wait: long enough for a loaded CI machine, short enough
