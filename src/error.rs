@@ -64,7 +64,23 @@ impl fmt::Display for Error {
             Error::InvalidTopic => f.write_str(
                 "invalid topic: use 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`",
             ),
-            Error::Backplane(e) => write!(f, "the backplane did not take the event: {e}"),
+            Error::Backplane(e) => {
+                write!(f, "the backplane did not take the event: {e}")?;
+                // What the engine's client said (a database's own message
+                // is often only in the source: "db error" then "permission
+                // denied for table …"), unless already said.
+                let mut said = e.to_string();
+                let mut source = e.source();
+                while let Some(cause) = source {
+                    let text = cause.to_string();
+                    if !said.contains(&text) {
+                        write!(f, ": {text}")?;
+                        said = text;
+                    }
+                    source = cause.source();
+                }
+                Ok(())
+            }
             Error::Closed => f.write_str("the event hub is closed; no more events are accepted"),
         }
     }

@@ -209,6 +209,20 @@ impl Publisher {
         self.hub.backplane_status()
     }
 
+    /// The state of the hub's backplane as it changes: to wait until the
+    /// hub reads the engine's log (before a readiness check says yes, or
+    /// before publishing again after [`Error::Backplane`]).
+    ///
+    /// ```
+    /// # async fn run(publisher: tower_sse::Publisher) {
+    /// let mut status = publisher.watch_backplane();
+    /// status.wait_for(|s| s.is_up()).await.ok();
+    /// # }
+    /// ```
+    pub fn watch_backplane(&self) -> tokio::sync::watch::Receiver<BackplaneStatus> {
+        self.hub.watch_backplane()
+    }
+
     /// Ends every open stream but keeps the hub open: browsers reconnect by
     /// themselves (after their `retry` delay) and resume from their last
     /// event id, losing nothing the history still holds. Useful to move

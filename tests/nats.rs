@@ -78,16 +78,20 @@ async fn a_plain_nats_publish_reaches_a_browser_with_its_id() {
         .build();
     let layer = SseLayer::new("/events").hub(&hub);
     let server = Server::start(Router::new().layer(layer), hub.publisher()).await;
-    let mut browser = Subscriber::connect(&server.url("/events?topic=orders")).await;
+    let mut browser = Subscriber::connect(&server.url("/events?topic=shop.orders")).await;
 
-    // Another program: a bare NATS client, not this crate.
+    // Another program: a bare NATS client, not this crate. The topic is in
+    // the subject, its `.` written `%2E`.
     let client = async_nats::connect(harness.url()).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Tower-Sse-Topic", "orders");
     headers.insert("Tower-Sse-Event", "paid");
     let ack = jetstream
-        .publish_with_headers("tower-sse.events", headers, "order 7\nis paid".into())
+        .publish_with_headers(
+            "tower-sse.events.shop%2Eorders",
+            headers,
+            "order 7\nis paid".into(),
+        )
         .await
         .unwrap()
         .await
@@ -129,6 +133,12 @@ async fn the_stream_keeps_the_hubs_history() {
     let mut stream = jetstream.get_stream("TOWER_SSE").await.unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(info.state.messages, 5, "max_messages is the hub's history");
+    assert_eq!(info.config.max_messages, 5);
+    assert_eq!(
+        info.config.max_bytes,
+        2 * 32 * 1024 * 1024,
+        "max_bytes is twice the hub's bytes (32 MiB by default)"
+    );
 }
 
 #[tokio::test]
@@ -137,4 +147,165 @@ async fn connect_fails_clearly_when_nats_is_unreachable() {
         .await
         .unwrap_err();
     assert!(matches!(err, tower_sse::Error::Backplane(_)), "{err:?}");
+}
+
+/// Three `nats-server`s in one JetStream cluster, each its own storage.
+struct Cluster {
+    servers: Vec<(String, u16, Option<Service>)>,
+    _dir: Scratch,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = Scratch::new("nats-cluster");
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let (name, port) = (format!("n{i}"), free_port());
+            let conf = dir.write(
+                &format!("{name}.conf"),
+                &format!(
+                    "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\n\
+                     jetstream {{ store_dir: \"{store}\" }}\n\
+                     cluster {{ name: c, listen: \"127.0.0.1:{route}\", routes: [{routes}] }}\n",
+                    store = dir.path().join(&name).display(),
+                    routes = route_urls.join(", "),
+                ),
+            );
+            let mut command = Command::new("nats-server");
+            command.arg("-c").arg(conf);
+            let server = Service::start(command, "apt-get install nats-server", "Server is ready");
+            servers.push((name, port, Some(server)));
+        }
+        // JetStream takes streams once the servers elected a metadata leader.
+        for (_, _, server) in &mut servers {
+            server
+                .as_mut()
+                .unwrap()
+                .wait_for("metadata leader", 1)
+                .await;
+        }
+        Cluster { servers, _dir: dir }
+    }
+
+    fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|(_, port, _)| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kill(&mut self, name: &str) {
+        let (_, _, server) = self.servers.iter_mut().find(|(n, _, _)| n == name).unwrap();
+        server.take().unwrap().kill();
+    }
+}
+
+#[tokio::test]
+async fn the_stream_leader_dying_mid_publish_loses_and_repeats_nothing_acknowledged() {
+    let mut cluster = Cluster::start().await;
+    let connect = || async {
+        NatsBackplane::builder()
+            .servers(cluster.urls())
+            .replicas(3)
+            .connect()
+            .await
+            .unwrap()
+    };
+    let node = |backplane: NatsBackplane| async move {
+        let layer = SseLayer::new("/events")
+            .hub(&Hub::builder().history(1000).backplane(backplane).build());
+        let publisher = layer.publisher();
+        Server::start(Router::new().layer(layer), publisher).await
+    };
+    let (a, b) = (node(connect().await).await, node(connect().await).await);
+    let mut on_b = Subscriber::connect(&b.url("/events")).await;
+
+    // Publish on A, one after another, until 60 are acknowledged; the
+    // stream's leader is killed after the 20th.
+    let client = async_nats::connect(cluster.urls().split(',').next().unwrap())
+        .await
+        .unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("TOWER_SSE")
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    let leader = info
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a stream leader");
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    let mut status = a.publisher.watch_backplane();
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while acked.len() < 60 {
+            if acked.len() == 20 && i == 20 {
+                cluster.kill(&leader);
+            }
+            let data = format!("event {i}");
+            i += 1;
+            match a.publisher.publish(Event::default().data(&data)) {
+                // Refused before it was sent: wait until A reads the log again.
+                Err(tower_sse::Error::Backplane(_)) => {
+                    status.wait_for(|s| s.is_up()).await.unwrap();
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+                Ok(published) => match published.await {
+                    Ok(id) => acked.push((id.to_string(), data)),
+                    // Sent but not acknowledged: may or may not be kept.
+                    Err(tower_sse::Error::Backplane(_)) => refused.push(data),
+                    Err(e) => panic!("{e}"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("60 events acknowledged within a minute of the leader dying");
+
+    // B's browser: every acknowledged event once, in order, with its id; no
+    // reset; nothing twice.
+    let last = acked.last().unwrap().0.clone();
+    let mut seen = Vec::new();
+    // The cluster may take seconds more to place B's consumer (it can pick
+    // the dead server until it knows it is gone): B retries meanwhile.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while seen.last().map(|(id, _): &(String, String)| id) != Some(&last) {
+            let event = on_b.next().await.unwrap();
+            assert_ne!(event.event, tower_sse::RESET_EVENT);
+            seen.push((event.id, event.data));
+        }
+    })
+    .await
+    .expect("B to get the last acknowledged event within 30 s");
+    let mut datas: Vec<&String> = seen.iter().map(|(_, d)| d).collect();
+    datas.sort();
+    datas.dedup();
+    assert_eq!(datas.len(), seen.len(), "an event twice: {seen:?}");
+    let kept: Vec<(String, String)> = seen
+        .iter()
+        .filter(|(_, d)| !refused.contains(d))
+        .cloned()
+        .collect();
+    assert_eq!(kept, acked);
+    let ids: Vec<u64> = seen.iter().map(|(id, _)| id.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // A browser that read the first ten resumes on A: the rest, once each.
+    let mut resumed = Subscriber::resume(&a.url("/events"), Some(&seen[9].0)).await;
+    let rest: Vec<(String, String)> = resumed
+        .take(seen.len() - 10)
+        .await
+        .into_iter()
+        .map(|e| (e.id, e.data))
+        .collect();
+    assert_eq!(rest, seen[10..]);
 }

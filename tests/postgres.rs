@@ -272,6 +272,69 @@ async fn concurrent_inserts_on_many_connections_are_read_without_a_skip() {
 }
 
 #[tokio::test]
+async fn instances_starting_together_on_a_new_database_all_connect() {
+    let pg = Pg::start();
+    // Eight at once: the schema is made once, not raced (`CREATE OR
+    // REPLACE` of one function at once fails).
+    let connects: Vec<_> = (0..8)
+        .map(|_| {
+            let config = pg.config();
+            tokio::spawn(async move { PostgresBackplane::connect(&config).await })
+        })
+        .collect();
+    for connect in connects {
+        connect.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_role_that_may_only_read_insert_and_delete_is_enough_once_the_schema_exists() {
+    let pg = Pg::start();
+    let admin = raw(&pg).await;
+    // A migration run by the owner, with the SQL the engine gives.
+    admin
+        .batch_execute(&PostgresBackplane::schema("tower_sse_events").unwrap())
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "CREATE ROLE app LOGIN; \
+             GRANT SELECT, INSERT, DELETE ON tower_sse_events TO app;",
+        )
+        .await
+        .unwrap();
+    let config = pg.config().replace("user=postgres", "user=app");
+    let (a, b) = (
+        PostgresBackplane::connect(&config).await.unwrap(),
+        PostgresBackplane::connect(&config).await.unwrap(),
+    );
+    let layer_b = SseLayer::new("/events").hub(&Hub::builder().backplane(b).build());
+    let publisher_b = layer_b.publisher();
+    let server = Server::start(Router::new().layer(layer_b), publisher_b).await;
+    let mut browser = Subscriber::connect(&server.url("/events")).await;
+    let a = Hub::builder().backplane(a).build();
+    let id = a
+        .publisher()
+        .publish(Event::default().data("least privilege"))
+        .unwrap()
+        .await
+        .unwrap();
+    let event = browser.next().await.unwrap();
+    assert_eq!(
+        (event.data.as_str(), event.id),
+        ("least privilege", id.to_string())
+    );
+    // Without the schema, and no right to make it: a clear error.
+    admin
+        .batch_execute("DROP TABLE tower_sse_events")
+        .await
+        .unwrap();
+    let err = PostgresBackplane::connect(&config).await.unwrap_err();
+    assert!(matches!(err, tower_sse::Error::Backplane(_)), "{err:?}");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+#[tokio::test]
 async fn a_row_inserted_by_plain_sql_reaches_a_browser_with_its_id() {
     let pg = Pg::start();
     let hub = Hub::builder()

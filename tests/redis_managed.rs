@@ -320,11 +320,13 @@ async fn a_sentinel_failover_loses_no_acknowledged_event_and_is_no_reset() {
             let data = format!("after {i}");
             i += 1;
             // Refused at once while the hub knows Redis is away (not
-            // sent); refused after being sent: perhaps in the stream.
+            // sent: wait until it reads Redis again); refused after being
+            // sent: perhaps in the stream.
             let published = match a.publisher.publish(Event::default().data(&data)) {
                 Ok(published) => published,
                 Err(Error::Backplane(_)) => {
-                    tokio::task::yield_now().await;
+                    let mut status = a.publisher.watch_backplane();
+                    status.wait_for(|s| s.is_up()).await.unwrap();
                     continue;
                 }
                 Err(e) => panic!("{e}"),

@@ -1,23 +1,29 @@
 //! [`NatsBackplane`]: many instances, one stream, through a NATS JetStream
-//! stream (replicated across a NATS cluster when its stream has replicas).
+//! stream (replicated across a NATS cluster with
+//! [`replicas`](NatsBuilder::replicas)).
 //!
-//! Every event is one message on one subject of one stream, so the stream's
-//! sequence orders all topics. An event's id is the stream's epoch — the
-//! time the engine made it, in microseconds, kept in the stream's
-//! description (`tower-sse epoch <µs>`) — plus its sequence: the same on
-//! every instance, and above every id a browser kept when a stream is made
-//! again after a loss (a stream lives longer in microseconds than it has
-//! messages). A stream made by hand without that description has epoch 0.
-//! Each instance reads the stream with an ordered consumer from the last
-//! sequence it applied; a jump in the sequence is a gap (messages purged
-//! before it read them), which the hub answers with a reload and the reset.
+//! Every event is one message of one stream, so the stream's sequence
+//! orders all topics. An event's id is the stream's epoch — the time the
+//! engine made it, in microseconds, kept in the stream's description
+//! (`tower-sse epoch <µs>`) — plus its sequence: the same on every instance,
+//! and above every id a browser kept when a stream is made again after a
+//! loss (a stream lives longer in microseconds than it has messages). A
+//! stream made by hand without that description has epoch 0. Each instance
+//! reads the stream with an ordered consumer from the last sequence it
+//! applied; a jump in the sequence is a gap (messages dropped before it read
+//! them), which the hub answers with a reload and the reset.
 //!
-//! The message (so that any program can publish with a plain `nats pub`):
-//! the subject (`tower-sse.events` unless [`NatsBackplane::stream`] names
-//! another), the data as the payload, and headers `Tower-Sse-Topic` (absent:
-//! every subscriber), `Tower-Sse-Event`, `Tower-Sse-Id`, `Tower-Sse-Retry`
-//! (milliseconds) and `Tower-Sse-Comment` (line breaks written `\n`).
-//! The stream keeps the hub's history (`max_messages`, `max_age`).
+//! The message, so that any program can publish with a plain `nats pub`:
+//! the subject is the prefix (`tower-sse.events` unless
+//! [`subject`](NatsBuilder::subject) sets another) for an event to every
+//! subscriber, or `<prefix>.<topic>` for a topic's, each `.` of the topic
+//! written `%2E` (a topic `room/7` is `tower-sse.events.room/7`, so a NATS
+//! subscriber can follow `tower-sse.events.>` too); the data is the payload;
+//! headers `Tower-Sse-Event` (the name), `Tower-Sse-Id` (the app's own id),
+//! `Tower-Sse-Retry` (milliseconds) and `Tower-Sse-Comment` (line breaks
+//! written `\n`) are optional. The stream keeps the hub's history:
+//! `max_messages`, `max_age`, and `max_bytes` at twice the hub's bytes (the
+//! stream also counts subjects, headers and its own overhead).
 
 use async_nats::{
     jetstream::{
@@ -46,7 +52,6 @@ const DEFAULT_SUBJECT: &str = "tower-sse.events";
 /// How long a read waits for a message when there is none.
 const BLOCK: Duration = Duration::from_secs(1);
 
-const TOPIC: &str = "Tower-Sse-Topic";
 const EVENT: &str = "Tower-Sse-Event";
 const ID: &str = "Tower-Sse-Id";
 const RETRY: &str = "Tower-Sse-Retry";
@@ -67,9 +72,25 @@ const COMMENT: &str = "Tower-Sse-Comment";
 /// # let _ = id; Ok(()) }
 /// ```
 ///
-/// The stream is created if missing (file storage, one replica; make it
-/// yourself with more replicas for a cluster, on the same subject). See the
-/// [module documentation](self) for the message format.
+/// On a cluster, give every server (the client also learns them from the
+/// one it reaches) and keep the stream on three:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_sse::Error> {
+/// use tower_sse::NatsBackplane;
+///
+/// let backplane = NatsBackplane::builder()
+///     .servers("nats://n1:4222,nats://n2:4222,nats://n3:4222")
+///     .replicas(3)
+///     .connect()
+///     .await?;
+/// # let _ = backplane; Ok(()) }
+/// ```
+///
+/// The stream is created if missing (file storage), and its limits follow
+/// the hubs' history. Publishing waits for JetStream's acknowledgement (on
+/// a cluster: once a majority of the stream's servers have the message).
+/// See the [module documentation](self) for the message format.
 #[derive(Clone)]
 pub struct NatsBackplane {
     inner: Arc<Inner>,
@@ -78,7 +99,9 @@ pub struct NatsBackplane {
 struct Inner {
     context: Context,
     stream: String,
+    /// The subject prefix.
     subject: String,
+    replicas: usize,
     retention: Mutex<Option<Retention>>,
     /// The stream's epoch as last read, and the last sequence acknowledged.
     epoch: Mutex<(u64, u64)>,
@@ -89,6 +112,7 @@ impl std::fmt::Debug for NatsBackplane {
         f.debug_struct("NatsBackplane")
             .field("stream", &self.inner.stream)
             .field("subject", &self.inner.subject)
+            .field("replicas", &self.inner.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -97,46 +121,117 @@ fn backplane_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Backplane(Box::new(e))
 }
 
+/// How to reach NATS and which stream to use: [`NatsBackplane::builder`].
+#[derive(Debug)]
+pub struct NatsBuilder {
+    servers: String,
+    options: Option<async_nats::ConnectOptions>,
+    stream: String,
+    subject: String,
+    replicas: usize,
+}
+
+impl NatsBuilder {
+    /// The servers, comma-separated (`nats://host:4222`, with
+    /// `user:password@` or `tls://` as NATS takes them). Default
+    /// `nats://127.0.0.1:4222`.
+    pub fn servers(mut self, servers: impl Into<String>) -> Self {
+        self.servers = servers.into();
+        self
+    }
+
+    /// The client's options (credentials, NKeys, TLS roots, names, …), as
+    /// `async-nats` takes them. The engine sets the request timeout to 2 s
+    /// (a question a cluster electing a leader leaves unanswered should
+    /// fail soon, so that the hub retries); without options, the connection
+    /// timeout is 2 s too.
+    pub fn options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The stream's name (default `TOWER_SSE`): instances that share a
+    /// stream share its name and subject.
+    pub fn stream(mut self, name: impl Into<String>) -> Self {
+        self.stream = name.into();
+        self
+    }
+
+    /// The subject prefix (default `tower-sse.events`); the stream holds it
+    /// and `<prefix>.>`.
+    pub fn subject(mut self, prefix: impl Into<String>) -> Self {
+        self.subject = prefix.into();
+        self
+    }
+
+    /// On how many servers of a cluster the stream keeps each message
+    /// (default 1; 3 survives losing one, 5 two). A stream made earlier
+    /// with another count is changed to this one.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Connects and makes sure the stream exists. Fails with
+    /// [`Error::Backplane`] when NATS (with JetStream) cannot be reached
+    /// now, or refuses the stream.
+    pub async fn connect(self) -> Result<NatsBackplane, Error> {
+        let servers: Vec<&str> = self
+            .servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let options = self
+            .options
+            .unwrap_or_else(|| {
+                async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2))
+            })
+            .request_timeout(Some(ASK));
+        let client = options.connect(servers).await.map_err(backplane_error)?;
+        // Every question to JetStream (the client's request timeout) and
+        // every acknowledgement awaited (the context's) within ASK: while a
+        // cluster elects a leader, or places a consumer on a server it has
+        // not yet noticed is gone, answers never come.
+        let mut context = jetstream::new(client);
+        context.set_timeout(ASK);
+        let backplane = NatsBackplane {
+            inner: Arc::new(Inner {
+                context,
+                stream: self.stream,
+                subject: self.subject,
+                replicas: self.replicas,
+                retention: Mutex::new(None),
+                epoch: Mutex::new((0, 0)),
+            }),
+        };
+        backplane.ensure_stream().await.map_err(Error::Backplane)?;
+        Ok(backplane)
+    }
+}
+
 impl NatsBackplane {
-    /// Connects to NATS at `url` (`nats://host:4222`) and makes sure the
-    /// stream exists. Fails with [`Error::Backplane`] when NATS (with
-    /// JetStream) cannot be reached now.
-    pub async fn connect(url: &str) -> Result<NatsBackplane, Error> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(url)
-            .await
-            .map_err(backplane_error)?;
-        let backplane = NatsBackplane {
-            inner: Arc::new(Inner {
-                context: jetstream::new(client),
-                stream: DEFAULT_STREAM.into(),
-                subject: DEFAULT_SUBJECT.into(),
-                retention: Mutex::new(None),
-                epoch: Mutex::new((0, 0)),
-            }),
-        };
-        backplane.ensure_stream().await.map_err(Error::Backplane)?;
-        Ok(backplane)
+    /// Connects to NATS at `servers` (`nats://host:4222`, comma-separated
+    /// for several) with the default stream; [`builder`](Self::builder)
+    /// for more.
+    pub async fn connect(servers: &str) -> Result<NatsBackplane, Error> {
+        NatsBackplane::builder().servers(servers).connect().await
     }
 
-    /// The stream and subject the events go through (default `TOWER_SSE`
-    /// on `tower-sse.events`): instances that share a stream share both.
-    pub async fn stream(self, stream: &str, subject: &str) -> Result<NatsBackplane, Error> {
-        let backplane = NatsBackplane {
-            inner: Arc::new(Inner {
-                context: self.inner.context.clone(),
-                stream: stream.into(),
-                subject: subject.into(),
-                retention: Mutex::new(None),
-                epoch: Mutex::new((0, 0)),
-            }),
-        };
-        backplane.ensure_stream().await.map_err(Error::Backplane)?;
-        Ok(backplane)
+    /// A backplane to configure: servers, client options, stream, subject,
+    /// replicas.
+    pub fn builder() -> NatsBuilder {
+        NatsBuilder {
+            servers: "nats://127.0.0.1:4222".into(),
+            options: None,
+            stream: DEFAULT_STREAM.into(),
+            subject: DEFAULT_SUBJECT.into(),
+            replicas: 1,
+        }
     }
 
-    /// The stream, created if missing, with the retention the hubs ask for.
+    /// The stream, created if missing, with the retention the hubs ask for
+    /// and the replicas asked for.
     async fn ensure_stream(&self) -> Result<Stream, BoxError> {
         let retention = *self
             .inner
@@ -146,30 +241,53 @@ impl NatsBackplane {
         let start = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        let subject = &self.inner.subject;
         let mut config = Config {
             name: self.inner.stream.clone(),
-            subjects: vec![self.inner.subject.clone()],
+            subjects: vec![subject.clone(), format!("{subject}.>")],
             storage: stream::StorageType::File,
+            num_replicas: self.inner.replicas,
             description: Some(format!("{EPOCH}{start}")),
             ..Config::default()
         };
         if let Some(retention) = retention {
             config.max_messages = i64::try_from(retention.events).unwrap_or(i64::MAX);
+            config.max_bytes = i64::try_from(retention.bytes.saturating_mul(2)).unwrap_or(i64::MAX);
             config.max_age = retention.age.unwrap_or_default();
         }
         let context = &self.inner.context;
         let mut stream = context.get_or_create_stream(config.clone()).await?;
-        self.set_epoch(epoch(&stream.info().await?.config));
+        let current = info(&mut stream).await?.config.clone();
+        self.set_epoch(epoch(&current));
+        let mut update = current.clone();
+        update.num_replicas = config.num_replicas;
         if retention.is_some() {
-            let current = &stream.info().await?.config;
-            if current.max_messages != config.max_messages || current.max_age != config.max_age {
-                let mut update = current.clone();
-                update.max_messages = config.max_messages;
-                update.max_age = config.max_age;
-                context.update_stream(update).await?;
-            }
+            update.max_messages = config.max_messages;
+            update.max_bytes = config.max_bytes;
+            update.max_age = config.max_age;
+        }
+        if (
+            update.num_replicas,
+            update.max_messages,
+            update.max_bytes,
+            update.max_age,
+        ) != (
+            current.num_replicas,
+            current.max_messages,
+            current.max_bytes,
+            current.max_age,
+        ) {
+            context.update_stream(update).await?;
         }
         Ok(stream)
+    }
+
+    /// The subject of an event to `topic` (or to every subscriber).
+    fn subject_of(&self, topic: Option<&str>) -> String {
+        match topic {
+            None => self.inner.subject.clone(),
+            Some(topic) => format!("{}.{}", self.inner.subject, topic.replace('.', "%2E")),
+        }
     }
 }
 
@@ -191,11 +309,24 @@ impl NatsBackplane {
         };
         if stale {
             let mut stream = self.inner.context.get_stream(&self.inner.stream).await?;
-            self.set_epoch(epoch(&stream.info().await?.config));
+            self.set_epoch(epoch(&info(&mut stream).await?.config));
         }
         let mut current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
         current.1 = current.1.max(sequence);
         Ok(EventId::new(current.0 + sequence))
+    }
+}
+
+/// How long a question about the stream may take: while a cluster elects
+/// the stream's leader, questions go unanswered, and the hub should know it
+/// soon (and reconnect) rather than after `async-nats`' 5 s.
+const ASK: Duration = Duration::from_secs(2);
+
+/// The stream's current information, within [`ASK`].
+async fn info(stream: &mut Stream) -> Result<&stream::Info, BoxError> {
+    match tokio::time::timeout(ASK, stream.info()).await {
+        Ok(info) => Ok(info?),
+        Err(_) => Err("NATS did not answer about the stream within 2 s".into()),
     }
 }
 
@@ -244,7 +375,7 @@ impl Backplane for NatsBackplane {
                     .inner
                     .context
                     .publish_with_headers(
-                        self.inner.subject.clone(),
+                        self.subject_of(message.topic()),
                         headers(message),
                         message.data().to_owned().into(),
                     )
@@ -262,7 +393,7 @@ impl Backplane for NatsBackplane {
     fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
         Box::pin(async move {
             let mut stream = self.inner.context.get_stream(&self.inner.stream).await?;
-            let info = stream.info().await?;
+            let info = info(&mut stream).await?;
             Ok(last(epoch(&info.config), &info.state))
         })
     }
@@ -270,10 +401,11 @@ impl Backplane for NatsBackplane {
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
         Box::pin(async move {
             let mut stream = self.ensure_stream().await?;
-            let epoch = epoch(&stream.info().await?.config);
+            let epoch = epoch(&info(&mut stream).await?.config);
             Ok(Box::new(Reader {
                 stream,
                 epoch,
+                subject: self.inner.subject.clone(),
                 messages: None,
             }) as Box<dyn BackplaneReader>)
         })
@@ -312,9 +444,6 @@ fn holds_seq(epoch: u64, (messages, first, last): (u64, u64, u64), after: u64) -
 
 fn headers(message: &Message) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Some(topic) = message.topic() {
-        headers.insert(TOPIC, topic);
-    }
     if let Some(event) = message.event() {
         headers.insert(EVENT, event);
     }
@@ -335,6 +464,8 @@ fn headers(message: &Message) -> HeaderMap {
 struct Reader {
     stream: Stream,
     epoch: u64,
+    /// The subject prefix.
+    subject: String,
     messages: Option<(pull::Ordered, u64)>,
 }
 
@@ -367,7 +498,7 @@ impl Reader {
 impl BackplaneReader for Reader {
     fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
         Box::pin(async move {
-            let state = self.stream.info().await?.state.clone();
+            let state = info(&mut self.stream).await?.state.clone();
             let last = last(self.epoch, &state);
             if state.messages == 0 {
                 return Ok(Tail::new(Vec::new(), last));
@@ -397,7 +528,7 @@ impl BackplaneReader for Reader {
 
     fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
         Box::pin(async move {
-            let state = &self.stream.info().await?.state;
+            let state = &info(&mut self.stream).await?.state;
             Ok(holds(self.epoch, state, after.as_u64()))
         })
     }
@@ -417,7 +548,7 @@ impl BackplaneReader for Reader {
                 // error makes the hub reconnect, which makes it again), and
                 // that the consumer did not miss what it holds (a consumer
                 // lost in a server restart is made anew).
-                let state = &self.stream.info().await?.state;
+                let state = &info(&mut self.stream).await?.state;
                 if state.last_sequence >= start {
                     self.messages = None;
                 }
@@ -440,7 +571,7 @@ impl BackplaneReader for Reader {
                     return Ok(Read::Gap);
                 }
                 up_to = Some(EventId::new(self.epoch + sequence));
-                records.extend(record(self.epoch + sequence, message));
+                records.extend(record(self.epoch + sequence, &self.subject, message));
             }
             if let (Some((_, next)), Some(up_to)) = (&mut self.messages, up_to) {
                 *next = up_to.as_u64() - self.epoch + 1;
@@ -452,7 +583,7 @@ impl BackplaneReader for Reader {
 
 /// One message as a record; one that is not a valid event is logged and
 /// skipped.
-fn record(id: u64, message: &async_nats::jetstream::Message) -> Option<Record> {
+fn record(id: u64, prefix: &str, message: &async_nats::jetstream::Message) -> Option<Record> {
     let header = |name: &str| {
         message
             .headers
@@ -480,13 +611,34 @@ fn record(id: u64, message: &async_nats::jetstream::Message) -> Option<Record> {
     if let Some(comment) = header(COMMENT) {
         event = event.comment(unescape(&comment));
     }
-    let topic = header(TOPIC);
+    let topic = match topic_of(prefix, &message.subject) {
+        Ok(topic) => topic,
+        Err(()) => {
+            tracing::warn!(id, subject = %message.subject, "backplane: skipping a message on another subject");
+            return None;
+        }
+    };
     match Message::new(topic.as_deref(), event) {
         Ok(message) => Some(Record::new(EventId::new(id), message)),
         Err(e) => {
             tracing::warn!(id, error = %e, "backplane: skipping a message that is not a valid event");
             None
         }
+    }
+}
+
+/// The topic of a message on `subject` (`None`: every subscriber's); an
+/// error when the subject is not the prefix's.
+fn topic_of(prefix: &str, subject: &str) -> Result<Option<String>, ()> {
+    if subject == prefix {
+        return Ok(None);
+    }
+    match subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix('.'))
+    {
+        Some(topic) => Ok(Some(topic.replace("%2E", "."))),
+        None => Err(()),
     }
 }
 

@@ -10,9 +10,11 @@
 //! any id is drawn, so inserts into the table (the engine's, or any other
 //! program's) commit one at a time, in id order.
 //!
-//! The schema, created if missing on every connection (`tower_sse_events`
-//! unless [`PostgresBackplane::table`] names another; PostgreSQL 14 or
-//! later):
+//! The schema, created by the engine when it is missing
+//! (`tower_sse_events` unless [`PostgresBackplane::table`] names another;
+//! PostgreSQL 14 or later). Once it exists — made by the engine or by a
+//! migration that runs [`PostgresBackplane::schema`] — the app's role needs
+//! only `SELECT`, `INSERT` and `DELETE` on the table:
 //!
 //! ```sql
 //! CREATE TABLE tower_sse_events (
@@ -42,7 +44,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 use tokio::{sync::Notify, time::Instant};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
 use crate::{
@@ -86,11 +88,18 @@ pub struct PostgresBackplane {
 struct Inner {
     config: String,
     table: String,
-    publish: tokio::sync::Mutex<Option<Arc<Client>>>,
+    publish: tokio::sync::Mutex<Option<Arc<Publishing>>>,
     /// What the hubs that use it keep (the largest asked), once one asked.
     retention: Mutex<Option<Retention>>,
     /// When the table was last trimmed, and how many rows went in since.
     trimmed: Mutex<(Option<Instant>, usize)>,
+}
+
+/// The publishing connection and its statement.
+struct Publishing {
+    client: Client,
+    /// One multi-row insert of a batch, in the batch's order.
+    insert: Statement,
 }
 
 impl std::fmt::Debug for PostgresBackplane {
@@ -117,16 +126,18 @@ impl PostgresBackplane {
         PostgresBackplane::connect_to(&self.inner.config, table).await
     }
 
+    /// The SQL that makes the table `table` and its triggers (what the
+    /// engine runs when they are missing), for a migration run by a role
+    /// allowed to create them; the app's role then needs only `SELECT`,
+    /// `INSERT` and `DELETE` on the table. The ids start at the time this is
+    /// called, in microseconds.
+    pub fn schema(table: &str) -> Result<String, Error> {
+        check_table(table)?;
+        Ok(schema(table))
+    }
+
     async fn connect_to(config: &str, table: &str) -> Result<PostgresBackplane, Error> {
-        if table.is_empty()
-            || !table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(Error::Backplane(
-                format!("invalid table name {table:?}: use letters, digits and `_`").into(),
-            ));
-        }
+        check_table(table)?;
         let backplane = PostgresBackplane {
             inner: Arc::new(Inner {
                 config: config.to_owned(),
@@ -141,14 +152,25 @@ impl PostgresBackplane {
     }
 
     /// The publishing connection, made again when it broke.
-    async fn client(&self) -> Result<Arc<Client>, BoxError> {
+    async fn client(&self) -> Result<Arc<Publishing>, BoxError> {
         let mut publish = self.inner.publish.lock().await;
-        if let Some(client) = publish.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+        if let Some(publishing) = publish.as_ref().filter(|p| !p.client.is_closed()) {
+            return Ok(publishing.clone());
         }
-        let client = Arc::new(open(&self.inner.config, &self.inner.table, None).await?);
-        *publish = Some(client.clone());
-        Ok(client)
+        let table = &self.inner.table;
+        let client = open(&self.inner.config, table, None).await?;
+        // Prepared once per connection: each append is one round trip.
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO {table} (topic, event, data, app_id, retry_ms, comment) \
+                 SELECT t, e, d, i, r, c FROM unnest($1::text[], $2::text[], $3::text[], \
+                 $4::text[], $5::int8[], $6::text[]) WITH ORDINALITY AS u(t, e, d, i, r, c, n) \
+                 ORDER BY n RETURNING id"
+            ))
+            .await?;
+        let publishing = Arc::new(Publishing { client, insert });
+        *publish = Some(publishing.clone());
+        Ok(publishing)
     }
 
     /// Trims the table to the retention after `appended` more rows: once
@@ -212,8 +234,46 @@ async fn open(config: &str, table: &str, notify: Option<Arc<Notify>>) -> Result<
             }
         }
     });
-    client.batch_execute(&schema(table)).await?;
+    // Made only when missing, so that once it is (by the engine or by a
+    // migration), a role that may only read, insert and delete will do.
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = ANY($2)",
+            &[
+                &table,
+                // Unquoted names are folded to lower case.
+                &[format!("{table}_order"), format!("{table}_notify")]
+                    .map(|name| name.to_lowercase())
+                    .as_slice(),
+            ],
+        )
+        .await?
+        .get(0);
+    if triggers < 2 {
+        // Instances starting together make it one at a time: concurrent
+        // `CREATE OR REPLACE` of one function fails ("tuple concurrently
+        // updated").
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{table} schema')); {} COMMIT;",
+                schema(table)
+            ))
+            .await?;
+    }
     Ok(client)
+}
+
+fn check_table(table: &str) -> Result<(), Error> {
+    if table.is_empty()
+        || !table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(Error::Backplane(
+            format!("invalid table name {table:?}: use letters, digits and `_`").into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The table, its lock and its notification, created if missing.
@@ -286,22 +346,16 @@ impl Backplane for PostgresBackplane {
                 .collect();
             // One statement: the trigger's lock is held until it commits.
             // Rows go in in the batch's order, so the ids, sorted, are theirs.
-            let insert = format!(
-                "INSERT INTO {} (topic, event, data, app_id, retry_ms, comment) \
-                 SELECT t, e, d, i, r, c FROM unnest($1::text[], $2::text[], $3::text[], \
-                 $4::text[], $5::int8[], $6::text[]) WITH ORDINALITY AS u(t, e, d, i, r, c, n) \
-                 ORDER BY n RETURNING id",
-                self.inner.table
-            );
             let rows = client
+                .client
                 .query(
-                    &insert,
+                    &client.insert,
                     &[&topics, &events, &data, &app_ids, &retries, &comments],
                 )
                 .await?;
             let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             ids.sort_unstable();
-            self.trim(&client, ids.len()).await;
+            self.trim(&client.client, ids.len()).await;
             Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
         })
     }
@@ -309,7 +363,7 @@ impl Backplane for PostgresBackplane {
     fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            last_id(&client, &self.inner.table).await
+            last_id(&client.client, &self.inner.table).await
         })
     }
 
@@ -319,10 +373,22 @@ impl Backplane for PostgresBackplane {
             let table = self.inner.table.clone();
             let client = open(&self.inner.config, &table, Some(notify.clone())).await?;
             client.batch_execute(&format!("LISTEN {table}")).await?;
+            // The rows after an id, each with the table's oldest id in the
+            // same snapshot: if that is at or before the id, nothing after
+            // it had been trimmed when these were read.
+            let after = client
+                .prepare(&format!(
+                    "SELECT id, topic, event, data, app_id, retry_ms, comment, \
+                     (SELECT min(id) FROM {table}) FROM {table} \
+                     WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .await?;
             Ok(Box::new(Reader {
                 client,
                 table,
                 notify,
+                after,
+                drained: false,
             }) as Box<dyn BackplaneReader>)
         })
     }
@@ -342,6 +408,12 @@ struct Reader {
     client: Client,
     table: String,
     notify: Arc<Notify>,
+    /// See [`PostgresBackplane::reader`].
+    after: Statement,
+    /// The last read returned every row there was: the next waits for a
+    /// notification before asking (one sent since that read is kept by
+    /// `Notify`).
+    drained: bool,
 }
 
 impl Reader {
@@ -360,14 +432,16 @@ impl Reader {
     }
 
     async fn rows_after(&self, after: EventId, limit: usize) -> Result<Vec<Row>, BoxError> {
-        let query = format!(
-            "SELECT id, topic, event, data, app_id, retry_ms, comment FROM {} \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-            self.table
-        );
         let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        Ok(self.client.query(&query, &[&after, &limit]).await?)
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self.client.query(&self.after, &[&after, &limit]).await?)
+    }
+
+    /// Waits (at most [`BLOCK`]) for a notification; whether one came.
+    async fn notified(&self) -> bool {
+        tokio::time::timeout(BLOCK, self.notify.notified())
+            .await
+            .is_ok()
     }
 }
 
@@ -394,19 +468,22 @@ impl BackplaneReader for Reader {
 
     fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
         Box::pin(async move {
+            let limit = limit.max(1);
+            if self.drained {
+                // Asked once a second even without one, should a
+                // notification have been missed.
+                self.notified().await;
+            }
             let mut rows = self.rows_after(after, limit).await?;
-            if rows.is_empty() {
-                // Nothing yet: wait for a notification (one sent since the
-                // query is kept by `Notify`), then look again.
-                if tokio::time::timeout(BLOCK, self.notify.notified())
-                    .await
-                    .is_err()
-                {
+            if rows.is_empty() && !self.drained {
+                if !self.notified().await {
                     return Ok(Read::records(Vec::new()));
                 }
                 rows = self.rows_after(after, limit).await?;
             }
-            if !rows.is_empty() && after.as_u64() > 0 && !self.holds_now(after).await? {
+            self.drained = rows.len() < limit;
+            let first = rows.first().and_then(|row| row.get::<_, Option<i64>>(7));
+            if after.as_u64() > 0 && first.is_some_and(|first| first as u64 > after.as_u64()) {
                 return Ok(Read::Gap);
             }
             let up_to = rows

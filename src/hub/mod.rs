@@ -371,6 +371,13 @@ impl Hub {
             .map_or(BackplaneStatus::None, |r| r.status())
     }
 
+    pub(crate) fn watch_backplane(&self) -> watch::Receiver<BackplaneStatus> {
+        match &self.inner.replica {
+            Some(replica) => replica.watch_status(),
+            None => watch::channel(BackplaneStatus::None).1,
+        }
+    }
+
     pub(crate) fn subscriber_count(&self) -> usize {
         self.inner.core.subscriber_count()
     }

@@ -87,6 +87,10 @@ impl Replica {
         self.status.borrow().clone()
     }
 
+    pub(crate) fn watch_status(&self) -> watch::Receiver<BackplaneStatus> {
+        self.status.subscribe()
+    }
+
     fn set_status(&self, status: BackplaneStatus) {
         observe::backplane_up(status.is_up());
         self.status.send_replace(status);
