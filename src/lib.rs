@@ -120,7 +120,12 @@
 //! * `axum`: [`Publisher`] and [`Subscribe`] are axum extractors;
 //!   [`EventStream`], [`Refusal`] and [`Error`] are `IntoResponse`.
 //! * `json`: [`Event::json_data`].
-//! * `redis`: [`RedisBackplane`], for several instances sharing one stream.
+//! * `postgres`: [`PostgresBackplane`], several instances sharing one stream
+//!   through a table of their PostgreSQL database.
+//! * `redis`: [`RedisBackplane`], the same through a Redis Stream (user and
+//!   password, Sentinel); `redis-tls` adds `rediss://` (rustls).
+//! * `nats`: [`NatsBackplane`], the same through a NATS JetStream stream
+//!   (replicated on a cluster).
 //! * `ws`: [`SseLayer::websocket`], the same hub over WebSocket.
 //! * `testing`: the engine conformance suite and an in-memory engine.
 //!
@@ -161,7 +166,7 @@ mod ws;
 pub use authorize::Access;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
-pub use backplane::nats::NatsBackplane;
+pub use backplane::nats::{NatsBackplane, NatsBuilder};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use backplane::postgres::PostgresBackplane;

@@ -2,7 +2,8 @@
 //! (`initdb` and `pg_ctl` into a temporary directory, on a free port; as the
 //! `postgres` user when run as root) and stops it. Needs the server's
 //! binaries: `apt-get install postgresql` (`.ci/run` installs them if
-//! absent). Run with `cargo test --features axum,postgres,testing --test postgres`.
+//! absent). Run with `cargo test --features axum,postgres-tls,testing --test postgres`
+//! (`postgres` without the TLS test).
 
 mod common;
 
@@ -140,6 +141,37 @@ impl Pg {
             "pg_ctl",
             &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
         );
+    }
+
+    /// Serves TLS with `cert`/`key` (PEM) and accepts only TLS connections
+    /// over TCP from then on (restarts the server).
+    #[cfg(feature = "postgres-tls")]
+    fn require_tls(&self, cert: &str, key: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = Path::new(&self.data()).to_owned();
+        let write = |name: &str, contents: &str| {
+            let path = data.join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                let ok = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+        };
+        write("server.crt", cert);
+        write("server.key", key);
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        );
+        let conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        write("postgresql.conf", &format!("{conf}\nssl = on\n"));
+        self.stop();
+        self.start_server();
     }
 
     /// Stops the server and starts it with an empty database.
@@ -404,4 +436,61 @@ async fn connect_fails_clearly_when_postgres_is_unreachable() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("backplane"), "{err}");
+}
+
+/// A CA, and a certificate for 127.0.0.1 that it signed: (CA PEM, server
+/// certificate PEM, server key PEM).
+#[cfg(feature = "postgres-tls")]
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), server.pem(), key.serialize_pem())
+}
+
+#[cfg(feature = "postgres-tls")]
+#[tokio::test]
+async fn a_database_that_requires_tls_is_reached_with_connect_tls() {
+    let pg = Pg::start();
+    let (ca, cert, key) = certificates();
+    pg.require_tls(&cert, &key);
+    let config = format!("{} sslmode=require", pg.config());
+
+    let connect = || PostgresBackplane::connect_tls(&config, Some(ca.as_bytes()));
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    let layer = SseLayer::new("/events").hub(&Hub::builder().backplane(b).build());
+    let publisher = layer.publisher();
+    let server = Server::start(Router::new().layer(layer), publisher).await;
+    let mut browser = Subscriber::connect(&server.url("/events")).await;
+    let a = Hub::builder().backplane(a).build();
+    let id = a
+        .publisher()
+        .publish(Event::default().data("over TLS"))
+        .unwrap()
+        .await
+        .unwrap();
+    let event = browser.next().await.unwrap();
+    assert_eq!(
+        (event.data.as_str(), event.id),
+        ("over TLS", id.to_string())
+    );
+
+    // Without TLS, or trusting another CA: a clear error.
+    let err = PostgresBackplane::connect(&pg.config()).await.unwrap_err();
+    assert!(err.to_string().contains("pg_hba.conf"), "{err}");
+    let (other_ca, _, _) = certificates();
+    let err = PostgresBackplane::connect_tls(&config, Some(other_ca.as_bytes()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tower_sse::Error::Backplane(_)), "{err:?}");
+    let err = PostgresBackplane::connect_tls(&config, Some(b"not a certificate"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no CA certificate"), "{err}");
 }

@@ -449,21 +449,18 @@ async fn ours(backplane: Option<(Engine, String)>) -> axum::Router {
     };
     let layer = SseLayer::new("/events").hub(&hub).websocket("/ws");
     // Ready once the hub reads the engine's log: publishing is refused
-    // before. This also keeps the nodes' connections from setting the
-    // engine's schema up at the same time (two PostgreSQL connections doing
-    // it at once can fail with "tuple concurrently updated"), since the
-    // parent starts the next node only then. The hub offers its state to
-    // poll (a readiness check), not to await.
+    // before.
     let publisher = layer.publisher();
-    let started = std::time::Instant::now();
-    while !publisher.backplane_status().is_up() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the backplane is not up: {:?}",
-            publisher.backplane_status()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut status = publisher.watch_backplane();
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.is_up()))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the backplane is not up: {:?}",
+                publisher.backplane_status()
+            )
+        })
+        .expect("the hub is open");
     axum::Router::new()
         .route("/pub/{topic}", axum::routing::post(publish))
         .route("/count", axum::routing::get(count))

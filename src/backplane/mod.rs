@@ -57,11 +57,14 @@ use crate::{
 };
 
 #[cfg(feature = "nats")]
-pub(crate) mod nats;
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres;
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
-pub(crate) mod redis;
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 /// A future an engine returns: boxed, so the hub can hold any engine.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -89,8 +92,9 @@ impl Retention {
 /// An engine that several hubs (one per instance of an app) share: events
 /// appended by any of them are read by all, under the same ids.
 ///
-/// Implemented by [`RedisBackplane`](crate::RedisBackplane) (feature
-/// `redis`) and `testing::MemoryBackplane` (feature `testing`). See the
+/// Implemented by `PostgresBackplane` (feature `postgres`),
+/// `RedisBackplane` (feature `redis`), `NatsBackplane` (feature `nats`) and
+/// `testing::MemoryBackplane` (feature `testing`). See the
 /// [module documentation](self) for the contract.
 pub trait Backplane: Send + Sync + 'static {
     /// Called once when a hub is built with this engine: how much history

@@ -41,11 +41,15 @@ use std::{
 };
 
 use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
+
 use crate::{
     error::{BoxError, Error},
     event::{Event, EventId},
     record::{Message, Record},
 };
+/// The client options [`NatsBuilder::options`] takes (credentials, NKeys,
+/// TLS, …), re-exported so the app needs no `async-nats` of its own.
+pub use async_nats::ConnectOptions;
 
 const DEFAULT_STREAM: &str = "TOWER_SSE";
 const DEFAULT_SUBJECT: &str = "tower-sse.events";
@@ -125,7 +129,7 @@ fn backplane_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 #[derive(Debug)]
 pub struct NatsBuilder {
     servers: String,
-    options: Option<async_nats::ConnectOptions>,
+    options: Option<ConnectOptions>,
     stream: String,
     subject: String,
     replicas: usize,
@@ -145,7 +149,7 @@ impl NatsBuilder {
     /// (a question a cluster electing a leader leaves unanswered should
     /// fail soon, so that the hub retries); without options, the connection
     /// timeout is 2 s too.
-    pub fn options(mut self, options: async_nats::ConnectOptions) -> Self {
+    pub fn options(mut self, options: ConnectOptions) -> Self {
         self.options = Some(options);
         self
     }
@@ -184,9 +188,7 @@ impl NatsBuilder {
             .collect();
         let options = self
             .options
-            .unwrap_or_else(|| {
-                async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2))
-            })
+            .unwrap_or_else(|| ConnectOptions::new().connection_timeout(Duration::from_secs(2)))
             .request_timeout(Some(ASK));
         let client = options.connect(servers).await.map_err(backplane_error)?;
         // Every question to JetStream (the client's request timeout) and

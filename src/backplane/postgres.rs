@@ -37,6 +37,9 @@
 //! hub's history (count and age; the newest row always stays) once a second
 //! or every quarter of the history, by the instance that appends, in a
 //! statement apart from the inserts, so trimming never holds up a publisher.
+//!
+//! Connections are plain with [`PostgresBackplane::connect`], TLS (rustls)
+//! with `PostgresBackplane::connect_tls` (feature `postgres-tls`).
 
 use std::{
     future::poll_fn,
@@ -44,7 +47,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 use tokio::{sync::Notify, time::Instant};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
+use tokio_postgres::{
+    tls::{MakeTlsConnect, TlsConnect},
+    AsyncMessage, Client, NoTls, Row, Socket, Statement,
+};
 
 use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
 use crate::{
@@ -78,8 +84,9 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// It keeps one connection for publishing (reconnected when it breaks) and
 /// each hub's reader one more, which `LISTEN`s. See the
 /// [module documentation](self) for the table and how ordering holds.
-/// Connections are without TLS (`tokio-postgres`'s `NoTls`): on another
-/// host, tunnel them or use a local connection.
+/// [`connect`](Self::connect) makes connections without TLS; with the
+/// `postgres-tls` feature, [`connect_tls`](Self::connect_tls) makes them with
+/// TLS (rustls), as managed databases ask.
 #[derive(Clone)]
 pub struct PostgresBackplane {
     inner: Arc<Inner>,
@@ -87,12 +94,21 @@ pub struct PostgresBackplane {
 
 struct Inner {
     config: String,
+    tls: Tls,
     table: String,
     publish: tokio::sync::Mutex<Option<Arc<Publishing>>>,
     /// What the hubs that use it keep (the largest asked), once one asked.
     retention: Mutex<Option<Retention>>,
     /// When the table was last trimmed, and how many rows went in since.
     trimmed: Mutex<(Option<Instant>, usize)>,
+}
+
+/// How connections are made.
+#[derive(Clone)]
+enum Tls {
+    None,
+    #[cfg(feature = "postgres-tls")]
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
 }
 
 /// The publishing connection and its statement.
@@ -116,14 +132,29 @@ impl PostgresBackplane {
     /// if it is missing. Fails with [`Error::Backplane`] when the database
     /// cannot be reached now.
     pub async fn connect(config: &str) -> Result<PostgresBackplane, Error> {
-        PostgresBackplane::connect_to(config, DEFAULT_TABLE).await
+        PostgresBackplane::connect_to(config, Tls::None, DEFAULT_TABLE).await
+    }
+
+    /// Connects as [`connect`](Self::connect) does, over TLS (rustls),
+    /// trusting the CA certificates in `ca_pem` (PEM; a managed database's
+    /// bundle), or the webpki roots when `None`. The server's certificate
+    /// must name the `host` of `config`. Put `sslmode=require` in `config`:
+    /// without it, a server that offers no TLS is used in the clear.
+    #[cfg(feature = "postgres-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres-tls")))]
+    pub async fn connect_tls(
+        config: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<PostgresBackplane, Error> {
+        let tls = rustls_connector(ca_pem).map_err(Error::Backplane)?;
+        PostgresBackplane::connect_to(config, Tls::Rustls(tls), DEFAULT_TABLE).await
     }
 
     /// The same backplane on another table (created if missing): instances
     /// that share a stream share a table; apps sharing a database use
     /// different tables. A table name is letters, digits and `_`.
     pub async fn table(self, table: &str) -> Result<PostgresBackplane, Error> {
-        PostgresBackplane::connect_to(&self.inner.config, table).await
+        PostgresBackplane::connect_to(&self.inner.config, self.inner.tls.clone(), table).await
     }
 
     /// The SQL that makes the table `table` and its triggers (what the
@@ -136,11 +167,12 @@ impl PostgresBackplane {
         Ok(schema(table))
     }
 
-    async fn connect_to(config: &str, table: &str) -> Result<PostgresBackplane, Error> {
+    async fn connect_to(config: &str, tls: Tls, table: &str) -> Result<PostgresBackplane, Error> {
         check_table(table)?;
         let backplane = PostgresBackplane {
             inner: Arc::new(Inner {
                 config: config.to_owned(),
+                tls,
                 table: table.to_owned(),
                 publish: tokio::sync::Mutex::new(None),
                 retention: Mutex::new(None),
@@ -158,7 +190,7 @@ impl PostgresBackplane {
             return Ok(publishing.clone());
         }
         let table = &self.inner.table;
-        let client = open(&self.inner.config, table, None).await?;
+        let client = open(&self.inner.config, &self.inner.tls, table, None).await?;
         // Prepared once per connection: each append is one round trip.
         let insert = client
             .prepare(&format!(
@@ -214,26 +246,47 @@ impl PostgresBackplane {
     }
 }
 
-/// A connection with the table in place; with `notify`, one that `LISTEN`s
-/// and wakes `notify` on every notification.
-async fn open(config: &str, table: &str, notify: Option<Arc<Notify>>) -> Result<Client, BoxError> {
-    let (client, mut connection) = tokio_postgres::connect(config, NoTls).await?;
-    tokio::spawn(async move {
-        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if let Some(notify) = &notify {
-                        notify.notify_one();
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "backplane: PostgreSQL connection ended");
-                    break;
-                }
+/// A rustls connector trusting the CA certificates of `ca_pem`, or the
+/// webpki roots.
+#[cfg(feature = "postgres-tls")]
+fn rustls_connector(
+    ca_pem: Option<&[u8]>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, BoxError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(pem) => {
+            for certificate in CertificateDer::pem_slice_iter(pem) {
+                roots.add(certificate.map_err(|e| format!("a CA certificate: {e}"))?)?;
+            }
+            if roots.is_empty() {
+                return Err("no CA certificate in the PEM given".into());
             }
         }
-    });
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A connection with the table in place; with `notify`, one that `LISTEN`s
+/// and wakes `notify` on every notification.
+async fn open(
+    config: &str,
+    tls: &Tls,
+    table: &str,
+    notify: Option<Arc<Notify>>,
+) -> Result<Client, BoxError> {
+    let client = match tls {
+        Tls::None => connect(config, NoTls, notify).await?,
+        #[cfg(feature = "postgres-tls")]
+        Tls::Rustls(tls) => connect(config, tls.clone(), notify).await?,
+    };
     // Made only when missing, so that once it is (by the engine or by a
     // migration), a role that may only read, insert and delete will do.
     let triggers: i64 = client
@@ -260,6 +313,35 @@ async fn open(config: &str, table: &str, notify: Option<Arc<Notify>>) -> Result<
             ))
             .await?;
     }
+    Ok(client)
+}
+
+/// Connects with `tls`, and drives the connection on a task of its own:
+/// notifications wake `notify`.
+async fn connect<T>(config: &str, tls: T, notify: Option<Arc<Notify>>) -> Result<Client, BoxError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = tokio_postgres::connect(config, tls).await?;
+    tokio::spawn(async move {
+        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if let Some(notify) = &notify {
+                        notify.notify_one();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane: PostgreSQL connection ended");
+                    break;
+                }
+            }
+        }
+    });
     Ok(client)
 }
 
@@ -371,7 +453,13 @@ impl Backplane for PostgresBackplane {
         Box::pin(async move {
             let notify = Arc::new(Notify::new());
             let table = self.inner.table.clone();
-            let client = open(&self.inner.config, &table, Some(notify.clone())).await?;
+            let client = open(
+                &self.inner.config,
+                &self.inner.tls,
+                &table,
+                Some(notify.clone()),
+            )
+            .await?;
             client.batch_execute(&format!("LISTEN {table}")).await?;
             // The rows after an id, each with the table's oldest id in the
             // same snapshot: if that is at or before the id, nothing after
