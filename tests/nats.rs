@@ -149,6 +149,60 @@ async fn connect_fails_clearly_when_nats_is_unreachable() {
     assert!(matches!(err, tower_sse::Error::Backplane(_)), "{err:?}");
 }
 
+#[tokio::test]
+async fn a_stream_deleted_and_made_again_is_a_reset_not_a_silent_skip() {
+    let harness = NatsHarness::new();
+    let node = |backplane: NatsBackplane| async move {
+        let layer = SseLayer::new("/events").hub(&Hub::builder().backplane(backplane).build());
+        let publisher = layer.publisher();
+        Server::start(Router::new().layer(layer), publisher).await
+    };
+    let a = node(NatsBackplane::connect(&harness.url()).await.unwrap()).await;
+    let mut browser = Subscriber::connect(&a.url("/events")).await;
+    for i in 0..3 {
+        a.publisher
+            .publish(Event::default().data(format!("{i}")))
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(browser.take(3).await.len(), 3);
+    let seen = browser.last_event_id();
+
+    // An operator deletes the stream; another instance starting makes it
+    // again (a new epoch) and publishes into it.
+    let client = async_nats::connect(harness.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream("TOWER_SSE")
+        .await
+        .unwrap();
+    let b = node(NatsBackplane::connect(&harness.url()).await.unwrap()).await;
+    b.publisher
+        .publish(Event::default().data("after"))
+        .unwrap()
+        .await
+        .unwrap();
+
+    // A notices (within a second or so): its streams end, and resuming from
+    // what the browser had gets the reset, then what is published next.
+    assert!(browser.next().await.is_none(), "A's stream ended");
+    let mut resumed = Subscriber::resume(&a.url("/events"), seen.as_deref()).await;
+    let first = resumed.next().await.unwrap();
+    assert_eq!(first.event, tower_sse::RESET_EVENT);
+    let id = b
+        .publisher
+        .publish(Event::default().data("next"))
+        .unwrap()
+        .await
+        .unwrap();
+    let next = resumed.next().await.unwrap();
+    assert_eq!((next.data.as_str(), next.id), ("next", id.to_string()));
+    assert!(
+        id.as_u64() > seen.unwrap().parse::<u64>().unwrap(),
+        "ids go on above the old stream's"
+    );
+}
+
 /// Three `nats-server`s in one JetStream cluster, each its own storage.
 struct Cluster {
     servers: Vec<(String, u16, Option<Service>)>,
@@ -279,7 +333,7 @@ async fn the_stream_leader_dying_mid_publish_loses_and_repeats_nothing_acknowled
     // the dead server until it knows it is gone): B retries meanwhile.
     tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while seen.last().map(|(id, _): &(String, String)| id) != Some(&last) {
-            let event = on_b.next().await.unwrap();
+            let event = on_b.next_unguarded().await.unwrap();
             assert_ne!(event.event, tower_sse::RESET_EVENT);
             seen.push((event.id, event.data));
         }

@@ -55,6 +55,8 @@ const DEFAULT_STREAM: &str = "TOWER_SSE";
 const DEFAULT_SUBJECT: &str = "tower-sse.events";
 /// How long a read waits for a message when there is none.
 const BLOCK: Duration = Duration::from_secs(1);
+/// How often a reader checks the stream is still the one it reads.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 const EVENT: &str = "Tower-Sse-Event";
 const ID: &str = "Tower-Sse-Id";
@@ -180,6 +182,22 @@ impl NatsBuilder {
     /// [`Error::Backplane`] when NATS (with JetStream) cannot be reached
     /// now, or refuses the stream.
     pub async fn connect(self) -> Result<NatsBackplane, Error> {
+        let valid = |token: &str| {
+            !token.is_empty()
+                && !token
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '*' || c == '>')
+        };
+        if !self.subject.split('.').all(valid) {
+            return Err(Error::Backplane(
+                format!(
+                    "invalid subject prefix {:?}: tokens separated by `.`, \
+                     without spaces, `*` or `>`",
+                    self.subject
+                )
+                .into(),
+            ));
+        }
         let servers: Vec<&str> = self
             .servers
             .split(',')
@@ -315,7 +333,7 @@ impl NatsBackplane {
         }
         let mut current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
         current.1 = current.1.max(sequence);
-        Ok(EventId::new(current.0 + sequence))
+        Ok(EventId::new(current.0.saturating_add(sequence)))
     }
 }
 
@@ -409,6 +427,7 @@ impl Backplane for NatsBackplane {
                 epoch,
                 subject: self.inner.subject.clone(),
                 messages: None,
+                checked: std::time::Instant::now(),
             }) as Box<dyn BackplaneReader>)
         })
     }
@@ -416,7 +435,7 @@ impl Backplane for NatsBackplane {
 
 /// The id of the newest message the stream gave, if any.
 fn last(epoch: u64, state: &stream::State) -> Option<EventId> {
-    (state.last_sequence > 0).then(|| EventId::new(epoch + state.last_sequence))
+    (state.last_sequence > 0).then(|| EventId::new(epoch.saturating_add(state.last_sequence)))
 }
 
 /// Whether the stream (of `epoch`) holds every message after the id `after`.
@@ -469,9 +488,32 @@ struct Reader {
     /// The subject prefix.
     subject: String,
     messages: Option<(pull::Ordered, u64)>,
+    /// When the stream was last checked.
+    checked: std::time::Instant,
 }
 
 impl Reader {
+    /// Checks that the stream is the one this reader reads, expecting
+    /// sequence `start` next: the same epoch, and not holding less than what
+    /// was read. Returns its last sequence.
+    async fn check(&mut self, start: u64) -> Result<u64, BoxError> {
+        self.checked = std::time::Instant::now();
+        let info = info(&mut self.stream).await?;
+        if epoch(&info.config) != self.epoch {
+            return Err("the stream was made again (another epoch)".into());
+        }
+        let last = info.state.last_sequence;
+        if last.saturating_add(1) < start {
+            return Err(format!(
+                "the stream's last sequence is {last}, below what was read ({}): \
+                 made again or restored",
+                start - 1
+            )
+            .into());
+        }
+        Ok(last)
+    }
+
     /// The consumer's messages from `start` on, made anew unless it is there.
     async fn messages_from(&mut self, start: u64) -> Result<&mut pull::Ordered, BoxError> {
         if self
@@ -497,6 +539,81 @@ impl Reader {
     }
 }
 
+/// What one read of the consumer gave.
+enum Batch {
+    /// The message asked for first was dropped before it was read.
+    Gap,
+    /// Nothing within [`BLOCK`].
+    Nothing,
+    /// Consecutive messages, sequences `first..=last`.
+    Messages {
+        first: u64,
+        last: u64,
+        records: Vec<Record>,
+    },
+}
+
+impl Reader {
+    /// Reads up to `limit` consecutive messages from sequence `start` on.
+    /// `strict`: the first must be `start` (else it is a gap); otherwise
+    /// the first may come later (the oldest dropped meanwhile).
+    async fn batch(&mut self, start: u64, limit: usize, strict: bool) -> Result<Batch, BoxError> {
+        let messages = self.messages_from(start).await?;
+        let Ok(first) = tokio::time::timeout(BLOCK, messages.next()).await else {
+            // Nothing for a while: check the stream, and that the consumer
+            // did not miss what it holds (a consumer lost in a server
+            // restart is made anew).
+            if self.check(start).await? >= start {
+                self.messages = None;
+            }
+            return Ok(Batch::Nothing);
+        };
+        let mut batch = vec![first.ok_or("the consumer ended")??];
+        while batch.len() < limit {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message?),
+                _ => break,
+            }
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        let mut span: Option<(u64, u64)> = None;
+        for message in &batch {
+            let sequence = message.info()?.stream_sequence;
+            match span {
+                None if strict && sequence != start => {
+                    // Dropped (purged, or deleted) before it was read.
+                    self.messages = None;
+                    return Ok(Batch::Gap);
+                }
+                Some((_, last)) if sequence != last + 1 => {
+                    // Dropped further in: what came before is returned, and
+                    // the next read, from a new consumer, starts at the jump.
+                    self.messages = None;
+                    break;
+                }
+                _ => {}
+            }
+            span = Some((span.map_or(sequence, |(first, _)| first), sequence));
+            records.extend(record(
+                self.epoch.saturating_add(sequence),
+                &self.subject,
+                message,
+            ));
+        }
+        let Some((first, last)) = span else {
+            return Ok(Batch::Nothing);
+        };
+        if let Some((_, next)) = &mut self.messages {
+            *next = last + 1;
+        }
+        Ok(Batch::Messages {
+            first,
+            last,
+            records,
+        })
+    }
+}
+
 impl BackplaneReader for Reader {
     fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
         Box::pin(async move {
@@ -506,22 +623,29 @@ impl BackplaneReader for Reader {
                 return Ok(Tail::new(Vec::new(), last));
             }
             let count = (state.messages).min(limit.max(1) as u64);
-            let start = state.last_sequence + 1 - count;
+            let mut next = state.last_sequence + 1 - count;
             let mut records = Vec::with_capacity(count as usize);
-            let mut read = 0;
-            while read < count {
-                let after = EventId::new(self.epoch + start - 1 + read);
-                match self.read(after, (count - read) as usize).await? {
-                    Read::Records {
+            // Up to the last message there was when asked. The stream may
+            // drop its oldest meanwhile (its limits, under a fast
+            // publisher): the tail then starts later, and stays one run of
+            // consecutive messages.
+            while next <= state.last_sequence {
+                let wanted = usize::try_from(state.last_sequence + 1 - next).unwrap_or(usize::MAX);
+                match self.batch(next, wanted, false).await? {
+                    Batch::Messages {
+                        first,
+                        last,
                         records: batch,
-                        up_to,
                     } => {
-                        let Some(up_to) = up_to else { break };
-                        read = up_to.as_u64() - self.epoch + 1 - start;
+                        if first != next {
+                            records.clear();
+                        }
                         records.extend(batch);
+                        next = last + 1;
                     }
-                    // Purged meanwhile: what is left is read after the load.
-                    Read::Gap => break,
+                    Batch::Gap | Batch::Nothing => {
+                        return Err("the stream's tail did not come within a second".into());
+                    }
                 }
             }
             Ok(Tail::new(records, last))
@@ -544,41 +668,23 @@ impl BackplaneReader for Reader {
                 id if id < self.epoch => return Ok(Read::Gap),
                 id => id - self.epoch + 1,
             };
-            let messages = self.messages_from(start).await?;
-            let Ok(first) = tokio::time::timeout(BLOCK, messages.next()).await else {
-                // Nothing for a while: check the stream is still there (an
-                // error makes the hub reconnect, which makes it again), and
-                // that the consumer did not miss what it holds (a consumer
-                // lost in a server restart is made anew).
-                let state = &info(&mut self.stream).await?.state;
-                if state.last_sequence >= start {
-                    self.messages = None;
-                }
-                return Ok(Read::records(Vec::new()));
-            };
-            let mut batch = vec![first.ok_or("the consumer ended")??];
-            while batch.len() < limit {
-                match messages.next().now_or_never() {
-                    Some(Some(message)) => batch.push(message?),
-                    _ => break,
-                }
+            // Once a second, busy or not: the stream is still the one read
+            // (not made again with another epoch, not holding less than was
+            // read, as after a restore); an error makes the hub reconnect,
+            // which makes it again and reloads.
+            if self.checked.elapsed() >= CHECK_EVERY {
+                self.check(start).await?;
             }
-            let mut records = Vec::with_capacity(batch.len());
-            let mut up_to = None;
-            for message in &batch {
-                let sequence = message.info()?.stream_sequence;
-                // A jump from where it was asked to start: purged before read.
-                if up_to.is_none() && after.as_u64() > 0 && sequence > start {
-                    self.messages = None;
-                    return Ok(Read::Gap);
-                }
-                up_to = Some(EventId::new(self.epoch + sequence));
-                records.extend(record(self.epoch + sequence, &self.subject, message));
-            }
-            if let (Some((_, next)), Some(up_to)) = (&mut self.messages, up_to) {
-                *next = up_to.as_u64() - self.epoch + 1;
-            }
-            Ok(Read::Records { records, up_to })
+            Ok(
+                match self.batch(start, limit.max(1), after.as_u64() > 0).await? {
+                    Batch::Gap => Read::Gap,
+                    Batch::Nothing => Read::records(Vec::new()),
+                    Batch::Messages { last, records, .. } => Read::Records {
+                        records,
+                        up_to: Some(EventId::new(self.epoch.saturating_add(last))),
+                    },
+                },
+            )
         })
     }
 }

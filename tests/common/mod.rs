@@ -243,9 +243,13 @@ impl Subscriber {
 
     /// The next event, or `None` when the server ended the stream.
     pub async fn next(&mut self) -> Option<Event> {
-        let event = within("an event", self.events.next())
-            .await
-            .map(|e| e.expect("stream error"))?;
+        within("an event", self.next_unguarded()).await
+    }
+
+    /// The next event, waiting as long as it takes (the caller guards the
+    /// wait).
+    pub async fn next_unguarded(&mut self) -> Option<Event> {
+        let event = self.events.next().await.map(|e| e.expect("stream error"))?;
         self.last_read = Some(event.id.clone());
         Some(event)
     }
