@@ -174,6 +174,26 @@ impl Pg {
         self.start_server();
     }
 
+    /// A copy of the data directory as it is now (the server stopped).
+    fn snapshot(&self) -> PathBuf {
+        let copy = self.dir.path().join("snapshot");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(self.data())
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        copy
+    }
+
+    /// Puts `snapshot` back as the data directory (the server stopped): a
+    /// restore to an earlier state.
+    fn restore(&self, snapshot: &Path) {
+        std::fs::remove_dir_all(self.data()).unwrap();
+        std::fs::rename(snapshot, self.data()).unwrap();
+    }
+
     /// Stops the server and starts it with an empty database.
     fn lose_data(&self) {
         std::fs::remove_dir_all(Path::new(&self.data())).unwrap();
@@ -369,11 +389,7 @@ async fn a_role_that_may_only_read_insert_and_delete_is_enough_once_the_schema_e
 #[tokio::test]
 async fn a_row_inserted_by_plain_sql_reaches_a_browser_with_its_id() {
     let pg = Pg::start();
-    let hub = Hub::builder()
-        .backplane(PostgresBackplane::connect(&pg.config()).await.unwrap())
-        .build();
-    let layer = SseLayer::new("/events").hub(&hub);
-    let server = Server::start(Router::new().layer(layer), hub.publisher()).await;
+    let (_hub, server) = instance(&pg).await;
     let mut browser = Subscriber::connect(&server.url("/events?topic=orders")).await;
     let client = raw(&pg).await;
     let id: i64 = client
@@ -493,4 +509,94 @@ async fn a_database_that_requires_tls_is_reached_with_connect_tls() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no CA certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_table_name_that_would_not_be_the_same_everywhere_is_refused() {
+    // Checked before anything is sent: no server needed.
+    let backplane = PostgresBackplane::schema("Events");
+    assert!(
+        backplane.is_err(),
+        "upper case folds differently in LISTEN and pg_notify"
+    );
+    for table in ["Events", "1events", "", &"e".repeat(49), "my-events"] {
+        let err = PostgresBackplane::schema(table).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid table name"),
+            "{table}: {err}"
+        );
+    }
+    assert!(PostgresBackplane::schema(&"e".repeat(48)).is_ok());
+}
+
+/// An instance on `pg`'s default table, serving `/events` over TCP.
+async fn instance(pg: &Pg) -> (Hub, Server) {
+    let hub = Hub::builder()
+        .backplane(PostgresBackplane::connect(&pg.config()).await.unwrap())
+        .build();
+    let layer = SseLayer::new("/events").hub(&hub);
+    let server = Server::start(Router::new().layer(layer), hub.publisher()).await;
+    (hub, server)
+}
+
+/// Publishes `data` on `publisher`, once its hub reads the engine again.
+async fn publish_when_up(publisher: &tower_sse::Publisher, data: &str) -> EventId {
+    within("the backplane to take an event", async {
+        loop {
+            let mut status = publisher.watch_backplane();
+            status.wait_for(|s| s.is_up()).await.unwrap();
+            match publisher.publish(Event::default().data(data)) {
+                Ok(published) => match published.await {
+                    Ok(id) => return id,
+                    Err(tower_sse::Error::Backplane(_)) => continue,
+                    Err(e) => panic!("{e}"),
+                },
+                Err(tower_sse::Error::Backplane(_)) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_database_restored_to_an_earlier_state_is_a_reset_and_ids_never_repeat() {
+    let pg = Pg::start();
+    let (hub, server) = instance(&pg).await;
+    let publisher = hub.publisher();
+    let mut browser = Subscriber::connect(&server.url("/events")).await;
+    for i in 0..3 {
+        publish_when_up(&publisher, &format!("before {i}")).await;
+    }
+    pg.stop();
+    let snapshot = pg.snapshot();
+    pg.start_server();
+    let mut after = Vec::new();
+    for i in 0..3 {
+        after.push(publish_when_up(&publisher, &format!("after {i}")).await);
+    }
+    let seen: Vec<String> = browser.take(6).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(
+        seen[3..],
+        after.iter().map(|id| id.to_string()).collect::<Vec<_>>()[..]
+    );
+
+    // Restored to the snapshot: the last three are gone from the database.
+    pg.stop();
+    pg.restore(&snapshot);
+    pg.start_server();
+
+    // The instance notices when it reconnects: its streams end, a browser
+    // resuming gets the reset, and new ids go on after every id given.
+    assert!(browser.next().await.is_none(), "the stream ended");
+    let mut resumed =
+        Subscriber::resume(&server.url("/events"), seen.last().map(String::as_str)).await;
+    assert_eq!(resumed.next().await.unwrap().event, tower_sse::RESET_EVENT);
+    let id = publish_when_up(&publisher, "after the restore").await;
+    assert!(id > after[2], "{id} after {}", after[2]);
+    let event = resumed.next().await.unwrap();
+    assert_eq!(
+        (event.data.as_str(), event.id),
+        ("after the restore", id.to_string())
+    );
 }

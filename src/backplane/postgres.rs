@@ -44,7 +44,7 @@
 use std::{
     future::poll_fn,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 use tokio::{sync::Notify, time::Instant};
 use tokio_postgres::{
@@ -63,6 +63,14 @@ use crate::{
 const DEFAULT_TABLE: &str = "tower_sse_events";
 /// How long a read waits for a notification when there is nothing to read.
 const BLOCK: Duration = Duration::from_secs(1);
+/// How long connecting may take unless the config sets `connect_timeout`.
+const CONNECT: Duration = Duration::from_secs(5);
+/// How long sent data may go unacknowledged before the kernel drops the
+/// connection (`TCP_USER_TIMEOUT`, Linux), unless the config sets it.
+const UNACKNOWLEDGED: Duration = Duration::from_secs(10);
+/// How long one statement (an append, a read) may take before its
+/// connection is given up and made again.
+const STATEMENT: Duration = Duration::from_secs(10);
 /// How often, at most, the appending instance trims the table.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
@@ -152,7 +160,10 @@ impl PostgresBackplane {
 
     /// The same backplane on another table (created if missing): instances
     /// that share a stream share a table; apps sharing a database use
-    /// different tables. A table name is letters, digits and `_`.
+    /// different tables. A table name is a lower-case letter, then lower-case
+    /// letters, digits and `_`, at most 48 bytes (so that it is the same
+    /// name in SQL, in `LISTEN` and in the names derived from it); any other
+    /// name is [`Error::Backplane`] before anything is sent.
     pub async fn table(self, table: &str) -> Result<PostgresBackplane, Error> {
         PostgresBackplane::connect_to(&self.inner.config, self.inner.tls.clone(), table).await
     }
@@ -160,8 +171,9 @@ impl PostgresBackplane {
     /// The SQL that makes the table `table` and its triggers (what the
     /// engine runs when they are missing), for a migration run by a role
     /// allowed to create them; the app's role then needs only `SELECT`,
-    /// `INSERT` and `DELETE` on the table. The ids start at the time this is
-    /// called, in microseconds.
+    /// `INSERT` and `DELETE` on the table. The ids start at the time the SQL
+    /// runs (the server's clock, in microseconds), so the same SQL replayed
+    /// after a loss still numbers above every earlier id.
     pub fn schema(table: &str) -> Result<String, Error> {
         check_table(table)?;
         Ok(schema(table))
@@ -205,27 +217,28 @@ impl PostgresBackplane {
         Ok(publishing)
     }
 
-    /// Trims the table to the retention after `appended` more rows: once
-    /// per [`TRIM_EVERY`], or sooner when a quarter of the history went in.
-    async fn trim(&self, client: &Client, appended: usize) {
-        let Some(retention) = *self
+    /// Whether the table is due a trim after `appended` more rows (once per
+    /// [`TRIM_EVERY`], or sooner when a quarter of the history went in),
+    /// and to what.
+    fn trim_due(&self, appended: usize) -> Option<Retention> {
+        let retention = (*self
             .inner
             .retention
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        else {
-            return;
-        };
-        {
-            let mut trimmed = self.inner.trimmed.lock().unwrap_or_else(|e| e.into_inner());
-            trimmed.1 += appended;
-            let due = trimmed.0.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
-                || trimmed.1 >= (retention.events / 4).max(1);
-            if !due {
-                return;
-            }
-            *trimmed = (Some(Instant::now()), 0);
+            .unwrap_or_else(|e| e.into_inner()))?;
+        let mut trimmed = self.inner.trimmed.lock().unwrap_or_else(|e| e.into_inner());
+        trimmed.1 += appended;
+        let due = trimmed.0.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
+            || trimmed.1 >= (retention.events / 4).max(1);
+        if !due {
+            return None;
         }
+        *trimmed = (Some(Instant::now()), 0);
+        Some(retention)
+    }
+
+    /// Trims the table to `retention`.
+    async fn trim(&self, client: &Client, retention: Retention) {
         let table = &self.inner.table;
         let keep = i64::try_from(retention.events.max(1)).unwrap_or(i64::MAX);
         let by_count = format!(
@@ -235,9 +248,14 @@ impl PostgresBackplane {
             tracing::warn!(error = %e, "backplane: could not trim the table");
         }
         if let Some(age) = retention.age {
+            // From the oldest end only (rows' times need not follow their
+            // ids: `now()` is when a transaction began, and other programs
+            // may set it): every row before the oldest one still young
+            // enough, the newest always kept.
             let by_age = format!(
-                "DELETE FROM {table} WHERE created_at < now() - $1::float8 * interval '1 second' \
-                 AND id < (SELECT max(id) FROM {table})"
+                "DELETE FROM {table} WHERE id < COALESCE(\
+                 (SELECT min(id) FROM {table} WHERE created_at >= now() - $1::float8 * interval '1 second'), \
+                 (SELECT max(id) FROM {table}))"
             );
             if let Err(e) = client.execute(&by_age, &[&age.as_secs_f64()]).await {
                 tracing::warn!(error = %e, "backplane: could not trim the table by age");
@@ -325,7 +343,18 @@ where
     T::TlsConnect: Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    let (client, mut connection) = tokio_postgres::connect(config, tls).await?;
+    let mut settings: tokio_postgres::Config = config.parse()?;
+    // Unless the config says otherwise: a server that does not answer
+    // fails the connection, and a connection whose data goes unacknowledged
+    // (a peer gone without a word) is dropped, so the hub reconnects
+    // instead of waiting on it for the kernel's minutes.
+    if settings.get_connect_timeout().is_none() {
+        settings.connect_timeout(CONNECT);
+    }
+    if settings.get_tcp_user_timeout().is_none() {
+        settings.tcp_user_timeout(UNACKNOWLEDGED);
+    }
+    let (client, mut connection) = settings.connect(tls).await?;
     tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
@@ -345,35 +374,47 @@ where
     Ok(client)
 }
 
+/// The longest table name: its triggers' names (`<table>_notify`) stay
+/// within PostgreSQL's 63 bytes.
+const MAX_TABLE: usize = 48;
+
+/// A table name used unquoted, the same in every statement (`LISTEN`,
+/// `pg_notify`, trigger names): a lower-case letter, then lower-case
+/// letters, digits and `_`, at most [`MAX_TABLE`] bytes.
 fn check_table(table: &str) -> Result<(), Error> {
-    if table.is_empty()
-        || !table
+    let valid = table.len() <= MAX_TABLE
+        && table.starts_with(|c: char| c.is_ascii_lowercase())
+        && table
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
         return Err(Error::Backplane(
-            format!("invalid table name {table:?}: use letters, digits and `_`").into(),
+            format!(
+                "invalid table name {table:?}: a lower-case letter, then lower-case \
+                 letters, digits and `_`, at most {MAX_TABLE} bytes"
+            )
+            .into(),
         ));
     }
     Ok(())
 }
 
-/// The table, its lock and its notification, created if missing.
+/// The table, its lock and its notification, created if missing. The ids
+/// start at the server's clock when the table is made, in microseconds.
 fn schema(table: &str) -> String {
-    let start = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros().max(1));
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
-            id bigint GENERATED ALWAYS AS IDENTITY (START WITH {start}) PRIMARY KEY,
-            topic text,
-            event text,
-            data text NOT NULL,
-            app_id text,
-            retry_ms bigint,
-            comment text,
-            created_at timestamptz NOT NULL DEFAULT now()
-        );
+        "DO $tower_sse$ BEGIN
+            EXECUTE format('CREATE TABLE IF NOT EXISTS {table} (
+                id bigint GENERATED ALWAYS AS IDENTITY (START WITH %s) PRIMARY KEY,
+                topic text,
+                event text,
+                data text NOT NULL,
+                app_id text,
+                retry_ms bigint,
+                comment text,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )', floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+        END $tower_sse$;
         CREATE OR REPLACE FUNCTION {table}_order() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN PERFORM pg_advisory_xact_lock(hashtext('{table}')); RETURN NULL; END $$;
         CREATE OR REPLACE TRIGGER {table}_order BEFORE INSERT ON {table}
@@ -428,16 +469,26 @@ impl Backplane for PostgresBackplane {
                 .collect();
             // One statement: the trigger's lock is held until it commits.
             // Rows go in in the batch's order, so the ids, sorted, are theirs.
-            let rows = client
-                .client
-                .query(
-                    &client.insert,
-                    &[&topics, &events, &data, &app_ids, &retries, &comments],
-                )
-                .await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                [&topics, &events, &data, &app_ids, &retries, &comments];
+            let insert = client.client.query(&client.insert, &params);
+            let rows = match tokio::time::timeout(STATEMENT, insert).await {
+                Ok(rows) => rows?,
+                Err(_) => {
+                    // Its answer may still come: the connection is not
+                    // used again (the events may have been kept).
+                    self.inner.publish.lock().await.take();
+                    return Err("PostgreSQL did not answer the insert within 10 s".into());
+                }
+            };
             let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             ids.sort_unstable();
-            self.trim(&client.client, ids.len()).await;
+            // Trimming goes on apart, on the same connection, so the
+            // answer does not wait for it.
+            if let Some(retention) = self.trim_due(ids.len()) {
+                let backplane = self.clone();
+                tokio::spawn(async move { backplane.trim(&client.client, retention).await });
+            }
             Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
         })
     }
@@ -506,23 +557,71 @@ struct Reader {
 
 impl Reader {
     /// Whether the table still has a row at or before `after` (it is trimmed
-    /// from its oldest end, so then it has every row after it); with no row
-    /// at all, whether nothing was read yet.
+    /// from its oldest end, so then it has every row after it) and one at or
+    /// after it; with no row at all, whether nothing was read yet.
     async fn holds_now(&self, after: EventId) -> Result<bool, BoxError> {
         let row = self
             .client
-            .query_one(&format!("SELECT min(id) FROM {}", self.table), &[])
+            .query_one(&format!("SELECT min(id), max(id) FROM {}", self.table), &[])
             .await?;
-        Ok(match row.get::<_, Option<i64>>(0) {
-            Some(first) => first as u64 <= after.as_u64(),
-            None => after.as_u64() == 0,
-        })
+        // And not less than was read: the newest row (which trimming keeps)
+        // at or after it, else the table was restored to an earlier state,
+        // and its sequence would give ids already given: raised first.
+        Ok(
+            match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+                (Some(_), Some(newest)) if (newest as u64) < after.as_u64() => {
+                    self.raise_ids(after).await?;
+                    false
+                }
+                (Some(first), Some(_)) => first as u64 <= after.as_u64(),
+                _ => after.as_u64() == 0,
+            },
+        )
+    }
+
+    /// Makes the table's next id come after `after` (ids never go back, even
+    /// after a restore). Needs `UPDATE` on the id's sequence; without it,
+    /// an error saying what to run.
+    async fn raise_ids(&self, after: EventId) -> Result<(), BoxError> {
+        // Past `after + 1`: the hub counts the id after the last one read
+        // as possibly lost, so the next must be above it to be read.
+        let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX - 1) + 1;
+        let raised = self
+            .client
+            .query_one(
+                "SELECT setval(pg_get_serial_sequence($1, 'id'), $2::int8)",
+                &[&self.table, &after],
+            )
+            .await;
+        match raised {
+            Ok(_) => {
+                tracing::warn!(
+                    table = %self.table,
+                    after,
+                    "backplane: the table holds less than was read (restored?); its ids now go on after the last one read"
+                );
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "the table {table} holds less than was read (restored?) and its ids would \
+                 repeat; raise them: ALTER TABLE {table} ALTER COLUMN id RESTART WITH {next} \
+                 ({e})",
+                table = self.table,
+                next = after.saturating_add(1)
+            )
+            .into()),
+        }
     }
 
     async fn rows_after(&self, after: EventId, limit: usize) -> Result<Vec<Row>, BoxError> {
         let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self.client.query(&self.after, &[&after, &limit]).await?)
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &limit];
+        let query = self.client.query(&self.after, &params);
+        match tokio::time::timeout(STATEMENT, query).await {
+            Ok(rows) => Ok(rows?),
+            Err(_) => Err("PostgreSQL did not answer a read within 10 s".into()),
+        }
     }
 
     /// Waits (at most [`BLOCK`]) for a notification; whether one came.

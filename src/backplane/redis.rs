@@ -10,9 +10,10 @@
 //!
 //! Ids: a stream entry id `<ms>-<seq>` becomes the number `ms << 20 | seq`
 //! (increasing as the entry ids do; `seq` below 2^20 — a million entries in
-//! one millisecond — which Redis cannot reach). Entry ids come from the
-//! clock, so ids stay above every earlier one even after Redis lost the
-//! stream.
+//! one millisecond, or a clock far behind the stream's last id). Entry ids
+//! come from the clock, so ids stay above every earlier one even after Redis
+//! lost the stream. An entry whose id does not fit (added with an explicit
+//! id) makes the reader fail with an error saying so, rather than skip.
 //!
 //! The entry's fields (all but `data` optional), so that any program can
 //! publish with a plain `XADD`: `topic` (absent: every subscriber), `event`
@@ -454,7 +455,10 @@ impl BackplaneReader for Reader {
                 .query_async(&mut self.conn)
                 .await?;
             if !first.ids.is_empty() {
-                return Ok(true);
+                // And it must not hold less than was read: a failover to a
+                // replica that had not the newest entries, or a restore.
+                let last = self.last_generated().await?;
+                return Ok(last.is_some_and(|last| last >= after.as_u64()));
             }
             let len: usize = redis::cmd("XLEN")
                 .arg(&*self.key)
@@ -505,7 +509,22 @@ impl BackplaneReader for Reader {
             if !entries.is_empty() && after.as_u64() > 0 && held.ids.is_empty() {
                 return Ok(Read::Gap);
             }
-            let up_to = entries.last().and_then(|e| pack(&e.id)).map(EventId::new);
+            let up_to = match entries.last() {
+                None => None,
+                Some(entry) => match pack(&entry.id) {
+                    Some(id) => Some(EventId::new(id)),
+                    // Reading on after it is impossible: said, not looped on.
+                    None => {
+                        return Err(format!(
+                            "stream entry id {} does not fit an event id (milliseconds \
+                             below 2^43, sequence below 2^20): was it added with an \
+                             explicit id?",
+                            entry.id
+                        )
+                        .into())
+                    }
+                },
+            };
             let records = entries.iter().filter_map(record).collect();
             Ok(Read::Records { records, up_to })
         })
