@@ -354,12 +354,22 @@ async fn the_stream_leader_dying_mid_publish_loses_and_repeats_nothing_acknowled
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 
     // A browser that read the first ten resumes on A: the rest, once each.
+    // A's own reader may still be placing its consumer anew (as B's was
+    // above), so the same 30 s guard.
     let mut resumed = Subscriber::resume(&a.url("/events"), Some(&seen[9].0)).await;
-    let rest: Vec<(String, String)> = resumed
-        .take(seen.len() - 10)
-        .await
-        .into_iter()
-        .map(|e| (e.id, e.data))
-        .collect();
+    let mut rest = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while rest.len() < seen.len() - 10 {
+            let event = resumed.next_unguarded().await.expect("A's stream ended");
+            rest.push((event.id, event.data));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "A to send the rest within 30 s: got {rest:?}, A's backplane {:?}",
+            *a.publisher.watch_backplane().borrow()
+        )
+    });
     assert_eq!(rest, seen[10..]);
 }
