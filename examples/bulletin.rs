@@ -2,13 +2,13 @@
 //! live in every open browser.
 //!
 //! ```text
-//! cargo run --example bulletin --features axum
+//! cargo run --example bulletin --features axum,serve        # TLS=1 and --features axum,serve-tls: HTTPS, HTTP/2
 //! ```
 //!
 //! Then open the printed address in two tabs and post from one.
 //!
 //! * `GET /` — the page: a form, a room selector, and a list fed by
-//!   `EventSource('/rooms/<room>/events')` or, with `--features axum,ws`, a
+//!   `EventSource('/rooms/<room>/events')` or, with `--features axum,serve,ws`, a
 //!   WebSocket to `/ws` that changes rooms without reconnecting.
 //! * `GET /rooms/{room}/events` — the room's event stream, opened by a
 //!   handler of its own (the `Subscribe` extractor) under the layer's hook.
@@ -296,20 +296,51 @@ async fn main() -> std::io::Result<()> {
         })?,
         Err(_) => 3000,
     };
-    let sse = layer();
-    let publisher = sse.publisher();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!(
-        "bulletin board: open http://{}/ in two tabs",
-        listener.local_addr()?
-    );
-    axum::serve(listener, app(sse))
-        .with_graceful_shutdown(async move {
+    let addr = listener.local_addr()?;
+    // tower_sse::serve: HTTP/1.1 and HTTP/2, the timeouts a push server
+    // needs, and a graceful shutdown that ends the event streams.
+    let server = tower_sse::serve(listener, app(layer()));
+    let server = if std::env::var_os("TLS").is_some() {
+        let server = tls(server, &addr)?;
+        println!("bulletin board: open https://{addr}/ in two tabs (HTTP/2; the certificate is self-signed: accept it once)");
+        server
+    } else {
+        println!("bulletin board: open http://{addr}/ in two tabs");
+        server
+    };
+    server
+        .with_graceful_shutdown(async {
             tokio::signal::ctrl_c().await.ok();
-            // Ends every event stream, so the server can stop.
-            publisher.close();
         })
         .await
+}
+
+/// HTTPS with a certificate made now for 127.0.0.1 and localhost
+/// (`TLS=1`): browsers speak HTTP/2 only over TLS, and then every tab
+/// shares one connection.
+#[cfg(feature = "serve-tls")]
+fn tls<S>(
+    server: tower_sse::Serve<S>,
+    addr: &std::net::SocketAddr,
+) -> std::io::Result<tower_sse::Serve<S>> {
+    let names = vec![addr.ip().to_string(), "localhost".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+    let config = tower_sse::tls_config(
+        certified.cert.pem().as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )?;
+    Ok(server.tls(config))
+}
+
+#[cfg(not(feature = "serve-tls"))]
+fn tls<S>(
+    _: tower_sse::Serve<S>,
+    _: &std::net::SocketAddr,
+) -> std::io::Result<tower_sse::Serve<S>> {
+    Err(std::io::Error::other(
+        "TLS=1 needs the feature serve-tls: cargo run --example bulletin --features axum,serve-tls",
+    ))
 }
 
 const PAGE: &str = r##"<!doctype html>

@@ -151,6 +151,9 @@ mod published;
 mod publisher;
 mod record;
 mod request;
+#[cfg(feature = "serve")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
+mod serve;
 mod service;
 mod sse;
 mod stream;
@@ -184,6 +187,10 @@ pub use published::Published;
 pub use publisher::MissingPublisher;
 pub use publisher::{Presence, Publisher};
 pub use record::{Message, Record};
+#[cfg(feature = "serve-tls")]
+pub use serve::tls_config;
+#[cfg(feature = "serve")]
+pub use serve::{serve, Serve, WithGracefulShutdown};
 pub use service::{ResponseFuture, SseService};
 pub use sse::{EventStream, RESET_EVENT};
 pub use stream::{Lagged, RecordStream};

@@ -256,6 +256,12 @@ impl Publisher {
         self.hub.close();
     }
 
+    /// Whether both publish to the same hub.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn same_hub(&self, other: &Publisher) -> bool {
+        self.hub.same(&other.hub)
+    }
+
     /// Whether [`close`](Publisher::close) was called (or every handle dropped).
     pub fn is_closed(&self) -> bool {
         self.hub.is_closed()

@@ -161,6 +161,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // Served by `tower_sse::serve`: its graceful shutdown closes this hub.
+        #[cfg(feature = "serve")]
+        if let Some(hubs) = req.extensions().get::<crate::serve::Hubs>() {
+            hubs.add(&self.publisher);
+        }
         let path = req.uri().path();
         #[cfg(feature = "ws")]
         if self.routes.websocket.as_deref() == Some(path) {

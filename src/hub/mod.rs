@@ -234,6 +234,12 @@ impl Default for Hub {
 }
 
 impl Hub {
+    /// Whether both are handles of one hub.
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
+    pub(crate) fn same(&self, other: &Hub) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// A hub with the default settings and no backplane.
     pub fn new() -> Hub {
         HubBuilder::default().build()

@@ -1,0 +1,262 @@
+//! `tower_sse::serve` over real TCP: HTTP/1.1 streams, a graceful shutdown
+//! that ends them, the header read timeout against a slowloris, the client's
+//! address for per-address limits, and HTTPS with HTTP/2 multiplexing many
+//! streams on one connection.
+
+mod common;
+
+use axum::{routing::get, Router};
+use bytes::Bytes;
+use common::{within, Subscriber, TIMEOUT};
+use http_body_util::{BodyExt, Empty};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tower_sse::{Event, Hub, SseLayer};
+
+/// A server run by `tower_sse::serve`, and the sender that shuts it down.
+struct Served {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(
+        app: Router,
+        settings: impl FnOnce(tower_sse::Serve<Router>) -> tower_sse::Serve<Router>,
+    ) -> Served {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = settings(tower_sse::serve(listener, app)).with_graceful_shutdown(async {
+            stopped.await.ok();
+        });
+        let task = tokio::spawn(server.into_future());
+        Served {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Shuts down and waits until the server future completes.
+    async fn shut_down(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        within("the server to stop", self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn streams_are_served_and_a_graceful_shutdown_ends_them() {
+    let layer = SseLayer::new("/events");
+    let publisher = layer.publisher();
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .layer(layer);
+    let served = Served::start(app, |s| s).await;
+
+    let mut browser = Subscriber::connect(&served.url("/events")).await;
+    let id = publisher
+        .publish(Event::default().data("hello"))
+        .unwrap()
+        .await
+        .unwrap();
+    let event = browser.next().await.unwrap();
+    assert_eq!((event.data.as_str(), event.id), ("hello", id.to_string()));
+    let health = common::client()
+        .get(served.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.text().await.unwrap(), "ok");
+
+    // The hub was never handed to the server: it found it in the requests.
+    served.shut_down().await;
+    assert!(publisher.is_closed(), "the layer's hub was closed");
+    assert!(browser.next().await.is_none(), "the stream ended");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    let app = Router::new().layer(SseLayer::new("/events"));
+    let served = Served::start(app, |s| s.header_read_timeout(Duration::from_millis(300))).await;
+    let mut slow = TcpStream::connect(served.addr).await.unwrap();
+    slow.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // hyper answers 408 or just closes; either way the connection ends.
+    let mut seen = Vec::new();
+    within("the server to drop the slow client", async {
+        let mut buf = [0; 1024];
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // The server still serves others.
+    let mut browser = Subscriber::connect(&served.url("/events")).await;
+    served.shut_down().await;
+    assert!(browser.next().await.is_none());
+}
+
+#[tokio::test]
+async fn the_clients_address_reaches_the_per_address_limit() {
+    let hub = Hub::builder().max_streams_per_address(2).build();
+    let app = Router::new().layer(SseLayer::new("/events").hub(&hub));
+    let served = Served::start(app, |s| s).await;
+    let _first = Subscriber::connect(&served.url("/events")).await;
+    let _second = Subscriber::connect(&served.url("/events")).await;
+    let third = common::client()
+        .get(served.url("/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+    served.shut_down().await;
+}
+
+/// A CA, and a certificate for 127.0.0.1 signed by it with its key (PEM).
+fn certificates() -> (rustls::pki_types::CertificateDer<'static>, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.der().clone(), server.pem(), key.serialize_pem())
+}
+
+/// One TLS connection to `addr` that offers only `h2`, trusting `ca`.
+async fn h2_connection(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    send
+}
+
+#[tokio::test]
+async fn https_with_http2_carries_many_streams_on_one_connection() {
+    let (ca, cert, key) = certificates();
+    let config = tower_sse::tls_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let hub = Hub::builder().build();
+    let layer = SseLayer::new("/events").hub(&hub);
+    let publisher = layer.publisher();
+    let served = Served::start(Router::new().layer(layer), |s| s.tls(config)).await;
+
+    let mut send = h2_connection(served.addr, &ca).await;
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        send.ready().await.unwrap();
+        let request = http::Request::get(format!("https://{}/events", served.addr))
+            .body(Empty::new())
+            .unwrap();
+        let response = within("a response", send.send_request(request))
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        bodies.push(response.into_body());
+    }
+    assert_eq!(publisher.subscriber_count(), 10);
+    let id = publisher
+        .publish(Event::default().data("to all ten"))
+        .unwrap()
+        .await
+        .unwrap();
+    let wanted = format!("data: to all ten\nid: {id}\n\n");
+    for body in &mut bodies {
+        let mut seen = String::new();
+        within("the event on every stream", async {
+            while !seen.contains(&wanted) {
+                let frame = body.frame().await.unwrap().unwrap();
+                if let Ok(data) = frame.into_data() {
+                    seen.push_str(std::str::from_utf8(&data).unwrap());
+                }
+            }
+        })
+        .await;
+    }
+
+    // A plain HTTP client gets no answer from the TLS port, and the server
+    // goes on serving.
+    let plain = common::client()
+        .get(served.url("/events"))
+        .timeout(TIMEOUT)
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    send.ready().await.unwrap();
+
+    served.shut_down().await;
+    for body in &mut bodies {
+        let end = within("the stream to end", async {
+            loop {
+                match body.frame().await {
+                    None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        });
+        end.await;
+    }
+}
+
+#[test]
+fn tls_config_says_what_is_wrong() {
+    let (_, cert, key) = certificates();
+    let err = tower_sse::tls_config(b"", key.as_bytes()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("no certificate"), "{err}");
+    let err = tower_sse::tls_config(cert.as_bytes(), b"not a key").unwrap_err();
+    assert!(err.to_string().contains("private key"), "{err}");
+    let (_, _, other_key) = certificates();
+    let err = tower_sse::tls_config(cert.as_bytes(), other_key.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("certificate and key"), "{err}");
+}
