@@ -3,7 +3,7 @@
 //! the layer's own answers.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
@@ -149,5 +149,18 @@ pub(crate) fn text(status: StatusCode, message: String) -> Response<OwnBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// The `405` of a path the layer serves itself, which takes only `GET` and
+/// `HEAD` (`what` says which: "the event stream at /events").
+pub(crate) fn only_get_and_head(method: &Method, what: &str) -> Response<OwnBody> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed: {what} accepts GET and HEAD\n"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     response
 }

@@ -173,6 +173,7 @@ impl Event {
         self.check()?;
         Ok(wire::encode(&wire::Fields {
             event: self.name.as_deref(),
+            topic: None,
             retry_ms: self.retry.map(|r| r.as_millis()),
             comment: self.comment.as_deref(),
             data: self.data.as_deref(),

@@ -7,6 +7,7 @@ use tower_layer::Layer;
 use crate::{
     authorize::Access,
     authorize::Authorize,
+    client::{ClientScript, Defaults},
     config::{ClientAddress, Config},
     hub::Hub,
     publisher::Publisher,
@@ -55,6 +56,8 @@ use crate::{
 pub struct SseLayer {
     path: Box<str>,
     websocket: Option<Box<str>>,
+    /// The browser module, made again when a path it names changes.
+    client: Option<Arc<ClientScript>>,
     config: Arc<Config>,
     hub: Hub,
 }
@@ -75,6 +78,7 @@ impl SseLayer {
         SseLayer {
             path: absolute(path.into()),
             websocket: None,
+            client: None,
             config: Arc::new(Config::default()),
             hub: Hub::new(),
         }
@@ -129,6 +133,76 @@ impl SseLayer {
     #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
     pub fn websocket(mut self, path: impl Into<String>) -> Self {
         self.websocket = Some(absolute(path.into()));
+        self.client_ready()
+    }
+
+    /// Also serves, at `path` (e.g. `"/events.js"`), a small ES module
+    /// that reads this layer's stream in the browser, so one connection
+    /// serves every tab of the site: the tabs share it through a
+    /// `SharedWorker` (or a tab elected with Web Locks relays it to the
+    /// others over `BroadcastChannel`). Many subscriptions in a page share
+    /// it too, each getting only its topics' events.
+    ///
+    /// The module knows this layer's stream path, WebSocket path and topic
+    /// parameter, so `connect()` needs no arguments. It reconnects with
+    /// `Last-Event-ID` (no loss, no duplicate, also when topics change or
+    /// the tab holding the connection closes), reports the `reset` event,
+    /// its state (`connecting`, `live`, `down`) and errors, and after a
+    /// refusal (`401`, `403`, `429`, `503`) or a network error retries with
+    /// exponential backoff and jitter, honouring `Retry-After`. With
+    /// [`websocket`](SseLayer::websocket), `connect({ transport:
+    /// "websocket" })` gives the same API over WebSocket.
+    ///
+    /// `GET` and `HEAD` get the module (`text/javascript`) with a strong
+    /// `ETag` and `cache-control: no-cache`, so browsers revalidate it and
+    /// get `304 Not Modified` while it is unchanged; other methods get
+    /// `405`. The path must differ from the stream's and the WebSocket's.
+    ///
+    /// ```
+    /// use tower_sse::SseLayer;
+    ///
+    /// let layer = SseLayer::new("/events").client_script("/events.js");
+    /// ```
+    ///
+    /// ```js
+    /// import { connect } from "/events.js";
+    ///
+    /// const hub = connect(); // or connect({ transport: "websocket" })
+    /// const sub = hub.subscribe(["room/general"], {
+    ///   message(e) { console.log(e.topic, e.event, e.data, e.id); },
+    ///   reset() { reloadTheRoom(); },        // the history no longer covered the gap
+    ///   state(s) { showStatus(s); },         // "connecting", "live" or "down"
+    ///   error(err) { console.warn(err.message, err.status, err.retryIn); },
+    /// });
+    /// sub.close();
+    /// ```
+    ///
+    /// The module asks the stream for each event's topic with `with=topic`
+    /// (see the crate docs, "Topics") to route events to subscriptions;
+    /// events of the default topic, and of topics the authorization hook
+    /// follows without being asked ([`Access::follow`]), go to every
+    /// subscription.
+    pub fn client_script(mut self, path: impl Into<String>) -> Self {
+        let path = absolute(path.into());
+        self.client = Some(Arc::new(ClientScript::new(&path, &self.defaults())));
+        self
+    }
+
+    /// What the browser module is told of this layer.
+    fn defaults(&self) -> Defaults<'_> {
+        Defaults {
+            stream: &self.path,
+            websocket: self.websocket.as_deref(),
+            topic_param: &self.config.topic_param,
+        }
+    }
+
+    /// Makes the browser module again after a path it names changed.
+    fn client_ready(mut self) -> Self {
+        if let Some(client) = &self.client {
+            let client = ClientScript::new(&client.path, &self.defaults());
+            self.client = Some(Arc::new(client));
+        }
         self
     }
 
@@ -186,7 +260,7 @@ impl SseLayer {
     /// (`/events?topic=a&topic=b`). Default: `topic`.
     pub fn topic_param(mut self, name: &str) -> Self {
         self.config().topic_param = name.into();
-        self
+        self.client_ready()
     }
 
     /// How many topics one stream may ask for; more is `400 Bad Request`.
@@ -274,6 +348,7 @@ impl<S> Layer<S> for SseLayer {
         let routes = Routes {
             stream: self.path.clone(),
             websocket: self.websocket.clone(),
+            client: self.client.clone(),
         };
         SseService::new(inner, Arc::new(routes), self.publisher())
     }

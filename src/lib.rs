@@ -140,6 +140,7 @@
 mod authorize;
 pub mod backplane;
 mod body;
+mod client;
 mod config;
 mod error;
 mod event;

@@ -84,6 +84,18 @@ impl Refusal {
         )
     }
 
+    /// A stream option the layer does not know (`?with=…`).
+    pub(crate) fn unknown_option(param: &str, value: &str, known: &str) -> Refusal {
+        Refusal::new(
+            Kind::Invalid,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown `{param}` value {:?}: the stream knows {known}",
+                truncate(value)
+            ),
+        )
+    }
+
     pub(crate) fn too_many_topics(max: usize, param: Option<&str>) -> Refusal {
         let message = match param {
             Some(param) => {

@@ -20,8 +20,9 @@ use crate::{
 /// bytes' header, its places in the history.
 const RECORD_OVERHEAD: usize = 320;
 
-/// How many transports may cache an encoding in a record.
-pub(crate) const ENCODINGS: usize = 2;
+/// How many encodings a record may cache: the stream's bytes, a WebSocket
+/// frame, and the stream's bytes with the `topic:` line (`with=topic`).
+pub(crate) const ENCODINGS: usize = 3;
 
 /// A transport's way to turn a record into what it sends. Each transport
 /// has its own `slot` below [`ENCODINGS`]: the record keeps the result there.

@@ -11,10 +11,18 @@ use crate::{config::Config, hub::Resume, open::Refusal, topic};
 pub(crate) struct StreamRequest {
     pub(crate) topics: Vec<String>,
     pub(crate) resume: Resume,
+    /// `with=topic`: each event carries a `topic:` line.
+    pub(crate) with_topic: bool,
 }
 
-/// Reads topics from the query parameter `topic_param` (repeatable) and the
-/// resume point (see [`resume`]).
+/// The query parameter of a stream's options (unless the topic parameter
+/// has taken its name), and its one value: `with=topic` makes each event
+/// carry its topic, for clients that route one stream's events by topic.
+pub(crate) const WITH_PARAM: &str = "with";
+const WITH_TOPIC: &str = "topic";
+
+/// Reads topics from the query parameter `topic_param` (repeatable), the
+/// options (`with=topic`) and the resume point (see [`resume`]).
 pub(crate) fn parse(
     parts: &Parts,
     topic_param: &str,
@@ -22,7 +30,12 @@ pub(crate) fn parse(
 ) -> Result<StreamRequest, Refusal> {
     let mut topics: Vec<String> = Vec::new();
     let mut params = 0;
+    let mut with_topic = false;
     for (key, value) in query(parts) {
+        if key == WITH_PARAM && topic_param != WITH_PARAM {
+            with_topic = option(&value)?;
+            continue;
+        }
         if key != topic_param {
             continue;
         }
@@ -42,7 +55,29 @@ pub(crate) fn parse(
     Ok(StreamRequest {
         topics,
         resume: resume(parts),
+        with_topic,
     })
+}
+
+/// Whether the request asks for each event's topic (`with=topic`), for a
+/// stream a handler opens.
+pub(crate) fn with_topic(parts: &Parts, topic_param: &str) -> Result<bool, Refusal> {
+    if topic_param == WITH_PARAM {
+        return Ok(false);
+    }
+    let mut with_topic = false;
+    for (_, value) in query(parts).filter(|(key, _)| key == WITH_PARAM) {
+        with_topic = option(&value)?;
+    }
+    Ok(with_topic)
+}
+
+/// One `with` value: `topic` is the only one.
+fn option(value: &str) -> Result<bool, Refusal> {
+    match value {
+        WITH_TOPIC => Ok(true),
+        _ => Err(Refusal::unknown_option(WITH_PARAM, value, "`topic`")),
+    }
 }
 
 /// The resume point: the `Last-Event-ID` header, or else the `lastEventId`
@@ -111,6 +146,22 @@ mod tests {
         assert!(parse(&p, "topic", 64).is_err());
         let p = parts(&format!("/events?topic={}", "a".repeat(129)), None);
         assert!(parse(&p, "topic", 64).is_err());
+    }
+
+    #[test]
+    fn with_topic_is_read_and_unknown_options_are_a_400() {
+        let p = parts("/events?topic=a&with=topic", None);
+        assert!(parse(&p, "topic", 64).unwrap().with_topic);
+        let p = parts("/events?topic=a", None);
+        assert!(!parse(&p, "topic", 64).unwrap().with_topic);
+        let p = parts("/events?with=colour", None);
+        let err = parse(&p, "topic", 64).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("unknown `with` value"), "{err}");
+        // A layer whose topic parameter is `with` reads topics there.
+        let p = parts("/events?with=colour", None);
+        let req = parse(&p, "with", 64).unwrap();
+        assert_eq!((req.topics, req.with_topic), (vec!["colour".into()], false));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! request extensions.
 
 use bytes::Bytes;
-use http::{header, request::Parts, HeaderValue, Method, Request, Response, StatusCode};
+use http::{request::Parts, Method, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use std::{
@@ -16,7 +16,8 @@ use tower_service::Service;
 
 use crate::{
     authorize::Access,
-    body::{refused, text, OwnBody, SseBody},
+    body::{only_get_and_head, refused, text, OwnBody, SseBody},
+    client::ClientScript,
     open::{self, Refusal},
     publisher::Publisher,
     request::{self, StreamRequest},
@@ -40,6 +41,8 @@ pub(crate) struct Routes {
     /// Where the WebSocket endpoint is served, if anywhere.
     #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     pub(crate) websocket: Option<Box<str>>,
+    /// The browser module and where it is served, if anywhere.
+    pub(crate) client: Option<Arc<ClientScript>>,
 }
 
 impl<S> SseService<S> {
@@ -80,17 +83,8 @@ type Answer = Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>;
 /// else through a future.
 fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFuture<F> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "method {} not allowed: the event stream at {} accepts GET and HEAD\n",
-                parts.method, routes.stream
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return ResponseFuture::ready(response);
+        let what = format!("the event stream at {}", routes.stream);
+        return ResponseFuture::ready(only_get_and_head(&parts.method, &what));
     }
     let config = publisher.config();
     let request = match request::parse(&parts, &config.topic_param, config.max_topics) {
@@ -130,7 +124,11 @@ fn open_stream(
         return Ok(None);
     }
     let subscription = open::subscribe_now(hub, config, &topics, &request.resume, owner)?;
-    Ok(Some(EventStream::new(subscription, config)))
+    Ok(Some(EventStream::new(
+        subscription,
+        config,
+        request.with_topic,
+    )))
 }
 
 fn respond(opened: Result<Option<EventStream>, Refusal>) -> Response<OwnBody> {
@@ -172,6 +170,12 @@ where
             let (parts, _body) = req.into_parts();
             let answer = crate::ws::respond(parts, self.publisher.clone());
             return ResponseFuture::own(Box::pin(answer));
+        }
+        if let Some(client) = &self.routes.client {
+            if *client.path == *path {
+                let (parts, _body) = req.into_parts();
+                return ResponseFuture::ready(client.respond(&parts));
+            }
         }
         if path != &*self.routes.stream {
             req.extensions_mut().insert(self.publisher.clone());

@@ -36,10 +36,32 @@ const FRAME_CAP: usize = 64 * 1024;
 /// is published, on a hub a layer serves) and shared by every stream.
 pub(crate) const ENCODING: Encoding = Encoding { slot: 0, encode };
 
+/// The same block with a `topic:` line, for the streams that asked for it
+/// (`with=topic`): built once per event by the first such stream that sends
+/// it, so streams that did not ask pay nothing for it.
+pub(crate) const TOPIC_ENCODING: Encoding = Encoding {
+    slot: 2,
+    encode: encode_with_topic,
+};
+
 fn encode(record: &Record) -> Bytes {
+    wire::encode(&fields(record, None))
+}
+
+fn encode_with_topic(record: &Record) -> Bytes {
+    match record.topic() {
+        // The default topic's events go to everyone and carry no topic: the
+        // plain bytes, shared rather than built again.
+        None => record.encoded(&ENCODING).clone(),
+        Some(topic) => wire::encode(&fields(record, Some(topic))),
+    }
+}
+
+fn fields<'a>(record: &'a Record, topic: Option<&'a str>) -> wire::Fields<'a> {
     let message = record.message();
-    wire::encode(&wire::Fields {
+    wire::Fields {
         event: message.event(),
+        topic,
         retry_ms: message.retry().map(|r| r.as_millis()),
         comment: message.comment(),
         data: message.has_data().then(|| message.data()),
@@ -47,7 +69,7 @@ fn encode(record: &Record) -> Bytes {
             Some(id) => wire::Id::Text(id),
             None => wire::Id::Number(record.id().as_u64()),
         },
-    })
+    }
 }
 
 /// The never-ending body of an event-stream response.
@@ -68,6 +90,8 @@ fn encode(record: &Record) -> Bytes {
 /// axum `IntoResponse` with the `axum` feature).
 pub struct EventStream {
     subscription: Subscription,
+    /// The plain bytes, or those with the `topic:` line (`with=topic`).
+    encoding: &'static Encoding,
     life: StreamLife,
     /// Bytes to send before anything else, then the frame being built.
     buf: BytesMut,
@@ -83,7 +107,8 @@ struct KeepAlive {
 }
 
 impl EventStream {
-    pub(crate) fn new(subscription: Subscription, config: &Config) -> Self {
+    /// `with_topic`: the client asked for each event's topic (`with=topic`).
+    pub(crate) fn new(subscription: Subscription, config: &Config, with_topic: bool) -> Self {
         let mut buf = BytesMut::from(&config.prelude[..]);
         let start = subscription.start();
         let life = StreamLife::begin(
@@ -100,6 +125,7 @@ impl EventStream {
             StartKind::Live => buf.extend_from_slice(&wire::encode_id(id)),
             StartKind::Reset => buf.extend_from_slice(&wire::encode(&wire::Fields {
                 event: Some(RESET_EVENT),
+                topic: None,
                 retry_ms: None,
                 comment: None,
                 data: None,
@@ -110,6 +136,11 @@ impl EventStream {
         let now = Instant::now();
         EventStream {
             subscription,
+            encoding: if with_topic {
+                &TOPIC_ENCODING
+            } else {
+                &ENCODING
+            },
             life,
             buf,
             keep_alive: config
@@ -136,11 +167,11 @@ impl EventStream {
     /// event into an empty buffer comes back as its shared bytes instead.
     /// `Err` when the subscriber lags too far.
     fn read(&mut self) -> Result<Option<Bytes>, ()> {
-        let buf = &mut self.buf;
+        let (buf, encoding) = (&mut self.buf, self.encoding);
         let mut first: Option<Bytes> = None;
         let mut taken = 0;
         let read = self.subscription.read(|record| {
-            let bytes = record.encoded(&ENCODING);
+            let bytes = record.encoded(encoding);
             taken += 1;
             if buf.is_empty() && first.is_none() {
                 // Maybe the only one: share it rather than copy it.
@@ -269,5 +300,42 @@ impl From<EventStream> for Response<EventStream> {
 impl axum_core::response::IntoResponse for EventStream {
     fn into_response(self) -> axum_core::response::Response {
         Response::from(self).map(axum_core::body::Body::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::EventId, record::Message, Event};
+
+    fn record(topic: Option<&str>, event: Event) -> Record {
+        Record::new(EventId::new(42), Message::new(topic, event).unwrap())
+    }
+
+    #[test]
+    fn the_topic_line_is_a_second_encoding_built_once() {
+        let said = record(Some("room/1"), Event::default().event("said").data("a\nb"));
+        assert_eq!(
+            said.encoded(&ENCODING),
+            "event: said\ndata: a\ndata: b\nid: 42\n\n"
+        );
+        let with_topic = said.encoded(&TOPIC_ENCODING);
+        assert_eq!(
+            with_topic,
+            "event: said\ntopic: room/1\ndata: a\ndata: b\nid: 42\n\n"
+        );
+        // Cached: every stream that asked shares the same bytes.
+        assert_eq!(
+            said.clone().encoded(&TOPIC_ENCODING).as_ptr(),
+            with_topic.as_ptr()
+        );
+    }
+
+    #[test]
+    fn an_event_of_the_default_topic_shares_the_plain_bytes() {
+        let everyone = record(None, Event::default().data("hi").id("custom"));
+        let plain = everyone.encoded(&ENCODING);
+        assert_eq!(plain, "data: hi\nid: custom\n\n");
+        assert_eq!(everyone.encoded(&TOPIC_ENCODING).as_ptr(), plain.as_ptr());
     }
 }

@@ -51,6 +51,9 @@ pub struct Subscribe {
     resume: Resume,
     parts: Option<Parts>,
     access: Option<Access>,
+    /// Whether the request asked for each event's topic (`with=topic`), or
+    /// the refusal of an unknown option.
+    with_topic: Result<bool, Refusal>,
 }
 
 impl Subscribe {
@@ -62,6 +65,7 @@ impl Subscribe {
             resume: Resume::Live,
             parts: None,
             access: None,
+            with_topic: Ok(false),
         }
     }
 
@@ -92,12 +96,14 @@ impl Subscribe {
     }
 
     /// Answers the request with this head: resumes from its
-    /// `Last-Event-ID` header (or `lastEventId` query parameter), and gives
+    /// `Last-Event-ID` header (or `lastEventId` query parameter), sends each
+    /// event's `topic:` line if it asks with `with=topic`, and gives
     /// the head to the layer's authorization hook, whose [`Access`] then
     /// decides the topics as on the layer's path (`403` for one it does not
     /// grant). The axum extractor does this.
     pub fn request(mut self, parts: &Parts) -> Self {
         self.resume = request::resume(parts);
+        self.with_topic = request::with_topic(parts, &self.config.topic_param);
         self.parts = Some(parts.clone());
         self.access = None;
         self
@@ -115,11 +121,12 @@ impl Subscribe {
     }
 
     /// Opens the subscription as an event stream (a response body).
-    pub async fn event_stream(self) -> Result<EventStream, Refusal> {
+    pub async fn event_stream(mut self) -> Result<EventStream, Refusal> {
         self.hub.encode_eagerly(&sse::ENCODING);
+        let with_topic = std::mem::replace(&mut self.with_topic, Ok(false))?;
         let config = self.config.clone();
         let subscription = self.open().await?;
-        Ok(EventStream::new(subscription, &config))
+        Ok(EventStream::new(subscription, &config, with_topic))
     }
 
     /// Opens the subscription as a typed stream of records.

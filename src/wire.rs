@@ -7,6 +7,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// line break in `event` or `id`, no NUL in `id`).
 pub(crate) struct Fields<'a> {
     pub(crate) event: Option<&'a str>,
+    /// The `topic:` field, for streams that asked for it (`with=topic`);
+    /// clients that do not know the field ignore it, as the format says.
+    pub(crate) topic: Option<&'a str>,
     pub(crate) retry_ms: Option<u128>,
     /// Comment text, lines separated by `\n`.
     pub(crate) comment: Option<&'a str>,
@@ -31,6 +34,9 @@ pub(crate) fn encode(fields: &Fields<'_>) -> Bytes {
     let mut buf = BytesMut::with_capacity(len);
     if let Some(event) = fields.event {
         put_field(&mut buf, "event", event);
+    }
+    if let Some(topic) = fields.topic {
+        put_field(&mut buf, "topic", topic);
     }
     if let Some(ms) = fields.retry_ms {
         put_field(&mut buf, "retry", itoa::Buffer::new().format(ms));
@@ -70,6 +76,7 @@ fn encoded_len(fields: &Fields<'_>) -> usize {
     let mut len = 1;
     len += fields.comment.map_or(0, |c| lines(c, ""));
     len += fields.event.map_or(0, |e| lines(e, "event"));
+    len += fields.topic.map_or(0, |t| lines(t, "topic"));
     len += fields
         .retry_ms
         .map_or(0, |ms| lines(itoa::Buffer::new().format(ms), "retry"));
@@ -150,6 +157,7 @@ mod tests {
         let cases = [
             Fields {
                 event: Some("e"),
+                topic: Some("room/1"),
                 retry_ms: Some(1500),
                 comment: Some("a\nb"),
                 data: Some("x\n\ny"),
@@ -157,6 +165,7 @@ mod tests {
             },
             Fields {
                 event: None,
+                topic: None,
                 retry_ms: None,
                 comment: None,
                 data: None,
@@ -164,6 +173,7 @@ mod tests {
             },
             Fields {
                 event: None,
+                topic: None,
                 retry_ms: Some(0),
                 comment: Some(""),
                 data: Some(""),

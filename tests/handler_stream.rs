@@ -52,6 +52,30 @@ async fn server(layer: SseLayer) -> Server {
 }
 
 #[tokio::test]
+async fn a_handler_stream_sends_topics_when_asked() {
+    let server = server(SseLayer::new("/events")).await;
+    let response = client()
+        .get(server.url("/rooms/lobby/events?with=topic"))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    common::read_until(&mut body, b"\n\n", "the start").await;
+    let id = id(server
+        .publisher
+        .publish_to("room/lobby", Event::default().data("hi")));
+    let expected = format!("topic: room/lobby\ndata: hi\nid: {id}\n\n");
+    let got = common::read_until(&mut body, expected.as_bytes(), "the event").await;
+    assert_eq!(String::from_utf8(got).unwrap(), expected);
+    let refused = client()
+        .get(server.url("/rooms/lobby/events?with=everything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+}
+
+#[tokio::test]
 async fn a_handler_serves_a_room_under_its_own_route() {
     let server = server(SseLayer::new("/events")).await;
     let mut lobby = Subscriber::connect(&server.url("/rooms/lobby/events")).await;

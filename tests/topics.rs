@@ -53,6 +53,69 @@ async fn one_connection_follows_two_topics_and_the_default_one() {
 }
 
 #[tokio::test]
+async fn with_topic_each_event_carries_its_topic_line() {
+    // The hook also makes every stream follow "user/ann", unasked.
+    let layer = SseLayer::new("/events")
+        .authorize(|_: Parts| async { Ok(Access::all().follow("user/ann")) });
+    let server = server(layer).await;
+    let open = |query: &str| {
+        let url = server.url(&format!("/events?{query}"));
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes_stream()
+        }
+    };
+    let mut tagged = open("topic=a&with=topic&topic=b").await;
+    let mut plain = open("topic=a&topic=b").await;
+    let start = common::read_until(&mut tagged, b"\n\n", "the start").await;
+    common::read_until(&mut plain, b"\n\n", "the start").await;
+    let p = &server.publisher;
+    let ids: Vec<_> = [Some("a"), Some("b"), None, Some("user/ann")]
+        .into_iter()
+        .map(|topic| publish(p, topic, "x").0)
+        .collect();
+    let block = |topic: Option<&str>, id: &str| match topic {
+        Some(topic) => format!("topic: {topic}\ndata: x\nid: {id}\n\n"),
+        None => format!("data: x\nid: {id}\n\n"),
+    };
+    let tagged_text: String = [Some("a"), Some("b"), None, Some("user/ann")]
+        .iter()
+        .zip(&ids)
+        .map(|(topic, id)| block(*topic, id))
+        .collect();
+    let plain_text: String = ids.iter().map(|id| block(None, id)).collect();
+    let got = common::read_until(&mut tagged, tagged_text.as_bytes(), "tagged events").await;
+    assert_eq!(String::from_utf8(got).unwrap(), tagged_text);
+    let got = common::read_until(&mut plain, plain_text.as_bytes(), "plain events").await;
+    assert_eq!(String::from_utf8(got).unwrap(), plain_text);
+
+    // A replay carries the topics too.
+    let start = String::from_utf8(start).unwrap();
+    let after = start.trim().strip_prefix("id: ").unwrap();
+    let response = client()
+        .get(server.url("/events?topic=a&topic=b&with=topic"))
+        .header("last-event-id", after)
+        .send()
+        .await
+        .unwrap();
+    let mut replay = response.bytes_stream();
+    let got = common::read_until(&mut replay, tagged_text.as_bytes(), "the replay").await;
+    assert_eq!(String::from_utf8(got).unwrap(), tagged_text);
+    let response = client()
+        .get(server.url("/events?with=colour"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let message = response.text().await.unwrap();
+    assert!(
+        message.contains("unknown `with` value \"colour\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn invalid_topics_are_a_400_with_a_message() {
     let server = server(SseLayer::new("/events").max_topics(3)).await;
     for (query, message) in [

@@ -1,0 +1,688 @@
+// tower-sse in the browser: one connection for every tab of a site, and for
+// every subscription in a tab. A dependency-free ES module, no build step,
+// written for tower-sse (MIT OR Apache-2.0). The layer serves it after one
+// line of its own defaults (`DEFAULTS`: stream path, WebSocket path, topic
+// parameter); the same file runs as the SharedWorker that holds the
+// connection.
+//
+//   import { connect } from "/events.js";
+//   const hub = connect();                       // or connect({ transport: "websocket" })
+//   const sub = hub.subscribe(["room/general"], {
+//     message(e) {},  // { id, event, data, topic }
+//     reset() {},     // events were missed: reload the state
+//     state(s) {},    // "connecting", "live" or "down"
+//     error(err) {},  // { message, status?, code?, retryAfter?, retryIn }
+//   });
+//   sub.close(); hub.close();
+//
+// How the tabs share: a SharedWorker holds the connection; where there is
+// none, the tab holding a Web Lock does and relays over a BroadcastChannel
+// (another takes over, resuming, when it closes); else each tab has its own.
+// Every tab drops an event it already delivered, so a takeover that replays
+// a little shows nothing twice.
+
+const RESET = "reset";
+const FIRST_RETRY = 1000; // ms, until the server's `retry:` says otherwise
+const MAX_RETRY = 30000; // ms, the longest backoff
+const RECENT = 512; // ids remembered to drop repeats of ids that are not numbers
+
+/** Connects to the layer's stream, or joins this browser's connection to it. */
+export function connect(options = {}) {
+  return new Hub(settings(options));
+}
+
+function settings(options) {
+  const page = globalThis.location?.href ?? import.meta.url;
+  // The app's URLs are relative to the page; the layer's, to this module.
+  const url = (given, fallback) =>
+    given != null ? new URL(given, page).href : fallback != null ? new URL(fallback, import.meta.url).href : null;
+  const s = {
+    transport: options.transport ?? "sse",
+    stream: url(options.url, DEFAULTS.stream),
+    websocket: url(options.websocket, DEFAULTS.websocket),
+    topicParam: options.topicParam ?? DEFAULTS.topicParam,
+  };
+  if (s.transport !== "sse" && s.transport !== "websocket") {
+    throw new TypeError(`tower-sse: transport is "sse" or "websocket", not ${JSON.stringify(s.transport)}`);
+  }
+  if (s.transport === "websocket" && !s.websocket) {
+    throw new TypeError("tower-sse: this layer serves no WebSocket (SseLayer::websocket)");
+  }
+  return { ...s, share: options.share ?? true };
+}
+
+/** A page's handle: its subscriptions, and its way to the connection. */
+class Hub {
+  #settings;
+  #link = null;
+  #subs = new Map(); // Subscription → { topics: Set, handlers }
+  #seen = new Seen();
+  #state = "connecting";
+  #queued = false;
+  #closed = false;
+  // Leaving the page lets another tab take the connection over; coming
+  // back from the back/forward cache joins again.
+  #hide = () => this.#drop();
+  #show = (e) => e.persisted && !this.#closed && this.#open();
+
+  constructor(settings) {
+    this.#settings = settings;
+    this.#open();
+    globalThis.addEventListener?.("pagehide", this.#hide);
+    globalThis.addEventListener?.("pageshow", this.#show);
+  }
+
+  /** "connecting", "live" or "down". */
+  get state() {
+    return this.#state;
+  }
+
+  /** How this tab gets its events: "worker", "leader", "follower" or "tab". */
+  get role() {
+    return this.#link?.role ?? "closed";
+  }
+
+  /** Follows `topics` (and the default topic, which every stream follows). */
+  subscribe(topics, handlers = {}) {
+    if (this.#closed) throw new Error("tower-sse: this hub is closed");
+    const list = [...topics];
+    if (list.some((t) => typeof t !== "string")) throw new TypeError("tower-sse: topics are strings");
+    if (typeof handlers === "function") handlers = { message: handlers };
+    const sub = new Subscription(list, () => {
+      this.#subs.delete(sub);
+      this.#changed();
+    });
+    this.#subs.set(sub, { topics: new Set(list), handlers });
+    this.#changed();
+    queueMicrotask(() => this.#subs.has(sub) && call(handlers.state, this.#state));
+    return sub;
+  }
+
+  /** Connects again now (say, after signing in), resuming where it was. */
+  reconnect() {
+    this.#link?.send({ type: "reconnect" });
+  }
+
+  close() {
+    this.#closed = true;
+    this.#subs.clear();
+    this.#drop();
+    globalThis.removeEventListener?.("pagehide", this.#hide);
+    globalThis.removeEventListener?.("pageshow", this.#show);
+  }
+
+  #open(worker = true) {
+    this.#drop();
+    this.#link = link(this.#settings, worker, {
+      receive: (m) => this.#receive(m),
+      last: () => this.#seen.last,
+      // The worker did not start (no module workers here): the next way.
+      failed: () => this.#open(false),
+    });
+    this.#queued = false;
+    this.#changed();
+  }
+
+  #drop() {
+    this.#link?.close();
+    this.#link = null;
+  }
+
+  // Once per task, so closing a subscription and opening another is one
+  // change (one reconnection), not two.
+  #changed() {
+    if (this.#queued) return;
+    this.#queued = true;
+    queueMicrotask(() => {
+      this.#queued = false;
+      let topics = null;
+      for (const sub of this.#subs.values()) {
+        topics ??= new Set();
+        sub.topics.forEach((t) => topics.add(t));
+      }
+      this.#link?.send({ type: "topics", topics: topics && [...topics] });
+    });
+  }
+
+  #receive(m) {
+    const subs = [...this.#subs.values()];
+    switch (m.type) {
+      case "event": {
+        if (!this.#seen.first(m.id)) return;
+        const event = { id: m.id, event: m.event, data: m.data, topic: m.topic };
+        for (const sub of subs) if (m.all || sub.topics.has(m.topic)) call(sub.handlers.message, event);
+        break;
+      }
+      case RESET:
+        if (this.#seen.reset(m.id)) subs.forEach((sub) => call(sub.handlers.reset, { id: m.id }));
+        break;
+      case "at":
+        this.#seen.at(m.id);
+        break;
+      case "state":
+        if (m.state === this.#state) return;
+        this.#state = m.state;
+        subs.forEach((sub) => call(sub.handlers.state, m.state));
+        break;
+      case "error":
+        subs.forEach((sub) => call(sub.handlers.error, m.error));
+        break;
+    }
+  }
+}
+
+class Subscription {
+  #topics;
+  #close;
+
+  constructor(topics, close) {
+    this.#topics = Object.freeze(topics);
+    this.#close = close;
+  }
+
+  get topics() {
+    return this.#topics;
+  }
+
+  close() {
+    this.#close?.();
+    this.#close = null;
+  }
+}
+
+// A throwing handler must not keep the others from their events; its error
+// still reaches the console.
+function call(handler, ...args) {
+  if (typeof handler !== "function") return;
+  try {
+    handler(...args);
+  } catch (e) {
+    setTimeout(() => {
+      throw e;
+    });
+  }
+}
+
+/** What a tab delivered: ids are compared as numbers when they are (the
+ * hub's are), else remembered, so a replay after a takeover repeats nothing. */
+class Seen {
+  last;
+  #recent = new Set();
+  #reset;
+
+  first(id) {
+    if (id === "") return true; // no id: nothing to tell a repeat by
+    if (this.#recent.has(id) || notAfter(id, this.last)) return false;
+    this.#recent.add(id);
+    if (this.#recent.size > RECENT) this.#recent.delete(this.#recent.values().next().value);
+    this.last = id;
+    return true;
+  }
+
+  /** Where a stream starts; earlier than what was seen changes nothing. */
+  at(id) {
+    if (!notAfter(id, this.last)) this.last = id;
+  }
+
+  /** The history no longer covered the gap: ids start over after `id`.
+   * False when this reset was already told (relayed twice). */
+  reset(id) {
+    if (this.#reset === id) return false;
+    this.#reset = this.last = id;
+    this.#recent.clear();
+    return true;
+  }
+}
+
+const NUMBER = /^(0|[1-9][0-9]{0,19})$/;
+// Decimal strings without leading zeros: longer is larger, else compare text.
+const notAfter = (id, last) =>
+  NUMBER.test(id) && NUMBER.test(last ?? "") && (id.length < last.length || (id.length === last.length && id <= last));
+
+/** The way from a tab to the connection: a SharedWorker, else an elected
+ * tab, else its own. Each sends `topics` (null: no subscription) and
+ * `reconnect`, and hands the connection's messages to `hub.receive`. */
+function link(s, worker, hub) {
+  const key = "tower-sse " + JSON.stringify([s.transport, s.stream, s.websocket, s.topicParam]);
+  if (s.share && worker && typeof SharedWorker === "function") {
+    try {
+      return workerLink(s, key, hub);
+    } catch {
+      // Not allowed here (a sandboxed frame, say): the next way.
+    }
+  }
+  if (s.share && typeof BroadcastChannel === "function" && globalThis.navigator?.locks) {
+    return electedLink(s, key, hub);
+  }
+  const connection = new Connection(s, hub.last(), hub.receive);
+  return {
+    role: "tab",
+    send: (m) => connection.handle(m),
+    close: () => connection.close(),
+  };
+}
+
+function workerLink(s, key, hub) {
+  const worker = new SharedWorker(import.meta.url, { type: "module", name: key });
+  const port = worker.port;
+  worker.onerror = hub.failed;
+  port.onmessage = ({ data }) => hub.receive(data);
+  port.start();
+  port.postMessage({ type: "hello", settings: s });
+  return {
+    role: "worker",
+    send: (m) => port.postMessage(m),
+    close() {
+      worker.onerror = null;
+      port.postMessage({ type: "bye" });
+      port.close();
+    },
+  };
+}
+
+// In the SharedWorker: one connection for the topics of every tab.
+function serveTabs() {
+  const tabs = new Map(); // port → its topics (null: no subscription)
+  let connection = null;
+  const broadcast = (m) => tabs.forEach((_, port) => port.postMessage(m));
+  globalThis.onconnect = ({ ports: [port] }) => {
+    port.onmessage = ({ data: m }) => {
+      if (m.type === "hello") {
+        connection ??= new Connection(m.settings, undefined, broadcast);
+        tabs.set(port, null);
+        port.postMessage({ type: "state", state: connection.state });
+        return;
+      }
+      if (m.type === "bye") tabs.delete(port);
+      if (m.type === "topics") tabs.set(port, m.topics);
+      connection?.handle(m.type === "reconnect" ? m : { type: "topics", topics: union(tabs.values()) });
+    };
+    port.start();
+  };
+}
+
+function electedLink(s, key, hub) {
+  const me = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  const channel = new BroadcastChannel(key);
+  // Every tab keeps every tab's topics, so whichever leads next connects
+  // for all of them at once (a topic added later would miss what its
+  // subscribers were owed).
+  const tabs = new Map();
+  const abort = new AbortController();
+  let connection = null;
+  let release = null;
+  const post = (m) => channel.postMessage(m);
+  const update = () => connection?.handle({ type: "topics", topics: union(tabs.values()) });
+  channel.onmessage = ({ data: m }) => {
+    switch (m.type) {
+      case "topics":
+        tabs.set(m.tab, m.topics);
+        update();
+        if (connection) {
+          // A tab that just came starts where the connection is.
+          if (connection.lastId) post({ type: "at", id: connection.lastId, for: m.tab });
+          post({ type: "state", state: connection.state, for: m.tab });
+        }
+        break;
+      case "bye":
+        tabs.delete(m.tab);
+        update();
+        break;
+      case "leader":
+        post({ type: "topics", tab: me, topics: tabs.get(me) ?? null });
+        break;
+      case "reconnect":
+        connection?.handle(m);
+        break;
+      default:
+        // From the leader, also the last ones of a leader that has gone:
+        // Seen drops what the next one replays.
+        if (!m.for || m.for === me) hub.receive(m);
+    }
+  };
+  navigator.locks
+    .request(key, { signal: abort.signal }, () => {
+      connection = new Connection(s, hub.last(), (m) => {
+        hub.receive(m);
+        post(m);
+      });
+      post({ type: "leader", tab: me });
+      update();
+      // Held until this tab closes the hub or goes away.
+      return new Promise((resolve) => (release = resolve));
+    })
+    .catch(() => {}); // aborted: closed before its turn
+  return {
+    get role() {
+      return connection ? "leader" : "follower";
+    },
+    send(m) {
+      if (m.type === "topics") {
+        tabs.set(me, m.topics);
+        update();
+        post({ type: "topics", tab: me, topics: m.topics });
+      } else if (connection) {
+        connection.handle(m);
+      } else {
+        post(m);
+      }
+    },
+    close() {
+      post({ type: "bye", tab: me });
+      abort.abort();
+      connection?.close();
+      release?.();
+      channel.close();
+    },
+  };
+}
+
+/** The topics of all tabs, or null when none subscribes. */
+function union(lists) {
+  let topics = null;
+  for (const list of lists) {
+    if (!list) continue;
+    topics ??= new Set();
+    list.forEach((t) => topics.add(t));
+  }
+  return topics;
+}
+
+const backoff = (base, failures) => Math.min(MAX_RETRY, base * 2 ** failures) * (0.5 + Math.random() / 2);
+
+/** Seconds from a `Retry-After` header (a number or an HTTP date). */
+function retryAfter(value) {
+  if (value == null) return undefined;
+  if (/^\s*\d+\s*$/.test(value)) return Number(value);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, (at - Date.now()) / 1000);
+}
+
+/** The connection itself, wherever it lives: it follows `topics`, resumes
+ * after `lastId`, and emits `event`, `reset`, `at` (where a stream starts),
+ * `state` and `error` messages. */
+class Connection {
+  state = "connecting";
+  lastId;
+  #s;
+  #emit;
+  #topics = null; // Set; null: nobody subscribes, so no connection
+  #key = null;
+  // Topics asked of the server on this connection: their events go to the
+  // subscriptions that follow them; others (the default topic, topics the
+  // server adds, as a private one) go to every subscription.
+  #asked = new Set();
+  #following = new Set(); // a WebSocket session's topics now
+  #retry = FIRST_RETRY;
+  #failures = 0;
+  #run = 0; // bumped to stop what a run started
+  #timer;
+  #abort;
+  #ws;
+  #closed = false;
+
+  constructor(s, lastId, emit) {
+    this.#s = s;
+    this.lastId = lastId;
+    this.#emit = emit;
+    emit({ type: "state", state: this.state });
+  }
+
+  handle(m) {
+    if (m.type === "reconnect") {
+      if (this.#topics) this.#start();
+      return;
+    }
+    const topics = m.topics && new Set(m.topics);
+    const key = topics && JSON.stringify([...topics].sort());
+    if (key === this.#key) return;
+    [this.#topics, this.#key] = [topics, key];
+    if (!topics) this.#stop();
+    else if (this.#ws?.readyState === WebSocket.OPEN) this.#resubscribe();
+    else this.#start();
+  }
+
+  close() {
+    this.#closed = true;
+    this.#stop();
+  }
+
+  #stop() {
+    this.#run++;
+    clearTimeout(this.#timer);
+    this.#abort?.abort();
+    if (this.#ws) {
+      this.#ws.onclose = null;
+      this.#ws.close();
+      this.#ws = null;
+    }
+  }
+
+  #start() {
+    this.#stop();
+    if (this.#closed || !this.#topics) return;
+    // Changing topics while live is no news to the subscribers.
+    if (this.state !== "live") this.#setState("connecting");
+    if (this.#s.transport === "websocket") this.#websocket(this.#run);
+    else this.#sse(this.#run);
+  }
+
+  #setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.#emit({ type: "state", state });
+  }
+
+  #url(base) {
+    const url = new URL(base);
+    this.#topics.forEach((t) => url.searchParams.append(this.#s.topicParam, t));
+    return url;
+  }
+
+  async #sse(run) {
+    const url = this.#url(this.#s.stream);
+    url.searchParams.set("with", "topic");
+    const headers = { accept: "text/event-stream" };
+    if (this.lastId) {
+      // The header EventSource sends; across origins the query parameter,
+      // which needs no CORS preflight.
+      if (url.origin === globalThis.location?.origin) headers["last-event-id"] = this.lastId;
+      else url.searchParams.set("lastEventId", this.lastId);
+    }
+    const asked = new Set(this.#topics);
+    const abort = (this.#abort = new AbortController());
+    try {
+      const response = await fetch(url, { headers, signal: abort.signal, cache: "no-store" });
+      if (run !== this.#run) return;
+      const type = response.headers.get("content-type") ?? "";
+      if (response.status !== 200 || !type.startsWith("text/event-stream")) {
+        const text = (await response.text().catch(() => "")).trim().slice(0, 300);
+        if (run !== this.#run) return;
+        const message = `${response.status} ${response.statusText}${text ? ": " + text : ""}`;
+        return this.#failed(run, {
+          message,
+          status: response.status,
+          retryAfter: retryAfter(response.headers.get("retry-after")),
+        });
+      }
+      this.#asked = asked;
+      this.#failures = 0;
+      this.#setState("live");
+      const parser = new Parser({
+        event: (e) => run === this.#run && (e.event === RESET ? this.#reset(e.id) : this.#dispatch(e)),
+        id: (id) => run === this.#run && this.#at(id),
+        retry: (ms) => (this.#retry = ms),
+      });
+      const reader = response.body.getReader();
+      // The parser drops a byte order mark itself, as the format says.
+      const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (run !== this.#run) return;
+        if (done) break;
+        parser.push(decoder.decode(value, { stream: true }));
+      }
+      this.#ended(run);
+    } catch (e) {
+      if (run === this.#run) this.#failed(run, { message: `network error: ${e.message}` });
+    }
+  }
+
+  #websocket(run) {
+    const url = this.#url(this.#s.websocket);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (this.lastId) url.searchParams.set("lastEventId", this.lastId);
+    const ws = (this.#ws = new WebSocket(url));
+    this.#asked = new Set(this.#topics);
+    this.#following = new Set(this.#topics);
+    let live = false;
+    ws.onmessage = ({ data }) => {
+      if (run !== this.#run) return;
+      const m = JSON.parse(data);
+      if (m.type === "event") this.#dispatch({ id: m.id, event: m.event, data: m.data, topic: m.topic || null });
+      else if (m.type === RESET) this.#reset(m.after);
+      else if (m.type === "subscribed") {
+        this.#at(m.after);
+        if (!live) {
+          live = true;
+          this.#failures = 0;
+          this.#setState("live");
+        }
+      }
+    };
+    ws.onclose = ({ code, reason }) => {
+      if (run !== this.#run) return;
+      this.#ws = null;
+      if (!live) {
+        // A refused handshake: the browser does not say why (a status, a
+        // topic not allowed, a limit), only that it closed.
+        return this.#failed(run, { code, message: `the WebSocket closed before it was live (${code})` });
+      }
+      // Going away, restarting, or this session fell behind: come back.
+      if ([1000, 1001, 1012, 1013].includes(code)) return this.#ended(run);
+      this.#failed(run, { code, message: `the WebSocket closed: ${code}${reason ? " " + reason : ""}` });
+    };
+  }
+
+  // The session changes topics and goes on right after what it sent.
+  #resubscribe() {
+    const drop = [...this.#following].filter((t) => !this.#topics.has(t));
+    const add = [...this.#topics].filter((t) => !this.#following.has(t));
+    if (drop.length) this.#ws.send(JSON.stringify({ type: "unsubscribe", topics: drop }));
+    if (add.length) this.#ws.send(JSON.stringify({ type: "subscribe", topics: add }));
+    // A dropped topic's last events may still come: they still go by topic.
+    add.forEach((t) => this.#asked.add(t));
+    this.#following = new Set(this.#topics);
+  }
+
+  #dispatch({ id, event, data, topic }) {
+    this.lastId = id;
+    const all = topic == null || !this.#asked.has(topic);
+    this.#emit({ type: "event", id, event, data, topic, all });
+  }
+
+  #reset(id) {
+    this.lastId = id;
+    this.#emit({ type: RESET, id });
+  }
+
+  #at(id) {
+    this.lastId = id;
+    this.#emit({ type: "at", id });
+  }
+
+  // The server ended a live stream (the hub closed, the subscriber fell
+  // behind, its user signed out): back after the server's retry delay.
+  #ended(run) {
+    this.#setState("down");
+    this.#later(run, backoff(this.#retry, 0));
+  }
+
+  // Refused or unreachable: back off, exponentially and with jitter, or
+  // when the server's Retry-After says.
+  #failed(run, error) {
+    this.#failures++;
+    const delay =
+      error.retryAfter > 0
+        ? error.retryAfter * 1000 * (1 + Math.random() / 5)
+        : backoff(this.#retry, this.#failures);
+    error.retryIn = Math.round(delay);
+    this.#setState("down");
+    this.#emit({ type: "error", error });
+    this.#later(run, delay);
+  }
+
+  #later(run, delay) {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => run === this.#run && this.#start(), delay);
+  }
+}
+
+/** The `text/event-stream` format, as the WHATWG HTML standard reads it:
+ * a leading byte order mark dropped, lines ended by CR, LF or CRLF (also
+ * split across chunks), comments, `data` lines joined by LF, an `id` with
+ * NUL ignored, `retry` only as digits, unknown fields ignored (but
+ * `topic`, which tower-sse sends with `with=topic`). Handlers: `event(e)`
+ * with `{ id, event, data, topic }`, `id(lastEventId)` when a block without
+ * data moves it, `retry(ms)`. Exported for tests. */
+export class Parser {
+  lastEventId = "";
+  #handlers;
+  #rest = "";
+  #started = false;
+  #afterCR = false; // the last chunk ended with CR: a LF first is its pair
+  #id = "";
+  #event = "";
+  #data = "";
+  #topic = null;
+
+  constructor(handlers) {
+    this.#handlers = handlers;
+  }
+
+  push(text) {
+    if (!this.#started && text) {
+      this.#started = true;
+      if (text[0] === "\uFEFF") text = text.slice(1);
+    }
+    let rest = this.#rest + text;
+    let start = 0;
+    if (this.#afterCR && rest[0] === "\n") start = 1;
+    this.#afterCR = false;
+    const lineEnd = /\r\n|\r|\n/g;
+    lineEnd.lastIndex = start;
+    for (let m; (m = lineEnd.exec(rest)); start = lineEnd.lastIndex) {
+      this.#line(rest.slice(start, m.index));
+      if (m[0] === "\r" && lineEnd.lastIndex === rest.length) this.#afterCR = true;
+    }
+    this.#rest = rest.slice(start);
+  }
+
+  #line(line) {
+    if (line === "") return this.#dispatch();
+    if (line[0] === ":") return;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "data") this.#data += value + "\n";
+    else if (field === "event") this.#event = value;
+    else if (field === "id" && !value.includes("\0")) this.#id = value;
+    else if (field === "retry" && /^\d+$/.test(value)) this.#handlers.retry?.(Number(value));
+    else if (field === "topic") this.#topic = value;
+  }
+
+  #dispatch() {
+    const moved = this.lastEventId !== this.#id;
+    this.lastEventId = this.#id;
+    const [event, data, topic] = [this.#event, this.#data, this.#topic];
+    [this.#event, this.#data, this.#topic] = ["", "", null];
+    if (data === "") {
+      if (moved) this.#handlers.id?.(this.lastEventId);
+      return;
+    }
+    this.#handlers.event?.({ id: this.lastEventId, event: event || "message", data: data.slice(0, -1), topic });
+  }
+}
+
+if (typeof SharedWorkerGlobalScope === "function" && globalThis instanceof SharedWorkerGlobalScope) serveTabs();
