@@ -125,25 +125,8 @@ async fn a_client_that_never_reads_is_dropped_with_tcp_user_timeout() {
     )
     .await;
 
-    // A small receive buffer, and no reads at all.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let mut tcp = TcpStream::from_std(socket.into()).unwrap();
-    tcp.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-
+    let tcp = common::never_reading_client(addr, &publisher).await;
     let mut count = publisher.watch_subscribers();
-    within("the subscriber", count.wait_for(|n| *n == 1))
-        .await
-        .unwrap();
-    // Fill the client's window, the server's socket and hyper's buffer.
-    let big = "x".repeat(64 * 1024);
-    for _ in 0..200 {
-        publisher.publish(Event::default().data(&big)).unwrap();
-    }
     // Meanwhile another subscriber is served as usual.
     let url = format!("http://{addr}/events");
     let mut other = common::Subscriber::connect(&url).await;

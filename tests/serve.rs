@@ -119,6 +119,30 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     assert!(browser.next().await.is_none());
 }
 
+/// With `tcp_user_timeout`, the kernel aborts a connection whose data goes
+/// unacknowledged (a client that never reads, or vanished), and its
+/// stream is dropped (`tests/hostile.rs` shows it stays without).
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_by_the_tcp_user_timeout() {
+    let layer =
+        SseLayer::new("/events").hub(&Hub::builder().history(10_000).max_lag(10_000).build());
+    let publisher = layer.publisher();
+    let served = Served::start(Router::new().layer(layer), |s| {
+        s.tcp_user_timeout(Some(Duration::from_millis(500)))
+    })
+    .await;
+    let stuck = common::never_reading_client(served.addr, &publisher).await;
+    let mut count = publisher.watch_subscribers();
+    within(
+        "the kernel to abort the stuck connection",
+        count.wait_for(|n| *n == 0),
+    )
+    .await
+    .unwrap();
+    drop(stuck);
+    served.shut_down().await;
+}
+
 #[tokio::test]
 async fn the_clients_address_reaches_the_per_address_limit() {
     let hub = Hub::builder().max_streams_per_address(2).build();

@@ -38,6 +38,11 @@ pub struct Server {
 impl Server {
     pub async fn start(app: axum::Router, publisher: Publisher) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start_on(listener, app, publisher)
+    }
+
+    /// The same on a listener of the caller's (an address to serve again).
+    pub fn start_on(listener: TcpListener, app: axum::Router, publisher: Publisher) -> Server {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let closer = publisher.clone();
@@ -122,6 +127,35 @@ pub async fn serve_with_user_timeout(
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// A client of `addr`'s `/events` with a small receive buffer that never
+/// reads, once its window, the server's socket and hyper's buffer are full
+/// of `publisher`'s events.
+pub async fn never_reading_client(
+    addr: SocketAddr,
+    publisher: &Publisher,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut tcp = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    tcp.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut count = publisher.watch_subscribers();
+    within("the subscriber", count.wait_for(|n| *n >= 1))
+        .await
+        .unwrap();
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        publisher
+            .publish(tower_sse::Event::default().data(&big))
+            .unwrap();
+    }
+    tcp
 }
 
 pub fn client() -> reqwest::Client {
