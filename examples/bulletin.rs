@@ -7,11 +7,15 @@
 //!
 //! Then open the printed address in two tabs and post from one.
 //!
-//! * `GET /` — the page: a form, a room selector, and a list fed by
-//!   `EventSource('/rooms/<room>/events')` or, with `--features axum,serve,ws`, a
-//!   WebSocket to `/ws` that changes rooms without reconnecting.
+//! * `GET /` — the page: a form, a room selector, and a list fed by the
+//!   layer's client module (`/events.js`): one stream for every tab of the
+//!   browser, shared through a `SharedWorker` (or a tab elected to hold it),
+//!   or, with `--features axum,serve,ws`, one WebSocket to `/ws` that changes
+//!   rooms without reconnecting.
+//! * `GET /events.js` — the client module (`SseLayer::client_script`).
 //! * `GET /rooms/{room}/events` — the room's event stream, opened by a
-//!   handler of its own (the `Subscribe` extractor) under the layer's hook.
+//!   handler of its own (the `Subscribe` extractor) under the layer's hook
+//!   (for `curl`, or a bare `EventSource`).
 //! * `POST /publish` — form fields `message`, and optionally `room` (publish to
 //!   topic `room/<room>`; without it, to everyone), `to` (a private message to
 //!   that user's topic `user/<to>`) and `event` (the event name). Answers
@@ -82,7 +86,10 @@ async fn metrics() -> String {
 pub fn layer() -> SseLayer {
     // Signed-in users joining or leaving a room are announced in it.
     let hub = Hub::builder().presence_events("room/").build();
-    let layer = SseLayer::new("/events").hub(&hub);
+    // The page imports the module that reads the stream for every tab.
+    let layer = SseLayer::new("/events")
+        .hub(&hub)
+        .client_script("/events.js");
     // With `--features axum,ws`, the page can switch to WebSocket.
     #[cfg(feature = "ws")]
     let layer = layer.websocket("/ws");
@@ -401,12 +408,12 @@ const PAGE: &str = r##"<!doctype html>
   <p id="error"></p>
   <ol id="messages"></ol>
 </main>
-<script>
-  const list = document.getElementById("messages");
-  const status = document.getElementById("status");
-  const error = document.getElementById("error");
-  const room = document.getElementById("room");
-  const hereLine = document.getElementById("here");
+<script type="module">
+  import { connect } from "/events.js";
+
+  const $ = (id) => document.getElementById(id);
+  const [list, status, error, room, transport, hereLine, who] =
+    ["messages", "status", "error", "room", "transport", "here", "who"].map($);
 
   // "N here": the room's presence, refreshed when someone joins or leaves.
   async function refreshHere() {
@@ -428,87 +435,67 @@ const PAGE: &str = r##"<!doctype html>
     item.append(body, small);
     list.prepend(item);
   }
-  const when = (e) => `#${e.lastEventId} · ${new Date().toLocaleTimeString()}`;
+  const when = (e) => `#${e.id} · ${new Date().toLocaleTimeString()}`;
 
-  // One connection follows the room and, when signed in, the private topic:
-  // an EventSource, or a WebSocket that changes rooms without reconnecting.
-  const transport = document.getElementById("transport");
-  const missed = () =>
-    show("Some messages were missed while disconnected.", "reload the page to see the board as it is", "notice");
-  let events, ws, wsRoom, wsLast, wsRetry;
-  function stop() {
-    if (events) { events.close(); events = null; }
-    clearTimeout(wsRetry);
-    if (ws) { ws.onclose = null; ws.close(); ws = null; }
-  }
-  function connect() {
-    stop();
+  // One connection for every tab (the module shares it and resumes it):
+  // this page follows the room; signed in, the server adds the private topic.
+  let hub, sub;
+  function follow() {
+    sub?.close();
     list.replaceChildren();
-    if (transport.value === "ws") { wsLast = undefined; return connectWs(); }
-    events = new EventSource("/rooms/" + encodeURIComponent(room.value) + "/events");
-    events.onopen = () => { status.textContent = "live in #" + room.value; status.className = "live"; refreshHere(); };
-    events.addEventListener("join", refreshHere);
-    events.addEventListener("leave", refreshHere);
-    events.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
-    events.onmessage = (e) => show(e.data, when(e));
-    events.addEventListener("private", (e) => show(e.data, "private · " + when(e), "private"));
-    events.addEventListener("reset", missed);
+    const name = room.value, via = hub.transport === "websocket" ? " (WebSocket)" : "";
+    sub = hub.subscribe(["room/" + name], {
+      message(e) {
+        if (e.event === "join" || e.event === "leave") refreshHere();
+        else if (e.event === "private") show(e.data, "private · " + when(e), "private");
+        else show(e.data, when(e));
+      },
+      reset: () => show("Some messages were missed while disconnected.", "reload the page to see the board as it is", "notice"),
+      state(state) {
+        status.className = state;
+        status.dataset.role = hub.role;
+        status.textContent = { live: `live in #${name}${via}`, down: "reconnecting…" }[state] ?? "connecting…";
+        if (state === "live") refreshHere();
+      },
+      error: (e) => (status.textContent = `reconnecting in ${(e.retryIn / 1000).toFixed(1)} s: ${e.message}`),
+    });
   }
-  function connectWs() {
-    wsRoom = room.value;
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    let url = scheme + location.host + "/ws?topic=room/" + encodeURIComponent(wsRoom);
-    if (wsLast) url += "&lastEventId=" + encodeURIComponent(wsLast);
-    let opened = false;
-    ws = new WebSocket(url);
-    ws.onopen = () => { opened = true; status.textContent = "live in #" + wsRoom + " (WebSocket)"; status.className = "live"; refreshHere(); };
-    ws.onmessage = (m) => {
-      const f = JSON.parse(m.data);
-      if (f.type === "event" && (f.event === "join" || f.event === "leave")) {
-        refreshHere();
-      } else if (f.type === "event") {
-        wsLast = f.id;
-        const meta = `#${f.id} · ${new Date().toLocaleTimeString()}`;
-        if (f.event === "private") show(f.data, "private · " + meta, "private");
-        else show(f.data, meta);
-      } else if (f.type === "reset") {
-        missed();
-      } else if (f.type === "subscribed" && f.after && !wsLast) {
-        wsLast = f.after;
-      }
-    };
-    ws.onclose = (e) => {
+  function start() {
+    hub?.close();
+    try {
+      hub = connect({ transport: transport.value === "ws" ? "websocket" : "sse" });
+    } catch {
       status.className = "down";
-      status.textContent = opened ? `reconnecting… (closed ${e.code}${e.reason ? ": " + e.reason : ""})`
-        : "no WebSocket here: run the example with --features axum,ws";
-      if (opened) wsRetry = setTimeout(connectWs, 2000);
-    };
-  }
-  room.addEventListener("change", () => {
-    if (transport.value === "ws" && ws && ws.readyState === WebSocket.OPEN) {
-      // Same connection, other topic.
-      list.replaceChildren();
-      ws.send(JSON.stringify({ type: "unsubscribe", topics: ["room/" + wsRoom] }));
-      wsRoom = room.value;
-      ws.send(JSON.stringify({ type: "subscribe", topics: ["room/" + wsRoom] }));
-      status.textContent = "live in #" + wsRoom + " (WebSocket)";
-    } else {
-      connect();
+      status.textContent = "no WebSocket here: run the example with --features axum,serve,ws";
+      return;
     }
-  });
-  transport.addEventListener("change", connect);
-  connect();
+    follow();
+  }
+  room.addEventListener("change", follow);
+  transport.addEventListener("change", start);
+  start();
 
-  fetch("/me").then(async (r) => {
-    if (r.status !== 200) return;
-    const name = await r.text();
-    document.getElementById("who").innerHTML =
-      '<span></span><form method="post" action="/logout"><button class="quiet">Sign out</button></form>';
-    document.querySelector("#who span").textContent = "signed in as " + name;
+  const signedOut = who.innerHTML;
+  async function showWho() {
+    const r = await fetch("/me");
+    if (r.status !== 200) return (who.innerHTML = signedOut);
+    who.innerHTML = '<span></span><form method="post" action="/logout"><button class="quiet">Sign out</button></form>';
+    who.querySelector("span").textContent = "signed in as " + (await r.text());
+  }
+  showWho();
+  // Signing in changes whose the shared stream is: connect it again (signing
+  // out, the server ends the user's streams, in every tab, by itself).
+  who.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = e.target;
+    const r = await fetch(form.action, { method: "POST", body: new URLSearchParams(new FormData(form)) });
+    error.textContent = r.ok ? "" : await r.text();
+    if (form.action.endsWith("/login") && r.ok) hub?.reconnect();
+    showWho();
   });
 
   // With script, post without leaving the page; without it, the form still works.
-  document.getElementById("post").addEventListener("submit", async (e) => {
+  $("post").addEventListener("submit", async (e) => {
     e.preventDefault();
     const form = e.target;
     const response = await fetch("/publish", { method: "POST", body: new URLSearchParams(new FormData(form)) });

@@ -77,6 +77,11 @@ class Hub {
     return this.#state;
   }
 
+  /** "sse" or "websocket". */
+  get transport() {
+    return this.#settings.transport;
+  }
+
   /** How this tab gets its events: "worker", "leader", "follower" or "tab". */
   get role() {
     return this.#link?.role ?? "closed";

@@ -1,22 +1,15 @@
-// Drives Debian's Chromium (headless) against the bulletin example: two pages
-// see each other's posts live; after the server drops every stream, the
-// browser reconnects by itself and shows each missed message exactly once,
-// in order; then one page switches to WebSocket and changes rooms on the same
+// Drives Debian's Chromium (headless) against the bulletin example, whose
+// page reads the stream through the layer's client module: two pages see
+// each other's posts live; after the server drops every stream, the module
+// reconnects by itself and shows each missed message exactly once, in order;
+// then one page switches to WebSocket and changes rooms on the same
 // connection; signing out ends the user's stream in another tab at once.
 // Usage: node bulletin.mjs <base url> <screenshot path>
 // Run by tests/browser.rs, which serves the app and the /test/drop hook.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, screenshot] = process.argv.slice(2);
-const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-
-const browser = await chromium.launch({
-  executablePath,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const fail = (message) => { throw new Error(message); };
 const texts = (page) =>
   page.$$eval("#messages li > div:first-child", (items) => items.map((item) => item.textContent));

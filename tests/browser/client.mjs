@@ -1,0 +1,129 @@
+// Drives Debian's Chromium (headless) against the bulletin example, whose
+// page reads the stream through the layer's client module (/events.js).
+// Usage: node client.mjs <scenario> <mode> <base url>
+//   tabs worker|leader: ten tabs of one browser go live on one stream (the
+//     server counts them); a post from the last shows in all ten; the tab
+//     holding the connection closes while events are published, and every
+//     other shows each once, in order. "leader" deletes SharedWorker first,
+//     so a tab elected with Web Locks holds the stream.
+//   retry -: the server refuses the first streams with 503 and Retry-After;
+//     the page says why, then goes live.
+//   restart -: the server restarts (new hub) while the page is open; the
+//     page gets the reset, then goes live.
+// Run by tests/client.rs, which serves the app and its /test/ hooks.
+import { launch } from "./chromium.mjs";
+
+const [scenario, mode, base] = process.argv.slice(2);
+const browser = await launch();
+const fail = (message) => { throw new Error(message); };
+const url = (path) => new URL(path, base);
+// What the page lists, oldest first.
+const texts = async (page) =>
+  (await page.$$eval("#messages li > div:first-child", (items) => items.map((item) => item.textContent))).reverse();
+const shows = (page, text) =>
+  page.waitForFunction(
+    (text) => [...document.querySelectorAll("#messages li > div:first-child")].some((d) => d.textContent === text),
+    text,
+    { timeout: 15000 },
+  );
+async function publish(message) {
+  const answer = await fetch(url("/publish"), { method: "POST", body: new URLSearchParams({ room: "general", message }) });
+  if (answer.status !== 202) fail(`publish answered ${answer.status}`);
+}
+// The server's count of open streams, once it is `open` (it waits up to
+// 10 s), and of the streams opened so far.
+async function streams(open) {
+  const answer = await fetch(url(`/test/streams/${open}`));
+  const counts = await answer.json();
+  if (!answer.ok) fail(`the server never had ${open} open stream(s): ${JSON.stringify(counts)}`);
+  return counts;
+}
+const roles = (pages) => Promise.all(pages.map((page) => page.$eval("#status", (el) => el.dataset.role)));
+
+async function tabs() {
+  const context = await browser.newContext();
+  if (mode === "leader") await context.addInitScript(() => { delete window.SharedWorker; });
+  const pages = [];
+  for (let i = 0; i < 10; i++) {
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.waitForSelector("#status.live");
+    pages.push(page);
+  }
+  const before = await roles(pages);
+  const expected = mode === "leader" ? ["leader", ...Array(9).fill("follower")] : Array(10).fill("worker");
+  if (JSON.stringify(before) !== JSON.stringify(expected)) fail(`roles: ${JSON.stringify(before)}`);
+  const one = await streams(1);
+  if (one.opened !== 1) fail(`ten live tabs opened ${one.opened} streams`);
+
+  // A post from the last tab shows in all ten.
+  await pages[9].fill("input[name=message]", "hello from tab 10");
+  await pages[9].click("form#post button");
+  for (const page of pages) await shows(page, "hello from tab 10");
+
+  // The tab holding the stream (the first: the leader, or the worker's
+  // first tab) closes while events are published, 10 more after it closed.
+  let closedAt = null;
+  let sent = 0;
+  const publishing = (async () => {
+    while (closedAt === null || sent < closedAt + 10) await publish(`event ${++sent}`);
+  })();
+  await shows(pages[0], "event 5");
+  await pages[0].close();
+  closedAt = sent;
+  await publishing;
+  await publish("last");
+  const rest = pages.slice(1);
+  const all = ["hello from tab 10", ...Array.from({ length: sent }, (_, i) => `event ${i + 1}`), "last"];
+  for (const page of rest) {
+    await shows(page, "last");
+    const seen = await texts(page);
+    if (JSON.stringify(seen) !== JSON.stringify(all)) fail(`a tab shows ${JSON.stringify(seen)}`);
+  }
+  const after = await roles(rest);
+  const holders = after.filter((role) => role === (mode === "leader" ? "leader" : "worker")).length;
+  if (holders !== (mode === "leader" ? 1 : 9)) fail(`roles after the close: ${JSON.stringify(after)}`);
+  const still = await streams(1);
+  // With a leader, the next one opened one stream of its own, resuming.
+  if (still.opened !== (mode === "leader" ? 2 : 1)) fail(`streams opened: ${still.opened}`);
+  await context.close();
+  return `ten tabs live on one stream (${mode}); a post reached all ten; after the holder closed while ${sent} events were published (${closedAt} before), nine tabs show each once, in order, on ${still.opened} stream(s) opened in all`;
+}
+
+async function retry() {
+  const page = await browser.newPage();
+  await page.goto(base);
+  // The reason, and a wait of Retry-After (1 s) plus at most a fifth.
+  await page.waitForSelector("#status.down >> text=/reconnecting in 1\\.[0-2] s: 503 Service Unavailable: busy/", { timeout: 15000 });
+  await page.waitForSelector("#status.live", { timeout: 15000 });
+  await publish("after the refusals");
+  await shows(page, "after the refusals");
+  return "the page showed the 503 and its retry, then went live";
+}
+
+async function restart() {
+  const page = await browser.newPage();
+  await page.goto(base);
+  await page.waitForSelector("#status.live");
+  await publish("before the restart");
+  await shows(page, "before the restart");
+  const answer = await fetch(url("/test/restart"), { method: "POST" });
+  if (!answer.ok) fail(`restart hook answered ${answer.status}`);
+  await page.waitForSelector("#status.down");
+  await page.waitForSelector("li.notice", { timeout: 20000 });
+  await page.waitForSelector("#status.live", { timeout: 20000 });
+  await publish("after the restart");
+  await shows(page, "after the restart");
+  const seen = await texts(page);
+  const expected = ["before the restart", "Some messages were missed while disconnected.", "after the restart"];
+  if (JSON.stringify(seen) !== JSON.stringify(expected)) fail(`the page shows ${JSON.stringify(seen)}`);
+  return "after the restart the page got the reset, went live and shows new posts";
+}
+
+try {
+  const scenarios = { tabs, retry, restart };
+  if (!scenarios[scenario]) fail(`no scenario ${scenario}`);
+  console.log(`ok: ${await scenarios[scenario]()}`);
+} finally {
+  await browser.close();
+}

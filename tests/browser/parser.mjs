@@ -1,0 +1,59 @@
+// The client module's text/event-stream parser against the WHATWG rules,
+// fed whole and cut at every character (a line end split across chunks).
+// Usage: node parser.mjs <the module as the layer serves it, saved as .mjs>
+// Run by tests/client.rs.
+import { pathToFileURL } from "node:url";
+
+const { Parser } = await import(pathToFileURL(process.argv[2]).href);
+
+function parse(chunks) {
+  const seen = [];
+  const parser = new Parser({
+    event: (e) => seen.push(["event", e]),
+    id: (id) => seen.push(["id", id]),
+    retry: (ms) => seen.push(["retry", ms]),
+  });
+  for (const chunk of chunks) parser.push(chunk);
+  return seen;
+}
+
+const event = (data, more = {}) => ["event", { id: "", event: "message", data, topic: null, ...more }];
+const cases = [
+  ["a leading BOM is dropped", "\uFEFFdata: x\n\n", [event("x")]],
+  ["only one BOM", "\uFEFF\uFEFFdata: x\n\n", []],
+  ["LF, CR and CRLF end lines", "data: a\rdata: b\r\ndata: c\n\r\n", [event("a\nb\nc")]],
+  ["one space after the colon is dropped", "data:  two\ndata:none\n\n", [event(" two\nnone")]],
+  ["a field without colon is an empty value", "data\ndata\n\n", [event("\n")]],
+  ["comments and unknown fields are ignored", ": keep-alive\nfoo: bar\ndata: x\n\n", [event("x")]],
+  ["no data, no event", "event: e\n\n", []],
+  ["event name, id and topic", "event: said\ntopic: room/1\ndata: hi\nid: 42\n\n", [event("hi", { event: "said", id: "42", topic: "room/1" })]],
+  ["the id stays for the next event; the event name and topic do not", "event: e\ntopic: t\nid: 7\ndata: a\n\ndata: b\n\n", [event("a", { event: "e", id: "7", topic: "t" }), event("b", { id: "7" })]],
+  ["an id with NUL is ignored", "id: 1\ndata: a\n\nid: 2\u00003\ndata: b\n\n", [event("a", { id: "1" }), event("b", { id: "1" })]],
+  ["an id alone moves the last id without an event", "id: 9\n\n:keep-alive\n\n", [["id", "9"]]],
+  ["an empty id clears it", "id: 9\n\nid\ndata: x\n\n", [["id", "9"], event("x", { id: "" })]],
+  ["retry takes digits only", "retry: 1500\nretry: 2s\nretry: -1\n\n", [["retry", 1500]]],
+  ["an unfinished event is not dispatched", "data: x\n", []],
+];
+
+let failed = 0;
+for (const [name, text, expected] of cases) {
+  // Whole, and cut at every place (CR and LF of a CRLF in two chunks too).
+  const cuts = [[text], ...Array.from(text, (_, i) => [text.slice(0, i), text.slice(i)])];
+  for (const chunks of cuts) {
+    const got = JSON.stringify(parse(chunks));
+    if (got !== JSON.stringify(expected)) {
+      failed++;
+      console.log(`FAIL ${name} ${JSON.stringify(chunks)}\n  got      ${got}\n  expected ${JSON.stringify(expected)}`);
+      break;
+    }
+  }
+}
+// One character at a time, a CRLF-separated stream of many events.
+const many = Array.from({ length: 50 }, (_, i) => `id: ${i}\r\ndata: ${i}\r\n\r\n`).join("");
+const got = parse(Array.from(many));
+if (got.length !== 50 || got.some(([, e], i) => e.data !== String(i) || e.id !== String(i))) {
+  failed++;
+  console.log(`FAIL char by char: ${JSON.stringify(got.slice(0, 3))}`);
+}
+if (failed) process.exit(1);
+console.log(`ok: ${cases.length + 1} parser cases, each whole and cut at every character`);

@@ -1,0 +1,213 @@
+//! The client module (`SseLayer::client_script`) as browsers get it: served
+//! over HTTP (ETag, 304), its parser against the WHATWG rules (Node.js), and
+//! in Debian's Chromium, driven by playwright-core (tests/browser/client.mjs),
+//! on the bulletin example, whose page uses it: ten tabs on one stream, the
+//! tab holding it closing while events are published (with a SharedWorker,
+//! and with an elected tab), a 503 with Retry-After, a server restart.
+//!
+//! Needs `chromium` (or `CHROMIUM`), Node.js and `npm ci --prefix
+//! tests/browser`, as tests/browser.rs; `.ci/run` installs them.
+
+#[path = "../examples/bulletin.rs"]
+mod bulletin;
+mod common;
+#[path = "common/node.rs"]
+mod node;
+
+use axum::{
+    extract::{Path, Request, State},
+    http::{header, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use common::{client, Server, TIMEOUT};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tower_sse::{Publisher, SseLayer};
+
+/// The stream requests the server got (when, and their `Last-Event-ID`),
+/// and how many of the first it refuses with `503` and `Retry-After: 1`.
+#[derive(Clone, Default)]
+struct Streams {
+    opened: Arc<Mutex<Opened>>,
+    refuse: usize,
+}
+
+type Opened = Vec<(Instant, Option<String>)>;
+
+impl Streams {
+    fn opened(&self) -> Opened {
+        self.opened.lock().unwrap().clone()
+    }
+}
+
+/// In front of the app: counts `GET /events`, refusing the first ones.
+async fn count(State(streams): State<Streams>, request: Request, next: Next) -> Response {
+    if request.method() == Method::GET && request.uri().path() == "/events" {
+        let resume = request.headers().get("last-event-id");
+        let resume = resume.map(|id| id.to_str().unwrap().to_owned());
+        let n = {
+            let mut opened = streams.opened.lock().unwrap();
+            opened.push((Instant::now(), resume));
+            opened.len()
+        };
+        if n <= streams.refuse {
+            let busy = "busy (the test refuses the first streams)\n";
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                busy,
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The bulletin app, counted, with `GET /test/streams/{n}`: waits (10 s at
+/// most) until `n` streams are open, then answers how many are open and how
+/// many were opened in all.
+fn counted_app(streams: &Streams) -> (Router, Publisher) {
+    let layer = bulletin::layer();
+    let publisher = layer.publisher();
+    let (hub, counted) = (publisher.clone(), streams.clone());
+    let open = move |Path(n): Path<usize>| {
+        let (hub, counted) = (hub.clone(), counted.clone());
+        async move {
+            let mut open = hub.watch_subscribers();
+            let reached = tokio::time::timeout(TIMEOUT, open.wait_for(|c| *c == n)).await;
+            let status = match reached {
+                Ok(Ok(_)) => StatusCode::OK,
+                _ => StatusCode::GATEWAY_TIMEOUT,
+            };
+            let counts = serde_json::json!({
+                "open": hub.subscriber_count(),
+                "opened": counted.opened().len(),
+            });
+            (status, counts.to_string())
+        }
+    };
+    let app = bulletin::app(layer)
+        .route("/test/streams/{n}", get(open))
+        .layer(middleware::from_fn_with_state(streams.clone(), count));
+    (app, publisher)
+}
+
+async fn tabs(mode: &str) {
+    let _browser = node::BROWSER.lock().await;
+    let streams = Streams::default();
+    let (app, publisher) = counted_app(&streams);
+    let server = Server::start(app, publisher).await;
+    node::run("client.mjs", ["tabs", mode, &server.url("/")]).await;
+    // The script checked the counts; the next leader (a tab closing the
+    // context makes more) resumed from the last event it had seen.
+    let resumed: Vec<_> = streams.opened().into_iter().map(|(_, id)| id).collect();
+    assert!(resumed[0].is_none(), "{resumed:?}");
+    if mode == "leader" {
+        assert!(resumed[1].is_some(), "{resumed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_tabs_share_one_stream_through_a_shared_worker() {
+    tabs("worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shared_worker_an_elected_tab_holds_the_stream() {
+    tabs("leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_503_with_retry_after_the_module_waits_then_goes_live() {
+    let _browser = node::BROWSER.lock().await;
+    let streams = Streams {
+        refuse: 2,
+        ..Streams::default()
+    };
+    let (app, publisher) = counted_app(&streams);
+    let server = Server::start(app, publisher).await;
+    node::run("client.mjs", ["retry", "-", &server.url("/")]).await;
+    let opened = streams.opened();
+    assert_eq!(opened.len(), 3, "two refused, then one stream");
+    for pair in opened.windows(2) {
+        let waited = pair[1].0 - pair[0].0;
+        assert!(
+            waited >= Duration::from_secs(1),
+            "retried after {waited:?}, before the Retry-After of 1 s"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_restart_the_module_resets_then_goes_live() {
+    let _browser = node::BROWSER.lock().await;
+    let (restart, mut restarting) = tokio::sync::mpsc::channel::<()>(1);
+    let (app, publisher) = counted_app(&Streams::default());
+    let app = app.route(
+        "/test/restart",
+        post(move || {
+            restart.try_send(()).ok();
+            async {}
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut first = Server::start_on(listener, app, publisher);
+    let base = first.url("/");
+    let page = tokio::spawn(node::run(
+        "client.mjs",
+        ["restart".into(), "-".into(), base],
+    ));
+    tokio::time::timeout(Duration::from_secs(60), restarting.recv())
+        .await
+        .expect("the page never asked for the restart");
+    // Down: the hub closes and its streams end; then a new hub (whose ids
+    // the page's last id is not one of) on the same address.
+    first.shutdown();
+    common::within("the server to stop", &mut first.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let streams = Streams::default();
+    let (app, publisher) = counted_app(&streams);
+    let listener = tokio::net::TcpListener::bind(first.addr).await.unwrap();
+    let _second = Server::start_on(listener, app, publisher);
+    page.await.unwrap();
+    // It came back with the last id it had, which the new hub does not know.
+    let resumed = streams.opened().into_iter().map(|(_, id)| id).next();
+    assert!(matches!(resumed, Some(Some(_))), "{resumed:?}");
+}
+
+#[tokio::test]
+async fn the_served_module_revalidates_and_parses_as_the_standard_says() {
+    let layer = SseLayer::new("/events").client_script("/events.js");
+    let publisher = layer.publisher();
+    let server = Server::start(Router::new().layer(layer), publisher).await;
+    let response = client().get(server.url("/events.js")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+    let module = response.bytes().await.unwrap();
+    assert!(module.starts_with(b"// Served by tower-sse at /events.js"));
+    let again = client()
+        .get(server.url("/events.js"))
+        .header(header::IF_NONE_MATCH, &headers[header::ETAG])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    // The parser of the bytes a browser gets.
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tower-sse.mjs");
+    std::fs::write(&file, &module).unwrap();
+    node::run("parser.mjs", [file]).await;
+}
