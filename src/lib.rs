@@ -66,6 +66,10 @@
 //! events.addEventListener("said", (e) => console.log(e.data, e.lastEventId));
 //! ```
 //!
+//! Or let the layer serve a small module that reads the stream for every tab
+//! of the browser over one connection, and retries where `EventSource`
+//! gives up: [`SseLayer::client_script`].
+//!
 //! # How it works
 //!
 //! * [`Publisher::publish`] checks the event and hands it to the [`Hub`],
@@ -93,6 +97,10 @@
 //! topic. A topic is 1 to 128 characters from `A-Z a-z 0-9 - _ . / : @ ~`;
 //! an invalid topic, or more than [`SseLayer::max_topics`], is
 //! `400 Bad Request`.
+//!
+//! With `with=topic` in the query, each event of that stream carries a
+//! `topic: <topic>` line (none for the default topic), so a client can route
+//! the events of one stream by topic; `EventSource` ignores the field.
 //!
 //! # Resuming
 //!
