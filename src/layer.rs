@@ -181,7 +181,9 @@ impl SseLayer {
     /// (see the crate docs, "Topics") to route events to subscriptions;
     /// events of the default topic, and of topics the authorization hook
     /// follows without being asked ([`Access::follow`]), go to every
-    /// subscription.
+    /// subscription. The subscriptions share one stream, so a topic the
+    /// hook refuses (`403`) keeps it from opening for all of them: subscribe
+    /// to the topics the user may follow.
     pub fn client_script(mut self, path: impl Into<String>) -> Self {
         let path = absolute(path.into());
         self.client = Some(Arc::new(ClientScript::new(&path, &self.defaults())));

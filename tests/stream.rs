@@ -164,13 +164,19 @@ async fn a_browser_form_post_is_redirected_back_to_the_page() {
 }
 
 #[tokio::test]
-async fn the_page_opens_the_event_source() {
+async fn the_page_imports_the_client_module() {
     let server = bulletin_server(bulletin::layer()).await;
     let page = client().get(server.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("new EventSource(\"/rooms/\""));
+    assert!(html.contains("import { connect } from \"/events.js\""));
     assert!(html.contains("action=\"/publish\""));
+    let module = client().get(server.url("/events.js")).send().await.unwrap();
+    assert_eq!(module.status(), 200);
+    assert_eq!(
+        module.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
 }
 
 #[tokio::test]

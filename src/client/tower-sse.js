@@ -422,6 +422,7 @@ class Connection {
   #failures = 0;
   #run = 0; // bumped to stop what a run started
   #timer;
+  #waiting = false; // for the timer: a change of topics waits too (Retry-After)
   #abort;
   #ws;
   #closed = false;
@@ -444,7 +445,7 @@ class Connection {
     [this.#topics, this.#key] = [topics, key];
     if (!topics) this.#stop();
     else if (this.#ws?.readyState === WebSocket.OPEN) this.#resubscribe();
-    else this.#start();
+    else if (!this.#waiting) this.#start();
   }
 
   close() {
@@ -454,6 +455,7 @@ class Connection {
 
   #stop() {
     this.#run++;
+    this.#waiting = false;
     clearTimeout(this.#timer);
     this.#abort?.abort();
     if (this.#ws) {
@@ -486,7 +488,8 @@ class Connection {
 
   async #sse(run) {
     const url = this.#url(this.#s.stream);
-    url.searchParams.set("with", "topic");
+    // (Unless topics are named `with` there: then events go to everyone.)
+    if (this.#s.topicParam !== "with") url.searchParams.set("with", "topic");
     const headers = { accept: "text/event-stream" };
     if (this.lastId) {
       // The header EventSource sends; across origins the query parameter,
@@ -619,6 +622,7 @@ class Connection {
 
   #later(run, delay) {
     clearTimeout(this.#timer);
+    this.#waiting = true;
     this.#timer = setTimeout(() => run === this.#run && this.#start(), delay);
   }
 }
@@ -646,7 +650,8 @@ export class Parser {
   }
 
   push(text) {
-    if (!this.#started && text) {
+    if (!text) return; // (a decoder holding half a character gives "")
+    if (!this.#started) {
       this.#started = true;
       if (text[0] === "\uFEFF") text = text.slice(1);
     }

@@ -48,6 +48,12 @@ for (const [name, text, expected] of cases) {
     }
   }
 }
+// An empty chunk between CR and LF (a decoder holding half a character).
+const split = JSON.stringify(parse(["data: a\r", "", "\ndata: b\n\n"]));
+if (split !== JSON.stringify([event("a\nb")])) {
+  failed++;
+  console.log(`FAIL an empty chunk inside a CRLF: ${split}`);
+}
 // One character at a time, a CRLF-separated stream of many events.
 const many = Array.from({ length: 50 }, (_, i) => `id: ${i}\r\ndata: ${i}\r\n\r\n`).join("");
 const got = parse(Array.from(many));
@@ -56,4 +62,4 @@ if (got.length !== 50 || got.some(([, e], i) => e.data !== String(i) || e.id !==
   console.log(`FAIL char by char: ${JSON.stringify(got.slice(0, 3))}`);
 }
 if (failed) process.exit(1);
-console.log(`ok: ${cases.length + 1} parser cases, each whole and cut at every character`);
+console.log(`ok: ${cases.length + 2} parser cases, each whole and cut at every character`);
