@@ -3,7 +3,8 @@
 //! in Debian's Chromium, driven by playwright-core (tests/browser/client.mjs),
 //! on the bulletin example, whose page uses it: ten tabs on one stream, the
 //! tab holding it closing while events are published (with a SharedWorker,
-//! and with an elected tab), a 503 with Retry-After, a server restart.
+//! and with an elected tab), topics changing under a flow of events (SSE and
+//! WebSocket), a 503 with Retry-After, a server restart.
 //!
 //! Needs `chromium` (or `CHROMIUM`), Node.js and `npm ci --prefix
 //! tests/browser`, as tests/browser.rs; `.ci/run` installs them.
@@ -70,10 +71,21 @@ async fn count(State(streams): State<Streams>, request: Request, next: Next) -> 
 
 /// The bulletin app, counted, with `GET /test/streams/{n}`: waits (10 s at
 /// most) until `n` streams are open, then answers how many are open and how
-/// many were opened in all.
+/// many were opened in all; and `GET /test/following/{room}`: waits until a
+/// stream follows the room.
 fn counted_app(streams: &Streams) -> (Router, Publisher) {
     let layer = bulletin::layer();
     let publisher = layer.publisher();
+    let hub = publisher.clone();
+    let following = move |Path(room): Path<String>| {
+        let mut streams = hub.watch_topic(&format!("room/{room}")).unwrap();
+        async move {
+            match tokio::time::timeout(TIMEOUT, streams.wait_for(|n| *n > 0)).await {
+                Ok(Ok(_)) => StatusCode::OK,
+                _ => StatusCode::GATEWAY_TIMEOUT,
+            }
+        }
+    };
     let (hub, counted) = (publisher.clone(), streams.clone());
     let open = move |Path(n): Path<usize>| {
         let (hub, counted) = (hub.clone(), counted.clone());
@@ -93,6 +105,7 @@ fn counted_app(streams: &Streams) -> (Router, Publisher) {
     };
     let app = bulletin::app(layer)
         .route("/test/streams/{n}", get(open))
+        .route("/test/following/{room}", get(following))
         .layer(middleware::from_fn_with_state(streams.clone(), count));
     (app, publisher)
 }
@@ -120,6 +133,20 @@ async fn ten_tabs_share_one_stream_through_a_shared_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_shared_worker_an_elected_tab_holds_the_stream() {
     tabs("leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_topics_loses_and_repeats_nothing() {
+    let _browser = node::BROWSER.lock().await;
+    let streams = Streams::default();
+    let (app, publisher) = counted_app(&streams);
+    let server = Server::start(app, publisher).await;
+    node::run("client.mjs", ["topics", "-", &server.url("/")]).await;
+    // The page's stream, then one more per change over SSE (each waited
+    // for an event of its new topic), each resuming.
+    let opened = streams.opened();
+    assert!(opened.len() >= 11, "{} streams", opened.len());
+    assert!(opened[1..].iter().all(|(_, id)| id.is_some()), "{opened:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

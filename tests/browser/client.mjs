@@ -6,6 +6,8 @@
 //     holding the connection closes while events are published, and every
 //     other shows each once, in order. "leader" deletes SharedWorker first,
 //     so a tab elected with Web Locks holds the stream.
+//   topics -: one subscription's events flow while another changes topics
+//     ten times, over SSE and over WebSocket: nothing lost or repeated.
 //   retry -: the server refuses the first streams with 503 and Retry-After;
 //     the page says why, then goes live.
 //   restart -: the server restarts (new hub) while the page is open; the
@@ -26,8 +28,8 @@ const shows = (page, text) =>
     text,
     { timeout: 15000 },
   );
-async function publish(message) {
-  const answer = await fetch(url("/publish"), { method: "POST", body: new URLSearchParams({ room: "general", message }) });
+async function publish(message, room = "general") {
+  const answer = await fetch(url("/publish"), { method: "POST", body: new URLSearchParams({ room, message }) });
   if (answer.status !== 202) fail(`publish answered ${answer.status}`);
 }
 // The server's count of open streams, once it is `open` (it waits up to
@@ -120,8 +122,56 @@ async function restart() {
   return "after the restart the page got the reset, went live and shows new posts";
 }
 
+// One subscription gets a steady flow of events while another changes its
+// topic ten times (ten reconnections over SSE, ten subscribe/unsubscribe
+// over WebSocket): the first sees each event once, in order. A subscription
+// gets its topics' events once the connection follows them: the server says
+// when (/test/following), then the other gets an event of its new topic.
+async function topics() {
+  const page = await browser.newPage();
+  await page.goto(base);
+  await page.waitForSelector("#status.live");
+  const on = { timeout: 10000 };
+  for (const transport of ["sse", "websocket"]) {
+    await page.evaluate(async (transport) => {
+      const { connect } = await import("/events.js");
+      const hub = (window.hub = connect({ transport }));
+      window.got = [];
+      hub.subscribe(["room/a"], {
+        message: (e) => window.got.push(e.data),
+        state: (state) => (window.live = state === "live"),
+      });
+    }, transport);
+    await page.waitForFunction(() => window.live, null, on);
+    let sent = 0;
+    let changing = true;
+    const flow = (async () => {
+      while (changing || sent < 40) await publish(`${transport} ${++sent}`, "a");
+    })();
+    for (let k = 1; k <= 10; k++) {
+      await page.evaluate((room) => {
+        window.other?.close();
+        window.other = window.hub.subscribe([`room/${room}`], { message: (e) => (window.otherGot = e.data) });
+      }, `b${k}`);
+      const following = await fetch(url(`/test/following/b${k}`));
+      if (!following.ok) fail(`no stream followed room/b${k}`);
+      await publish(`b${k}`, `b${k}`);
+      await page.waitForFunction((k) => window.otherGot === `b${k}`, k, on);
+    }
+    changing = false;
+    await flow;
+    await publish(`${transport} end`, "a");
+    await page.waitForFunction((end) => window.got.includes(end), `${transport} end`, on);
+    const got = await page.evaluate(() => window.got);
+    const all = [...Array.from({ length: sent }, (_, i) => `${transport} ${i + 1}`), `${transport} end`];
+    if (JSON.stringify(got) !== JSON.stringify(all)) fail(`over ${transport}, room/a got ${JSON.stringify(got)}`);
+    await page.evaluate(() => window.hub.close());
+  }
+  return "over SSE and WebSocket, a subscription saw each event once, in order, while another changed topics ten times";
+}
+
 try {
-  const scenarios = { tabs, retry, restart };
+  const scenarios = { tabs, retry, restart, topics };
   if (!scenarios[scenario]) fail(`no scenario ${scenario}`);
   console.log(`ok: ${await scenarios[scenario]()}`);
 } finally {
