@@ -21,6 +21,10 @@ pub(crate) struct Config {
     pub(crate) authorize: Option<Authorize>,
     /// How to find the client's address in a request, if not the default.
     pub(crate) client_address: Option<ClientAddress>,
+    /// After a stream writes, how long it collects events before its next
+    /// write ([`SseLayer::coalesce`](crate::SseLayer::coalesce)); `None`:
+    /// each write as soon as there is something to send.
+    pub(crate) coalesce: Option<Duration>,
 }
 
 /// A function that finds the client's address in a request head.
@@ -45,6 +49,7 @@ impl Default for Config {
             retry_after: Duration::from_secs(5),
             authorize: None,
             client_address: None,
+            coalesce: None,
         }
     }
 }

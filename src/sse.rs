@@ -98,6 +98,20 @@ pub struct EventStream {
     keep_alive: Option<KeepAlive>,
     last_sent: Instant,
     done: bool,
+    /// [`SseLayer::coalesce`](crate::SseLayer::coalesce): the window after
+    /// a write in which events wait for the next one.
+    coalesce: Option<Coalesce>,
+}
+
+struct Coalesce {
+    delay: Duration,
+    /// Ends the window after the last write.
+    sleep: Pin<Box<Sleep>>,
+    /// When the last write went out, if any did.
+    written: Option<Instant>,
+    /// The last write was cut at [`FRAME_CAP`] with more to send: the next
+    /// does not wait.
+    backlog: bool,
 }
 
 struct KeepAlive {
@@ -153,6 +167,12 @@ impl EventStream {
                 }),
             last_sent: now,
             done: false,
+            coalesce: config.coalesce.map(|delay| Coalesce {
+                delay,
+                sleep: Box::pin(tokio::time::sleep_until(now)),
+                written: None,
+                backlog: false,
+            }),
         }
     }
 
@@ -160,7 +180,30 @@ impl EventStream {
         if self.keep_alive.is_some() {
             self.last_sent = Instant::now();
         }
+        if let Some(coalesce) = &mut self.coalesce {
+            coalesce.written = Some(Instant::now());
+        }
         Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+
+    /// Whether the stream is inside its coalescing window: then it waits
+    /// for the window's end, not registered for events (a burst wakes it
+    /// once, not once per event).
+    fn waits(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(coalesce) = &mut self.coalesce else {
+            return false;
+        };
+        let Some(written) = coalesce.written.filter(|_| !coalesce.backlog) else {
+            return false;
+        };
+        let due = written + coalesce.delay;
+        if Instant::now() >= due {
+            return false;
+        }
+        if coalesce.sleep.deadline() != due {
+            coalesce.sleep.as_mut().reset(due);
+        }
+        coalesce.sleep.as_mut().poll(cx).is_pending()
     }
 
     /// Takes what is unread, up to [`FRAME_CAP`], into the buffer; a lone
@@ -170,6 +213,7 @@ impl EventStream {
         let (buf, encoding) = (&mut self.buf, self.encoding);
         let mut first: Option<Bytes> = None;
         let mut taken = 0;
+        let mut full = false;
         let read = self.subscription.read(|record| {
             let bytes = record.encoded(encoding);
             taken += 1;
@@ -183,11 +227,15 @@ impl EventStream {
             }
             if !buf.is_empty() && buf.len() + bytes.len() > FRAME_CAP {
                 taken -= 1;
+                full = true;
                 return false;
             }
             buf.extend_from_slice(bytes);
             true
         });
+        if let Some(coalesce) = &mut self.coalesce {
+            coalesce.backlog = full;
+        }
         self.life.delivered(taken);
         read.map(|()| first).map_err(drop)
     }
@@ -204,6 +252,9 @@ impl Body for EventStream {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
+        }
+        if this.waits(cx) {
+            return Poll::Pending;
         }
         // Registered before reading, so an event published after the read
         // wakes us; one published before it is in what we read.

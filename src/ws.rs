@@ -351,6 +351,12 @@ impl Session {
         let mut ping = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         ping.tick().await;
         let mut out = Vec::with_capacity(BATCH);
+        // `SseLayer::coalesce`: after a write, events wait for the window's
+        // end (several frames in one write) unless the write was a full batch.
+        let coalesce = self.publisher.config().coalesce;
+        let window = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(window);
+        let mut waiting = false;
         loop {
             let subscription = self.subscription.as_mut()?;
             tokio::select! {
@@ -415,19 +421,26 @@ impl Session {
                         ))),
                         Ok(()) => Poll::Pending,
                     }
-                }) => {
+                }), if !waiting => {
                     if let Err(close) = read {
                         return Some(close);
                     }
                     if let Some(life) = &self.life {
                         life.delivered(out.len());
                     }
+                    let full = out.len() == BATCH
+                        || out.iter().map(|(_, json)| json.len()).sum::<usize>() >= BATCH_BYTES;
                     for (id, json) in out.drain(..) {
                         ws.feed(event_frame(&json)).await.ok()?;
                         self.last = Some(id);
                     }
                     ws.flush().await.ok()?;
+                    if let Some(delay) = coalesce.filter(|_| !full) {
+                        window.as_mut().reset(tokio::time::Instant::now() + delay);
+                        waiting = true;
+                    }
                 }
+                () = &mut window, if waiting => waiting = false,
                 _ = ping.tick(), if interval.is_some() => {
                     ws.send(Message::Ping(Bytes::new())).await.ok()?;
                 }

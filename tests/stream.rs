@@ -321,3 +321,47 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
     let response = post_message(&server, &[("message", "x"), ("room", "no spaces")]).await;
     assert_eq!(response.status(), 400);
 }
+
+/// `coalesce`: events published within the window after a write go out in
+/// the next write, together; none is lost, and the order holds.
+#[tokio::test]
+async fn coalesced_events_go_out_in_one_write_after_the_window() {
+    use futures_util::StreamExt;
+    let layer = SseLayer::new("/events")
+        .without_keep_alive()
+        .coalesce(Duration::from_secs(1));
+    let publisher = layer.publisher();
+    let server = Server::start(Router::new().layer(layer), publisher.clone()).await;
+    let response = client().get(server.url("/events")).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    // The first write: the id the stream starts after. The window opens.
+    let first = read_until(&mut body, b"\n\n", "the stream's start").await;
+    assert!(first.starts_with(b"id: "));
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let published = publisher.publish(Event::default().data(format!("e{i}")));
+        ids.push(published.unwrap().id().unwrap());
+    }
+    // All five in the next write, one chunk on the wire.
+    let chunk = within("the coalesced write", body.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let expected: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("data: e{i}\nid: {id}\n\n"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&chunk), expected);
+    // A later event still arrives (after its own window at most).
+    let id = publisher
+        .publish(Event::default().data("later"))
+        .unwrap()
+        .id()
+        .unwrap();
+    let later = read_until(&mut body, b"\n\n", "the later event").await;
+    assert_eq!(
+        String::from_utf8_lossy(&later),
+        format!("data: later\nid: {id}\n\n")
+    );
+}

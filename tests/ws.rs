@@ -194,3 +194,42 @@ async fn disconnect_all_and_shutdown_close_with_their_codes() {
     server.shutdown();
     assert_eq!(closed(&mut ws).await.0, CloseCode::Away);
 }
+
+/// `coalesce` on a WebSocket session: events published within the window
+/// after a write wait for the next one; all arrive, in order, and a topic
+/// change is answered meanwhile.
+#[tokio::test]
+async fn coalesced_sessions_deliver_every_event_in_order() {
+    let window = std::time::Duration::from_millis(300);
+    let server = server(SseLayer::new("/events").coalesce(window)).await;
+    let publisher = &server.publisher;
+    let mut ws = open(&server, "?topic=a").await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let started = std::time::Instant::now();
+    for round in 0..3 {
+        // Rounds after the first are published just after a write: inside
+        // its window.
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let data = format!("{round}.{i}");
+            let published = publisher.publish_to("a", Event::default().data(&data));
+            ids.push((published.unwrap().id().unwrap().to_string(), data));
+        }
+        if round == 1 {
+            send(&mut ws, json!({"type": "subscribe", "topics": ["b"]})).await;
+        }
+        let mut seen = Vec::new();
+        while seen.len() < ids.len() {
+            let message = next(&mut ws).await;
+            if message["type"] == "event" {
+                seen.push((
+                    message["id"].as_str().unwrap().to_owned(),
+                    message["data"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        assert_eq!(seen, ids);
+    }
+    // Two rounds waited for a window each.
+    assert!(started.elapsed() >= window * 2, "{:?}", started.elapsed());
+}
