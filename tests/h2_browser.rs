@@ -5,7 +5,8 @@
 //! Needs `chromium` (or `CHROMIUM`), Node.js and `npm ci --prefix
 //! tests/browser`, as `tests/browser.rs`; `.ci/run` installs them.
 
-mod common;
+#[path = "common/node.rs"]
+mod node;
 
 use axum::{
     response::Html,
@@ -17,10 +18,7 @@ use std::{
     collections::BTreeSet,
     future::IntoFuture,
     net::SocketAddr,
-    path::Path,
-    process::Stdio,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 use tower_sse::{Access, Event, Publisher, SseLayer};
 
@@ -33,17 +31,6 @@ events.onmessage = (e) => { document.body.dataset.last = e.data; };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_tabs_share_one_http2_connection_over_tls() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "browser test prerequisite missing: Chromium (apt-get install chromium, or set CHROMIUM)"
-    );
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "browser test prerequisite missing: playwright-core (npm ci --prefix tests/browser)"
-    );
-
     // The address of every stream's connection, as the server saw it.
     let peers = Arc::new(Mutex::new(Vec::<SocketAddr>::new()));
     let seen = peers.clone();
@@ -78,25 +65,15 @@ async fn ten_tabs_share_one_http2_connection_over_tls() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tower_sse::serve(listener, app).tls(tls).into_future());
 
-    let run = tokio::process::Command::new("node")
-        .arg(dir.join("h2.mjs"))
-        .arg(format!("https://{addr}/"))
-        .arg(format!("https://{addr}/publish"))
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser test took more than two minutes")
-        .expect("could not run node: install Node.js");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "browser test failed\n{stdout}\n{stderr}"
-    );
+    let _one_browser = node::BROWSER.lock().await;
+    let stdout = node::run(
+        "h2.mjs",
+        [
+            format!("https://{addr}/"),
+            format!("https://{addr}/publish"),
+        ],
+    )
+    .await;
     assert!(stdout.starts_with("ok: 10 tabs live over h2"), "{stdout}");
 
     // The server side: ten streams, all on one connection.
@@ -104,5 +81,4 @@ async fn ten_tabs_share_one_http2_connection_over_tls() {
     assert_eq!(peers.len(), 10, "{peers:?}");
     let connections: BTreeSet<SocketAddr> = peers.into_iter().collect();
     assert_eq!(connections.len(), 1, "streams over {connections:?}");
-    eprintln!("{stdout}");
 }

@@ -4,16 +4,10 @@
 // Usage: node h2.mjs <base url> <publish url>
 // Run by tests/h2_browser.rs, which serves the page with tower_sse::serve
 // and TLS, and checks on the server side that one connection carried them.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, publish] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const fail = (message) => { throw new Error(message); };
 
 try {
