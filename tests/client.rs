@@ -4,7 +4,8 @@
 //! on the bulletin example, whose page uses it: ten tabs on one stream, the
 //! tab holding it closing while events are published (with a SharedWorker,
 //! and with an elected tab), topics changing under a flow of events (SSE and
-//! WebSocket), a 503 with Retry-After, a server restart.
+//! WebSocket), a 503 with Retry-After, a server restart, the app's own
+//! ids (not above the hub's), a stream that ends at once (backs off).
 //!
 //! Needs `chromium` (or `CHROMIUM`), Node.js and `npm ci --prefix
 //! tests/browser`, as tests/browser.rs; `.ci/run` installs them.
@@ -16,7 +17,7 @@ mod common;
 mod node;
 
 use axum::{
-    extract::{Path, Request, State},
+    extract::{Path, Query, Request, State},
     http::{header, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -28,7 +29,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tower_sse::{Publisher, SseLayer};
+use tower_sse::{Event, Publisher, SseLayer};
 
 /// The stream requests the server got (when, and their `Last-Event-ID`),
 /// and how many of the first it refuses with `503` and `Retry-After: 1`.
@@ -237,4 +238,78 @@ async fn the_served_module_revalidates_and_parses_as_the_standard_says() {
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tower-sse.mjs");
     std::fs::write(&file, &module).unwrap();
     node::run("parser.mjs", [file]).await;
+}
+
+/// `POST /test/publish?topic=…&data=…[&id=…]`: an event with the app's own
+/// id (`Event::id`) when one is given.
+fn with_app_ids(app: Router, publisher: &Publisher) -> Router {
+    let publisher = publisher.clone();
+    let publish = move |Query(q): Query<std::collections::HashMap<String, String>>| {
+        let mut event = Event::default().data(&q["data"]);
+        if let Some(id) = q.get("id") {
+            event = event.id(id);
+        }
+        let published = publisher.publish_to(&q["topic"], event);
+        async move { published.map_or(StatusCode::BAD_REQUEST, |_| StatusCode::ACCEPTED) }
+    };
+    app.route("/test/publish", post(publish))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_with_the_apps_own_ids_all_arrive() {
+    let _browser = node::BROWSER.lock().await;
+    let (app, publisher) = counted_app(&Streams::default());
+    let app = with_app_ids(app, &publisher);
+    let server = Server::start(app, publisher).await;
+    node::run("client.mjs", ["ids", "-", &server.url("/")]).await;
+}
+
+/// A stream path that answers `200` with `retry: 0` and an id, then ends:
+/// the module must back off, not reconnect at once again and again.
+/// `GET /test/ended/{n}` waits until it was asked `n` times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_at_once_is_asked_again_later_and_later() {
+    let _browser = node::BROWSER.lock().await;
+    let (asked, watch) = tokio::sync::watch::channel(Vec::<Instant>::new());
+    let ends = move || {
+        asked.send_modify(|asked| asked.push(Instant::now()));
+        async {
+            (
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                "retry: 0\nid: 1\n\n",
+            )
+        }
+    };
+    let ended = {
+        let watch = watch.clone();
+        move |Path(n): Path<usize>| {
+            let mut watch = watch.clone();
+            async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    watch.wait_for(|a| a.len() >= n),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => StatusCode::OK,
+                    _ => StatusCode::GATEWAY_TIMEOUT,
+                }
+            }
+        }
+    };
+    let (app, publisher) = counted_app(&Streams::default());
+    let app = app
+        .route("/test/ends", get(ends))
+        .route("/test/ended/{n}", get(ended));
+    let server = Server::start(app, publisher).await;
+    node::run("client.mjs", ["ends", "-", &server.url("/")]).await;
+    // Each attempt after one that ended at once waits longer: by the fifth,
+    // over half a second (retry: 0 made it no wait at all).
+    let asked = watch.borrow().clone();
+    assert!(asked.len() >= 5, "{} requests", asked.len());
+    let waits: Vec<_> = asked.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        waits[3] >= Duration::from_millis(500),
+        "waited {waits:?} between attempts"
+    );
 }

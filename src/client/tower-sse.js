@@ -24,7 +24,13 @@
 const RESET = "reset";
 const FIRST_RETRY = 1000; // ms, until the server's `retry:` says otherwise
 const MAX_RETRY = 30000; // ms, the longest backoff
-const RECENT = 512; // ids remembered to drop repeats of ids that are not numbers
+const MIN_RETRY = 100; // ms: a server's `retry: 0` still waits a little
+// A stream that ends before it delivered an event or was live this long
+// (ms) failed: the next waits longer, so a server that answers 200 and
+// closes at once is not asked again and again at the `retry:` pace.
+const STABLE = 5000;
+const LONGEST_TIMER = 2 ** 31 - 1; // ms; setTimeout fires at once beyond
+const RECENT = 4096; // ids remembered, to drop what a takeover replays
 
 /** Connects to the layer's stream, or joins this browser's connection to it. */
 export function connect(options = {}) {
@@ -208,8 +214,13 @@ function call(handler, ...args) {
   }
 }
 
-/** What a tab delivered: ids are compared as numbers when they are (the
- * hub's are), else remembered, so a replay after a takeover repeats nothing. */
+/** What a tab delivered, to drop what a takeover replays. Ids are told
+ * apart by identity only, never compared as numbers: an app's ids
+ * (`Event::id`) need not increase nor be above the hub's (a stream starts
+ * at the hub's id, made of the clock; an app's row id "42" is below it),
+ * and ids need not increase across a restart either. A replay after a
+ * takeover is short (what the next leader had not read yet), well within
+ * what is remembered. */
 class Seen {
   last;
   #recent = new Set();
@@ -217,16 +228,17 @@ class Seen {
 
   first(id) {
     if (id === "") return true; // no id: nothing to tell a repeat by
-    if (this.#recent.has(id) || notAfter(id, this.last)) return false;
+    if (this.#recent.has(id)) return false;
     this.#recent.add(id);
     if (this.#recent.size > RECENT) this.#recent.delete(this.#recent.values().next().value);
     this.last = id;
     return true;
   }
 
-  /** Where a stream starts; earlier than what was seen changes nothing. */
+  /** Where a stream starts (or goes on after a change): a point this tab
+   * already passed (a replay's start) keeps its own. */
   at(id) {
-    if (!notAfter(id, this.last)) this.last = id;
+    if (!this.#recent.has(id)) this.last = id;
   }
 
   /** The history no longer covered the gap: ids start over after `id`.
@@ -238,11 +250,6 @@ class Seen {
     return true;
   }
 }
-
-const NUMBER = /^(0|[1-9][0-9]{0,19})$/;
-// Decimal strings without leading zeros: longer is larger, else compare text.
-const notAfter = (id, last) =>
-  NUMBER.test(id) && NUMBER.test(last ?? "") && (id.length < last.length || (id.length === last.length && id <= last));
 
 /** The way from a tab to the connection: a SharedWorker, else an elected
  * tab, else its own. Each sends `topics` (null: no subscription) and
@@ -347,6 +354,8 @@ function electedLink(s, key, hub) {
   };
   navigator.locks
     .request(key, { signal: abort.signal }, () => {
+      // Granted as the tab closed the hub (too late to abort): let it go.
+      if (abort.signal.aborted) return;
       connection = new Connection(s, hub.last(), (m) => {
         hub.receive(m);
         post(m);
@@ -393,7 +402,8 @@ function union(lists) {
   return topics;
 }
 
-const backoff = (base, failures) => Math.min(MAX_RETRY, base * 2 ** failures) * (0.5 + Math.random() / 2);
+const backoff = (base, failures) =>
+  Math.min(MAX_RETRY, Math.max(base, MIN_RETRY) * 2 ** failures) * (0.5 + Math.random() / 2);
 
 /** Seconds from a `Retry-After` header (a number or an HTTP date). */
 function retryAfter(value) {
@@ -419,7 +429,9 @@ class Connection {
   #asked = new Set();
   #following = new Set(); // a WebSocket session's topics now
   #retry = FIRST_RETRY;
-  #failures = 0;
+  #failures = 0; // in a row: refused, unreachable, or ended at once
+  #liveAt = 0; // when this run's stream went live (0: it is not)
+  #delivered = false; // this run's stream delivered an event
   #run = 0; // bumped to stop what a run started
   #timer;
   #waiting = false; // for the timer: a change of topics waits too (Retry-After)
@@ -466,6 +478,7 @@ class Connection {
   }
 
   #start() {
+    this.#settle();
     this.#stop();
     if (this.#closed || !this.#topics) return;
     // Changing topics while live is no news to the subscribers.
@@ -514,13 +527,12 @@ class Connection {
         });
       }
       this.#asked = asked;
-      this.#failures = 0;
-      this.#setState("live");
+      this.#wentLive();
       const parser = new Parser({
         event: (e) => run === this.#run && (e.event === RESET ? this.#reset(e.id) : this.#dispatch(e)),
         id: (id) => run === this.#run && this.#at(id),
         retry: (ms) => (this.#retry = ms),
-      });
+      }, this.lastId);
       const reader = response.body.getReader();
       // The parser drops a byte order mark itself, as the format says.
       const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
@@ -553,8 +565,7 @@ class Connection {
         this.#at(m.after);
         if (!live) {
           live = true;
-          this.#failures = 0;
-          this.#setState("live");
+          this.#wentLive();
         }
       }
     };
@@ -584,12 +595,14 @@ class Connection {
   }
 
   #dispatch({ id, event, data, topic }) {
+    this.#delivered = true;
     this.lastId = id;
     const all = topic == null || !this.#asked.has(topic);
     this.#emit({ type: "event", id, event, data, topic, all });
   }
 
   #reset(id) {
+    this.#delivered = true;
     this.lastId = id;
     this.#emit({ type: RESET, id });
   }
@@ -599,9 +612,26 @@ class Connection {
     this.#emit({ type: "at", id });
   }
 
+  #wentLive() {
+    this.#liveAt = Date.now();
+    this.#delivered = false;
+    this.#setState("live");
+  }
+
+  // A stream that was live, and delivered or lasted, ends the failures in
+  // a row; one that ended at once is one more.
+  #settle() {
+    const well = this.#liveAt > 0 && (this.#delivered || Date.now() - this.#liveAt >= STABLE);
+    if (well) this.#failures = 0;
+    this.#liveAt = 0;
+    return well;
+  }
+
   // The server ended a live stream (the hub closed, the subscriber fell
-  // behind, its user signed out): back after the server's retry delay.
+  // behind, its user signed out): back after the server's retry delay, or
+  // later when it ended at once (backing off as after a refusal).
   #ended(run) {
+    if (!this.#settle()) return this.#failed(run, { message: "the stream ended before it delivered anything" });
     this.#setState("down");
     this.#later(run, backoff(this.#retry, 0));
   }
@@ -609,6 +639,7 @@ class Connection {
   // Refused or unreachable: back off, exponentially and with jitter, or
   // when the server's Retry-After says.
   #failed(run, error) {
+    this.#settle();
     this.#failures++;
     const delay =
       error.retryAfter > 0
@@ -623,7 +654,7 @@ class Connection {
   #later(run, delay) {
     clearTimeout(this.#timer);
     this.#waiting = true;
-    this.#timer = setTimeout(() => run === this.#run && this.#start(), delay);
+    this.#timer = setTimeout(() => run === this.#run && this.#start(), Math.min(delay, LONGEST_TIMER));
   }
 }
 
@@ -645,8 +676,11 @@ export class Parser {
   #data = "";
   #topic = null;
 
-  constructor(handlers) {
+  /** `lastEventId`: where the previous stream left it, as an
+   * `EventSource` keeps it across reconnections. */
+  constructor(handlers, lastEventId = "") {
     this.#handlers = handlers;
+    this.lastEventId = this.#id = lastEventId ?? "";
   }
 
   push(text) {

@@ -12,6 +12,10 @@
 //     the page says why, then goes live.
 //   restart -: the server restarts (new hub) while the page is open; the
 //     page gets the reset, then goes live.
+//   ids -: events with the app's own ids (numbers below the hub's, a word)
+//     and with the hub's all arrive, once, in order.
+//   ends -: a stream that answers 200 then ends at once; the server checks
+//     that the module waits longer each time.
 // Run by tests/client.rs, which serves the app and its /test/ hooks.
 import { launch } from "./chromium.mjs";
 
@@ -170,8 +174,48 @@ async function topics() {
   return "over SSE and WebSocket, a subscription saw each event once, in order, while another changed topics ten times";
 }
 
+// The app's ids need not increase nor be above the hub's (which the
+// stream starts at): none is taken for a repeat.
+async function ids() {
+  const page = await browser.newPage();
+  await page.goto(base);
+  await page.waitForSelector("#status.live");
+  await page.evaluate(async () => {
+    const { connect } = await import("/events.js");
+    window.got = [];
+    connect().subscribe(["room/ids"], { message: (e) => window.got.push(e.data) });
+  });
+  const following = await fetch(url("/test/following/ids"));
+  if (!following.ok) fail("no stream followed room/ids");
+  const sent = [["a", "1"], ["b"], ["c", "2"], ["d", "x"], ["e", "10"], ["end", "3"]];
+  for (const [data, id] of sent) {
+    const query = new URLSearchParams({ topic: "room/ids", data, ...(id && { id }) });
+    const answer = await fetch(url(`/test/publish?${query}`), { method: "POST" });
+    if (answer.status !== 202) fail(`publish answered ${answer.status}`);
+  }
+  const all = sent.map(([data]) => data);
+  await page
+    .waitForFunction((n) => window.got.length >= n, all.length, { timeout: 10000 })
+    .catch(async () => fail(`the page got ${JSON.stringify(await page.evaluate(() => window.got))}`));
+  const got = await page.evaluate(() => window.got);
+  if (JSON.stringify(got) !== JSON.stringify(all)) fail(`the page got ${JSON.stringify(got)}`);
+  return "events with the app's ids (1, 2, x, 10, 3) and the hub's all arrived, once, in order";
+}
+
+async function ends() {
+  const page = await browser.newPage();
+  await page.goto(base);
+  await page.evaluate(async () => {
+    const { connect } = await import("/events.js");
+    connect({ url: "/test/ends", share: false }).subscribe(["x"]);
+  });
+  const answer = await fetch(url("/test/ended/5"));
+  if (!answer.ok) fail("the module did not come back five times");
+  return "the module came back to a stream that ends at once";
+}
+
 try {
-  const scenarios = { tabs, retry, restart, topics };
+  const scenarios = { tabs, retry, restart, topics, ids, ends };
   if (!scenarios[scenario]) fail(`no scenario ${scenario}`);
   console.log(`ok: ${await scenarios[scenario]()}`);
 } finally {

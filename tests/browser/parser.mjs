@@ -61,5 +61,14 @@ if (got.length !== 50 || got.some(([, e], i) => e.data !== String(i) || e.id !==
   failed++;
   console.log(`FAIL char by char: ${JSON.stringify(got.slice(0, 3))}`);
 }
+// The last event id goes on from the previous stream, as EventSource keeps
+// it across reconnections: an event without id there still has it.
+const resumed = [];
+const next = new Parser({ event: (e) => resumed.push(e.id), id: (id) => resumed.push(`moved ${id}`) }, "41");
+next.push("id: 41\n\ndata: x\n\nid: 42\ndata: y\n\n");
+if (JSON.stringify(resumed) !== JSON.stringify(["41", "42"])) {
+  failed++;
+  console.log(`FAIL the last id across streams: ${JSON.stringify(resumed)}`);
+}
 if (failed) process.exit(1);
-console.log(`ok: ${cases.length + 2} parser cases, each whole and cut at every character`);
+console.log(`ok: ${cases.length + 3} parser cases, each whole and cut at every character`);
