@@ -367,12 +367,60 @@ impl SseLayer {
 impl<S> Layer<S> for SseLayer {
     type Service = SseService<S>;
 
+    /// # Panics
+    ///
+    /// When two of the paths the layer serves are the same (the stream's,
+    /// the WebSocket's, the client script's): one would hide the other.
+    /// Like a router's conflicting routes, it is found when the app is
+    /// built, before it serves anything.
     fn layer(&self, inner: S) -> SseService<S> {
+        let client = self.client.as_ref().map(|c| &*c.path);
+        let websocket = self.websocket.as_deref();
+        let clash = websocket == Some(&*self.path)
+            || client == Some(&*self.path)
+            || (client.is_some() && client == websocket);
+        assert!(
+            !clash,
+            "SseLayer serves one path twice: the stream at {:?}, WebSocket at {websocket:?}, \
+             the client script at {client:?}; give each its own path",
+            self.path
+        );
         let routes = Routes {
             stream: self.path.clone(),
             websocket: self.websocket.clone(),
             client: self.client.clone(),
         };
         SseService::new(inner, Arc::new(routes), self.publisher())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Inner;
+
+    #[test]
+    #[should_panic(expected = "serves one path twice")]
+    fn a_client_script_on_the_stream_path_is_refused_when_the_app_is_built() {
+        let _ = SseLayer::new("/events")
+            .client_script("/events")
+            .layer(Inner);
+    }
+
+    #[cfg(feature = "ws")]
+    #[test]
+    #[should_panic(expected = "serves one path twice")]
+    fn a_websocket_on_the_stream_path_is_refused_when_the_app_is_built() {
+        let _ = SseLayer::new("/events").websocket("/events").layer(Inner);
+    }
+
+    #[test]
+    fn distinct_paths_are_served() {
+        let layer = SseLayer::new("/events").client_script("/events.js");
+        #[cfg(feature = "ws")]
+        let layer = layer.websocket("/ws");
+        let _ = layer.layer(Inner);
     }
 }
