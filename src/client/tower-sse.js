@@ -67,9 +67,15 @@ class Hub {
   #queued = false;
   #closed = false;
   // Leaving the page lets another tab take the connection over; coming
-  // back from the back/forward cache joins again.
+  // back from the back/forward cache joins again. The connection it joins
+  // moved on while the page was frozen, so its subscriptions get `reset`
+  // (reload what they show) rather than silently miss what was published.
   #hide = () => this.#drop();
-  #show = (e) => e.persisted && !this.#closed && this.#open();
+  #show = (e) => {
+    if (!e.persisted || this.#closed) return;
+    this.#open();
+    for (const sub of this.#subs.values()) call(sub.handlers.reset, { id: null, restored: true });
+  };
 
   constructor(settings) {
     this.#settings = settings;
