@@ -35,7 +35,11 @@
 //!   measured just before it; CPU per delivery counts both nodes and the
 //!   engine's processes;
 //! - `stuck`: 1,000 readers × 300 paced 4 KiB events, with and without 100
-//!   clients that never read (tower-sse only).
+//!   clients that never read (tower-sse only);
+//! - `coalesce`: 1,000 subscribers (`FANOUT_COALESCE_N`) × 100 events/s
+//!   for 5 s, below saturation (where streams batch by themselves), tower-sse with
+//!   `SseLayer::coalesce(20 ms)` and without, against axum-broadcast,
+//!   `FANOUT_REPEAT` times.
 //!
 //! `FANOUT_QUICK=1` shrinks every scenario (to check the bench itself).
 //! A full run (none of the variables above set) rewrites the generated part
@@ -63,7 +67,7 @@ fn main() {
     let scale = |n: usize| if quick { (n / 20).max(2) } else { n };
     let repeat = env_or("FANOUT_REPEAT", if quick { 1 } else { 3 });
     let scenarios = std::env::var("FANOUT_SCENARIOS")
-        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,cross,stuck".into());
+        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,cross,stuck,coalesce".into());
     let skip = std::env::var("FANOUT_SKIP").unwrap_or_default();
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
@@ -191,6 +195,22 @@ fn main() {
         let with = runtime.block_on(run(Kind::TowerSse, &load));
         println!("  with:    {with}");
         report.stuck(n, k, without, with);
+    }
+    if wants("coalesce") {
+        let n = scale(env_or("FANOUT_COALESCE_N", 1000));
+        println!("\n== coalesce: {n} subscribers × 100 events/s for 5 s, with coalesce(20 ms) and without, {repeat} repetitions");
+        let kinds = [Kind::TowerSse, Kind::TowerSseCoalesce, Kind::AxumBroadcast];
+        let mut runs = Vec::new();
+        for rep in 0..repeat {
+            let mut one = Vec::new();
+            for kind in kinds {
+                let figures = runtime.block_on(run(kind, &Load::paced(n, 500, 100)));
+                println!("  #{rep} {figures}");
+                one.push(figures);
+            }
+            runs.push(one);
+        }
+        report.coalesce(n, runs);
     }
     report.finish();
 }

@@ -255,6 +255,41 @@ impl Report {
         }
     }
 
+    pub fn coalesce(&mut self, n: usize, runs: Vec<Vec<Figures>>) {
+        self.heading(&format!(
+            "Coalesced writes: {n} subscribers × 100 events/s for 5 s, `coalesce(20 ms)` (median of {} repetitions)",
+            runs.len()
+        ));
+        self.table(&runs);
+        let of = |kind: Kind, get: Get| -> Vec<f64> {
+            let i = runs[0].iter().position(|f| f.kind == kind).unwrap();
+            runs.iter().map(|r| get(&r[i])).collect()
+        };
+        let (ours, peer) = (
+            of(Kind::TowerSseCoalesce, |f| f.cpu_ns),
+            of(Kind::AxumBroadcast, |f| f.cpu_ns),
+        );
+        let cpu = median(ours.iter().zip(&peer).map(|(o, p)| o / p).collect());
+        self.target(
+            format!("with coalesce(20 ms), CPU per delivery ≤ 0.5× axum-broadcast: {cpu:.2}×"),
+            cpu <= 0.5,
+        );
+        let (ours, peer) = (
+            of(Kind::TowerSseCoalesce, |f| f.p99_us),
+            of(Kind::AxumBroadcast, |f| f.p99_us),
+        );
+        let added = median(
+            ours.iter()
+                .zip(&peer)
+                .map(|(o, p)| (o - p) / 1000.0)
+                .collect(),
+        );
+        self.target(
+            format!("with coalesce(20 ms), p99 ≤ axum-broadcast's + 20 ms: {added:+.1} ms"),
+            added <= 20.0,
+        );
+    }
+
     pub fn topics(&mut self, topics: usize, m: usize, runs: Vec<Figures>) {
         self.heading(&format!(
             "Topics: {topics} topics × 10 subscribers, {m} events spread round-robin"

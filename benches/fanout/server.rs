@@ -31,6 +31,8 @@ pub enum Kind {
     TowerSseNats,
     /// tower-sse's server, its subscribers on WebSocket (`/ws`).
     TowerSseWs,
+    /// tower-sse with `SseLayer::coalesce(20 ms)` (the `coalesce` scenario).
+    TowerSseCoalesce,
 }
 
 impl Kind {
@@ -44,7 +46,11 @@ impl Kind {
     /// Where a subscriber to `topic` connects.
     pub fn sub_path(self, topic: &str) -> String {
         match self {
-            Kind::TowerSse | Kind::TowerSseRedis | Kind::TowerSsePostgres | Kind::TowerSseNats => {
+            Kind::TowerSse
+            | Kind::TowerSseRedis
+            | Kind::TowerSsePostgres
+            | Kind::TowerSseNats
+            | Kind::TowerSseCoalesce => {
                 format!("/events?topic={topic}")
             }
             Kind::TowerSseWs => format!("/ws?topic={topic}"),
@@ -75,6 +81,7 @@ impl Kind {
             Kind::TowerSsePostgres => "tower-sse+postgres",
             Kind::TowerSseNats => "tower-sse+nats",
             Kind::TowerSseWs => "tower-sse-ws",
+            Kind::TowerSseCoalesce => "tower-sse-coalesce",
         }
     }
 }
@@ -370,7 +377,8 @@ pub fn serve(kind: &str) {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = match kind {
-            "tower-sse" | "tower-sse-ws" => ours(None).await,
+            "tower-sse" | "tower-sse-ws" => ours(None, None).await,
+            "tower-sse-coalesce" => ours(None, Some(COALESCE)).await,
             "axum-broadcast" => hand_rolled(),
             other => {
                 let engine = Engine::ALL
@@ -378,7 +386,7 @@ pub fn serve(kind: &str) {
                     .find(|e| e.kind().name() == other)
                     .unwrap_or_else(|| panic!("unknown server {other}"));
                 let url = std::env::var(engine.env()).expect("the engine's URL");
-                ours(Some((engine, url))).await
+                ours(Some((engine, url)), None).await
             }
         };
         // Ready (and connected to the engine, if any): the parent waits for
@@ -402,7 +410,10 @@ pub fn serve(kind: &str) {
 
 /// tower-sse: the layer serves `/events?topic=…`; handlers publish (through
 /// the engine's backplane when `backplane` names one and its URL).
-async fn ours(backplane: Option<(Engine, String)>) -> axum::Router {
+/// The window of `tower-sse-coalesce`.
+pub const COALESCE: Duration = Duration::from_millis(20);
+
+async fn ours(backplane: Option<(Engine, String)>, coalesce: Option<Duration>) -> axum::Router {
     use axum::extract::Path;
     use tower_sse::{
         Event, Hub, NatsBackplane, PostgresBackplane, Publisher, RedisBackplane, SseLayer,
@@ -447,7 +458,10 @@ async fn ours(backplane: Option<(Engine, String)>) -> axum::Router {
             hub.backplane(backplane).build()
         }
     };
-    let layer = SseLayer::new("/events").hub(&hub).websocket("/ws");
+    let mut layer = SseLayer::new("/events").hub(&hub).websocket("/ws");
+    if let Some(window) = coalesce {
+        layer = layer.coalesce(window);
+    }
     // Ready once the hub reads the engine's log: publishing is refused
     // before.
     let publisher = layer.publisher();
