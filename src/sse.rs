@@ -203,7 +203,11 @@ impl EventStream {
         if coalesce.sleep.deadline() != due {
             coalesce.sleep.as_mut().reset(due);
         }
-        coalesce.sleep.as_mut().poll(cx).is_pending()
+        if coalesce.sleep.as_mut().poll(cx).is_ready() {
+            return false;
+        }
+        self.subscription.park();
+        true
     }
 
     /// Takes what is unread, up to [`FRAME_CAP`], into the buffer; a lone

@@ -438,6 +438,10 @@ impl Session {
                     if let Some(delay) = coalesce.filter(|_| !full) {
                         window.as_mut().reset(tokio::time::Instant::now() + delay);
                         waiting = true;
+                        // Woken by the window's end, not by each record.
+                        if let Some(subscription) = &self.subscription {
+                            subscription.park();
+                        }
                     }
                 }
                 () = &mut window, if waiting => waiting = false,

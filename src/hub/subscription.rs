@@ -109,6 +109,13 @@ impl Subscription {
         self.core.is_closed().then_some(Ended::Closed)
     }
 
+    /// Stops waking the task for new records until the next
+    /// [`poll_ended`](Self::poll_ended): a stream that waits out a
+    /// coalescing window is woken by its timer alone, not by each record.
+    pub(crate) fn park(&self) {
+        self.reader.register(std::task::Waker::noop());
+    }
+
     /// Offers the undelivered records of every followed topic to `take`, in
     /// id order, until it declines one (which stays undelivered); the cursors
     /// move past those it took.
