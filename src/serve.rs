@@ -1,6 +1,7 @@
 //! [`serve`]: an HTTP/1.1 and HTTP/2 server (hyper's) with the settings a
 //! push server needs, for an axum router or any tower service.
 
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -21,7 +22,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
@@ -413,21 +414,47 @@ async fn connection<S, B>(
     #[cfg(feature = "serve-tls")]
     if let Some(acceptor) = &settings.tls {
         let handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp));
-        match handshake.await {
-            Ok(Ok(tls)) => return drive(tls, service, &builder, stopping).await,
-            Ok(Err(e)) => tracing::debug!(error = %e, "serve: TLS handshake failed"),
-            Err(_) => tracing::debug!("serve: TLS handshake timed out"),
-        }
-        return;
+        // A shutdown does not wait for a handshake under way.
+        let mut stopping = stopping;
+        let tls = tokio::select! {
+            handshake = handshake => match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "serve: TLS handshake failed"),
+                Err(_) => return tracing::debug!("serve: TLS handshake timed out"),
+            },
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        return drive(tls, service, &builder, &settings, stopping).await;
     }
-    let _ = &settings;
-    drive(tcp, service, &builder, stopping).await;
+    drive(tcp, service, &builder, &settings, stopping).await;
+}
+
+/// The HTTP/2 connection preface, by which hyper-util's auto builder tells
+/// HTTP/2 from HTTP/1.1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the client's first bytes until they tell HTTP/1.1 from HTTP/2
+/// (the whole preface, a byte that differs from it, or the end), as the
+/// auto builder would, which waits for them without a timeout: a client
+/// that connected and sent nothing (or part of the preface) would hold its
+/// connection forever, hyper's header read timeout starting only after.
+async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Bytes> {
+    let mut buf = [0; H2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        let n = io.read(&mut buf[filled..]).await?;
+        filled += n;
+        if n == 0 || filled == buf.len() || buf[..filled] != H2_PREFACE[..filled] {
+            return Ok(Bytes::copy_from_slice(&buf[..filled]));
+        }
+    }
 }
 
 async fn drive<I, S, B>(
     io: I,
     service: WithPeer<S>,
     builder: &auto::Builder<TokioExecutor>,
+    settings: &Settings,
     mut stopping: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -440,6 +467,17 @@ async fn drive<I, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let mut io = io;
+    let first = tokio::select! {
+        first = tokio::time::timeout(settings.header_read_timeout, first_bytes(&mut io)) => first,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let first = match first {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "serve: reading the first bytes failed"),
+        Err(_) => return tracing::debug!("serve: the client sent no request in time"),
+    };
+    let io = Rewind { first, io };
     let connection =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let mut connection = pin!(connection);
@@ -456,6 +494,57 @@ async fn drive<I, S, B>(
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "serve: connection ended with an error");
+    }
+}
+
+/// A connection whose first bytes, read by [`first_bytes`], are read again.
+struct Rewind<I> {
+    first: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

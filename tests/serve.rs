@@ -119,6 +119,63 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     assert!(browser.next().await.is_none());
 }
 
+/// Before its first bytes tell HTTP/1.1 from HTTP/2, a connection is under
+/// the header read timeout too: a client that sends nothing, or the start
+/// of the HTTP/2 preface, is dropped (hyper-util waited for them forever).
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_part_of_the_preface_is_disconnected() {
+    let app = Router::new().layer(SseLayer::new("/events"));
+    let served = Served::start(app, |s| s.header_read_timeout(Duration::from_millis(300))).await;
+    let silent = TcpStream::connect(served.addr).await.unwrap();
+    let mut partial = TcpStream::connect(served.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for (what, mut client) in [("silent", silent), ("partial preface", partial)] {
+        within(&format!("the server to drop the {what} client"), async {
+            let mut buf = [0; 64];
+            while let Ok(1..) = client.read(&mut buf).await {}
+        })
+        .await;
+    }
+    // HTTP/2 without TLS (prior knowledge) still works past the check.
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(served.addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get(served.url("/events"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = within("an h2c answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    served.shut_down().await;
+}
+
+/// `SseLayer::websocket` through `serve`: the HTTP/1.1 upgrade, events,
+/// and a graceful shutdown that closes the session (its hub is closed).
+#[cfg(feature = "ws")]
+#[tokio::test]
+async fn websocket_sessions_work_through_serve_and_end_on_shutdown() {
+    use futures_util::StreamExt;
+    let layer = SseLayer::new("/events").websocket("/ws");
+    let publisher = layer.publisher();
+    let served = Served::start(Router::new().layer(layer), |s| s).await;
+    let mut ws = common::ws_open(&format!("ws://{}/ws?topic=a", served.addr), None).await;
+    assert_eq!(common::next(&mut ws).await["type"], "subscribed");
+    publisher
+        .publish_to("a", Event::default().data("through serve"))
+        .unwrap();
+    assert_eq!(common::next(&mut ws).await["data"], "through serve");
+    served.shut_down().await;
+    within("the session to end", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
 /// With `tcp_user_timeout`, the kernel aborts a connection whose data goes
 /// unacknowledged (a client that never reads, or vanished), and its
 /// stream is dropped (`tests/hostile.rs` shows it stays without).
