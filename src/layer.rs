@@ -225,8 +225,11 @@ impl SseLayer {
     /// write full) does not wait. Each write is a system call and most of a
     /// busy server's CPU (see BENCHMARKS.md): at 100 events/s per stream,
     /// `coalesce(Duration::from_millis(20))` makes about 50 writes a second
-    /// instead of 100, for at most 20 ms more latency. Default: off (every
-    /// event is written as soon as it is published).
+    /// instead of 100, for at most 20 ms more latency. Events wait unread
+    /// during a window, so keep `max_delay` × the events a stream gets per
+    /// second well under the hub's `max_lag`, or busy streams are cut off
+    /// for lagging sooner. Default: off (every event is written as soon as
+    /// it is published).
     ///
     /// ```
     /// use std::time::Duration;
