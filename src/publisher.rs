@@ -364,3 +364,27 @@ mod axum_impl {
 
 #[cfg(feature = "axum")]
 pub use axum_impl::MissingPublisher;
+
+/// The hubs of the layers a server ([`serve`](crate::serve)) served
+/// requests through, to close on its graceful shutdown: each layer finds
+/// this in its requests' extensions and adds its publisher once. Here, below
+/// both the layer's service and the server, so neither imports the other.
+#[cfg(feature = "serve")]
+#[derive(Clone, Default)]
+pub(crate) struct ServedHubs(Arc<std::sync::Mutex<Vec<Publisher>>>);
+
+#[cfg(feature = "serve")]
+impl ServedHubs {
+    pub(crate) fn add(&self, publisher: &Publisher) {
+        let mut hubs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !hubs.iter().any(|p| p.same_hub(publisher)) {
+            hubs.push(publisher.clone());
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        for publisher in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            publisher.close();
+        }
+    }
+}

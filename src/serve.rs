@@ -17,7 +17,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::{pin, Pin},
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -29,7 +29,7 @@ use tokio::{
 };
 use tower_service::Service;
 
-use crate::Publisher;
+use crate::publisher::ServedHubs as Hubs;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,7 +53,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///   within 20 s is closed.
 /// - `TCP_NODELAY`: events go out when published, not after Nagle's delay.
 ///
-/// On graceful shutdown it stops accepting, [closes](Publisher::close)
+/// On graceful shutdown it stops accepting, [closes](crate::Publisher::close)
 /// the hub of every [`SseLayer`](crate::SseLayer) that served a request
 /// through it (so their streams end: otherwise they never would, and
 /// neither would the shutdown), lets the other requests finish, and drops
@@ -262,26 +262,6 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(run(self.serve, self.signal))
-    }
-}
-
-/// The hubs of the layers a server served requests through: each layer
-/// finds this in its requests' extensions and adds its publisher once.
-#[derive(Clone, Default)]
-pub(crate) struct Hubs(Arc<Mutex<Vec<Publisher>>>);
-
-impl Hubs {
-    pub(crate) fn add(&self, publisher: &Publisher) {
-        let mut hubs = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !hubs.iter().any(|p| p.same_hub(publisher)) {
-            hubs.push(publisher.clone());
-        }
-    }
-
-    fn close(&self) {
-        for publisher in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            publisher.close();
-        }
     }
 }
 

@@ -161,7 +161,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Served by `tower_sse::serve`: its graceful shutdown closes this hub.
         #[cfg(feature = "serve")]
-        if let Some(hubs) = req.extensions().get::<crate::serve::Hubs>() {
+        if let Some(hubs) = req.extensions().get::<crate::publisher::ServedHubs>() {
             hubs.add(&self.publisher);
         }
         let path = req.uri().path();
