@@ -87,6 +87,17 @@ impl Retention {
     pub(crate) fn new(events: usize, bytes: usize, age: Option<Duration>) -> Self {
         Retention { events, bytes, age }
     }
+
+    /// The least retention that keeps what both ask for (hubs sharing one
+    /// engine may be set differently): the larger count and size, and the
+    /// longer age (none if either has none).
+    pub fn covering(self, other: Retention) -> Retention {
+        Retention {
+            events: self.events.max(other.events),
+            bytes: self.bytes.max(other.bytes),
+            age: self.age.zip(other.age).map(|(a, b)| a.max(b)),
+        }
+    }
 }
 
 /// An engine that several hubs (one per instance of an app) share: events
@@ -192,5 +203,21 @@ impl Tail {
             last: newest.max(last),
             records,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Retention;
+    use std::time::Duration;
+
+    #[test]
+    fn covering_keeps_what_both_ask_for() {
+        let (short, long) = (Duration::from_secs(1), Duration::from_secs(9));
+        let a = Retention::new(10, 500, Some(short));
+        let b = Retention::new(5, 900, Some(long));
+        assert_eq!(a.covering(b), Retention::new(10, 900, Some(long)));
+        assert_eq!(b.covering(a), Retention::new(10, 900, Some(long)));
+        assert_eq!(a.covering(Retention::new(1, 1, None)).age, None);
     }
 }

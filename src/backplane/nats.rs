@@ -370,17 +370,7 @@ impl Backplane for NatsBackplane {
             .retention
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        *kept = Some(match *kept {
-            None => retention,
-            Some(mut kept) => {
-                kept.events = kept.events.max(retention.events);
-                kept.age = match (kept.age, retention.age) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
-                kept
-            }
-        });
+        *kept = Some(kept.map_or(retention, |kept| kept.covering(retention)));
     }
 
     fn append<'a>(
