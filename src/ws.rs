@@ -428,14 +428,17 @@ impl Session {
                     if let Some(life) = &self.life {
                         life.delivered(out.len());
                     }
-                    let full = out.len() == BATCH
-                        || out.iter().map(|(_, json)| json.len()).sum::<usize>() >= BATCH_BYTES;
+                    // Measured only when coalescing: a full batch does not wait.
+                    let wait = coalesce.filter(|_| {
+                        out.len() < BATCH
+                            && out.iter().map(|(_, json)| json.len()).sum::<usize>() < BATCH_BYTES
+                    });
                     for (id, json) in out.drain(..) {
                         ws.feed(event_frame(&json)).await.ok()?;
                         self.last = Some(id);
                     }
                     ws.flush().await.ok()?;
-                    if let Some(delay) = coalesce.filter(|_| !full) {
+                    if let Some(delay) = wait {
                         window.as_mut().reset(tokio::time::Instant::now() + delay);
                         waiting = true;
                         // Woken by the window's end, not by each record.
