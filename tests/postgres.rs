@@ -454,27 +454,11 @@ async fn connect_fails_clearly_when_postgres_is_unreachable() {
     assert!(err.contains("backplane"), "{err}");
 }
 
-/// A CA, and a certificate for 127.0.0.1 that it signed: (CA PEM, server
-/// certificate PEM, server key PEM).
-#[cfg(feature = "postgres-tls")]
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (ca.pem(), server.pem(), key.serialize_pem())
-}
-
 #[cfg(feature = "postgres-tls")]
 #[tokio::test]
 async fn a_database_that_requires_tls_is_reached_with_connect_tls() {
     let pg = Pg::start();
-    let (ca, cert, key) = certificates();
+    let (ca, cert, key) = common::certificates();
     pg.require_tls(&cert, &key);
     let config = format!("{} sslmode=require", pg.config());
 
@@ -500,7 +484,7 @@ async fn a_database_that_requires_tls_is_reached_with_connect_tls() {
     // Without TLS, or trusting another CA: a clear error.
     let err = PostgresBackplane::connect(&pg.config()).await.unwrap_err();
     assert!(err.to_string().contains("pg_hba.conf"), "{err}");
-    let (other_ca, _, _) = certificates();
+    let (other_ca, _, _) = common::certificates();
     let err = PostgresBackplane::connect_tls(&config, Some(other_ca.as_bytes()))
         .await
         .unwrap_err();

@@ -11,7 +11,7 @@ mod common;
 
 use axum::Router;
 use common::services::{free_port, Scratch, Service};
-use common::{within, Server, Subscriber};
+use common::{certificates, within, Server, Subscriber};
 use std::{
     process::Command,
     sync::atomic::{AtomicUsize, Ordering},
@@ -120,21 +120,6 @@ async fn a_user_with_only_the_commands_the_engine_needs_is_enough() {
         err.to_string().to_lowercase().contains("no permissions"),
         "{err}"
     );
-}
-
-/// A CA, and a certificate for 127.0.0.1 that it signed: (CA PEM, server
-/// certificate PEM, server key PEM).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (ca.pem(), server.pem(), key.serialize_pem())
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod common;
 
 use axum::{routing::get, Router};
 use bytes::Bytes;
-use common::{within, Subscriber, TIMEOUT};
+use common::{certificates, within, Subscriber, TIMEOUT};
 use http_body_util::{BodyExt, Empty};
 use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
@@ -216,27 +216,16 @@ async fn the_clients_address_reaches_the_per_address_limit() {
     served.shut_down().await;
 }
 
-/// A CA, and a certificate for 127.0.0.1 signed by it with its key (PEM).
-fn certificates() -> (rustls::pki_types::CertificateDer<'static>, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (ca.der().clone(), server.pem(), key.serialize_pem())
-}
-
 /// One TLS connection to `addr` that offers only `h2`, trusting `ca`.
 async fn h2_connection(
     addr: SocketAddr,
-    ca: &rustls::pki_types::CertificateDer<'static>,
+    ca_pem: &str,
 ) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
