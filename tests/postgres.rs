@@ -360,22 +360,7 @@ async fn a_role_that_may_only_read_insert_and_delete_is_enough_once_the_schema_e
         PostgresBackplane::connect(&config).await.unwrap(),
         PostgresBackplane::connect(&config).await.unwrap(),
     );
-    let layer_b = SseLayer::new("/events").hub(&Hub::builder().backplane(b).build());
-    let publisher_b = layer_b.publisher();
-    let server = Server::start(Router::new().layer(layer_b), publisher_b).await;
-    let mut browser = Subscriber::connect(&server.url("/events")).await;
-    let a = Hub::builder().backplane(a).build();
-    let id = a
-        .publisher()
-        .publish(Event::default().data("least privilege"))
-        .unwrap()
-        .await
-        .unwrap();
-    let event = browser.next().await.unwrap();
-    assert_eq!(
-        (event.data.as_str(), event.id),
-        ("least privilege", id.to_string())
-    );
+    crosses(a, b, "least privilege").await;
     // Without the schema, and no right to make it: a clear error.
     admin
         .batch_execute("DROP TABLE tower_sse_events")
@@ -464,22 +449,7 @@ async fn a_database_that_requires_tls_is_reached_with_connect_tls() {
 
     let connect = || PostgresBackplane::connect_tls(&config, Some(ca.as_bytes()));
     let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
-    let layer = SseLayer::new("/events").hub(&Hub::builder().backplane(b).build());
-    let publisher = layer.publisher();
-    let server = Server::start(Router::new().layer(layer), publisher).await;
-    let mut browser = Subscriber::connect(&server.url("/events")).await;
-    let a = Hub::builder().backplane(a).build();
-    let id = a
-        .publisher()
-        .publish(Event::default().data("over TLS"))
-        .unwrap()
-        .await
-        .unwrap();
-    let event = browser.next().await.unwrap();
-    assert_eq!(
-        (event.data.as_str(), event.id),
-        ("over TLS", id.to_string())
-    );
+    crosses(a, b, "over TLS").await;
 
     // Without TLS, or trusting another CA: a clear error.
     let err = PostgresBackplane::connect(&pg.config()).await.unwrap_err();
@@ -511,6 +481,24 @@ async fn a_table_name_that_would_not_be_the_same_everywhere_is_refused() {
         );
     }
     assert!(PostgresBackplane::schema(&"e".repeat(48)).is_ok());
+}
+
+/// `data` published on an instance on `a` reaches a browser of an
+/// instance on `b`, with the id `a` was given.
+async fn crosses(a: PostgresBackplane, b: PostgresBackplane, data: &str) {
+    let layer_b = SseLayer::new("/events").hub(&Hub::builder().backplane(b).build());
+    let publisher_b = layer_b.publisher();
+    let server = Server::start(Router::new().layer(layer_b), publisher_b).await;
+    let mut browser = Subscriber::connect(&server.url("/events")).await;
+    let a = Hub::builder().backplane(a).build();
+    let id = a
+        .publisher()
+        .publish(Event::default().data(data))
+        .unwrap()
+        .await
+        .unwrap();
+    let event = browser.next().await.unwrap();
+    assert_eq!((event.data.as_str(), event.id), (data, id.to_string()));
 }
 
 /// An instance on `pg`'s default table, serving `/events` over TCP.
