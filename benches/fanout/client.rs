@@ -18,7 +18,13 @@ pub static READS: AtomicU64 = AtomicU64::new(0);
 pub type Sub = BufReader<TcpStream>;
 
 fn request(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n\r\n")
+    request_after(path, None)
+}
+
+/// The subscriber's request, resuming after `last_id` when given.
+fn request_after(path: &str, last_id: Option<&str>) -> String {
+    let resume = last_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n{resume}\r\n")
 }
 
 /// Opens a subscriber and returns once its response head arrived (every
@@ -38,11 +44,23 @@ pub async fn subscribe_from(source: std::net::IpAddr, addr: &str, path: &str) ->
     subscribe_on(stream, path).await
 }
 
+/// Like [`subscribe`], resuming after `last_id` (the `Last-Event-ID` a
+/// browser sends when it reconnects).
+pub async fn subscribe_after(addr: &str, path: &str, last_id: &str) -> Sub {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    subscribe_with(stream, &request_after(path, Some(last_id))).await
+}
+
 async fn subscribe_on(stream: TcpStream, path: &str) -> Sub {
+    subscribe_with(stream, &request(path)).await
+}
+
+async fn subscribe_with(stream: TcpStream, request: &str) -> Sub {
+    let path = request.split(' ').nth(1).unwrap_or_default();
     let mut reader = BufReader::new(stream);
     reader
         .get_mut()
-        .write_all(request(path).as_bytes())
+        .write_all(request.as_bytes())
         .await
         .unwrap();
     let mut line = String::new();
@@ -140,6 +158,18 @@ pub async fn read_events(
     m: usize,
     epoch: Instant,
 ) -> hdrhistogram::Histogram<u64> {
+    read_events_from(&mut reader, m, epoch, None).await
+}
+
+/// [`read_events`], and when `first` is given the first event must be the
+/// one sent at `first` (a resumed stream starts right after its id: not
+/// before, which would repeat events, nor after, which would lose them).
+pub async fn read_events_from(
+    reader: &mut Sub,
+    m: usize,
+    epoch: Instant,
+    first: Option<u64>,
+) -> hdrhistogram::Histogram<u64> {
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut pending = Vec::new();
@@ -160,6 +190,14 @@ pub async fn read_events(
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .and_then(|s| s.trim().parse::<u64>().ok())
             {
+                if seen == 0 {
+                    if let Some(first) = first {
+                        assert_eq!(
+                            sent, first,
+                            "the resumed stream does not start right after its id"
+                        );
+                    }
+                }
                 check_order(&mut last, sent, seen, m);
                 histogram.record(now.saturating_sub(sent).max(1)).unwrap();
                 seen += 1;
@@ -169,6 +207,34 @@ pub async fn read_events(
         pending.drain(..start);
     }
     histogram
+}
+
+/// Reads `m` events with their ids (the `id:` and `data: <sent nanos>`
+/// lines of each block, in whatever order the server writes them): (id,
+/// sent) in order. Blocks without data (a bare id, a comment) are skipped.
+pub async fn read_ids(mut reader: Sub, m: usize) -> Vec<(String, u64)> {
+    let mut events = Vec::with_capacity(m);
+    let (mut line, mut id, mut data) = (String::new(), None, None);
+    while events.len() < m {
+        line.clear();
+        if reader.read_line(&mut line).await.unwrap() == 0 {
+            panic!("stream ended after {} of {m} events", events.len());
+        }
+        if let Some(value) = line.strip_prefix("id:") {
+            id = Some(value.trim().to_owned());
+        } else if let Some(sent) = line
+            .strip_prefix("data:")
+            .and_then(|s| s.trim().parse().ok())
+        {
+            data = Some(sent);
+        } else if line.trim().is_empty() {
+            if let Some(sent) = data.take() {
+                events.push((id.take().expect("every event has an id"), sent));
+            }
+            id = None;
+        }
+    }
+    events
 }
 
 /// One keep-alive HTTP/1.1 connection for publishing and queries.
@@ -289,5 +355,61 @@ impl Control {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Polls `GET /health` on its own thread and connection (outside the load
+/// client's runtime, so its figures are the server's answer time and not
+/// the client's scheduling), every 10 ms until stopped: how long the
+/// server makes an ordinary request of the app wait while it fans out.
+pub struct HealthProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<hdrhistogram::Histogram<u64>>,
+}
+
+impl HealthProbe {
+    pub fn start(addr: &str) -> HealthProbe {
+        use std::io::{BufRead, Read, Write};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut stream = std::io::BufReader::new(std::net::TcpStream::connect(addr).unwrap());
+        stream.get_ref().set_nodelay(true).unwrap();
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut answers = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+                let mut line = String::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    stream
+                        .get_mut()
+                        .write_all(b"GET /health HTTP/1.1\r\nhost: bench\r\n\r\n")
+                        .unwrap();
+                    let mut length = 0;
+                    loop {
+                        line.clear();
+                        stream.read_line(&mut line).unwrap();
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).unwrap();
+                    answers.record(start.elapsed().as_micros() as u64).unwrap();
+                    // Pacing (a bench's poll interval, not synchronisation).
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                answers
+            }
+        });
+        HealthProbe { stop, thread }
+    }
+
+    /// Stops polling; the answer times in µs.
+    pub fn finish(self) -> hdrhistogram::Histogram<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }

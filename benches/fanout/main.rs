@@ -24,8 +24,11 @@
 //!   repeated `FANOUT_REPEAT` times (default 3), servers interleaved; the
 //!   ratios are medians of the per-repetition ratios;
 //! - `sweep`: the burst at 1,000 and 2,500 subscribers too, for the chart;
-//! - `paced`: 10,000 subscribers × 100 events/s for 5 s; idle memory per
-//!   subscriber is read here, with all 10,000 connected and nothing sent;
+//! - `paced`: 10,000 subscribers × 100 events/s for 5 s (saturation on
+//!   this machine), `FANOUT_REPEAT` times; idle memory per subscriber is
+//!   read here, with all 10,000 connected and nothing sent, and how well
+//!   the app's own requests are served meanwhile: the events/s the
+//!   publisher got accepted and the p99 of `GET /health`, polled every 10 ms;
 //! - `topics`: 1,000 topics × 10 subscribers, 20,000 events round-robin;
 //! - `churn`: 50,000 connect/disconnect cycles, 100 at a time;
 //! - `cross`: two tower-sse nodes sharing a backplane, once per engine
@@ -41,7 +44,15 @@
 //!   `SseLayer::coalesce(20 ms)` and without, against axum-broadcast,
 //!   `FANOUT_REPEAT` times.
 //!
+//! - `storm`: 5,000 streams reconnect at once with a `Last-Event-ID` 500
+//!   events behind (a deploy, a load balancer's failover), tower-sse and
+//!   Nchan (which both replay from a history), `FANOUT_REPEAT` times: time
+//!   until every stream has what it missed, CPU, and memory at the peak
+//!   and once caught up.
+//!
 //! `FANOUT_QUICK=1` shrinks every scenario (to check the bench itself).
+//! `FANOUT_QUEUE_DEPTH=1` makes the in-process servers print how many tasks
+//! wait in tokio's global run queue, each second.
 //! A full run (none of the variables above set) rewrites the generated part
 //! of `BENCHMARKS.md` and `docs/fanout.svg`.
 
@@ -67,7 +78,7 @@ fn main() {
     let scale = |n: usize| if quick { (n / 20).max(2) } else { n };
     let repeat = env_or("FANOUT_REPEAT", if quick { 1 } else { 3 });
     let scenarios = std::env::var("FANOUT_SCENARIOS")
-        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,cross,stuck,coalesce".into());
+        .unwrap_or_else(|_| "burst,sweep,paced,topics,churn,cross,stuck,coalesce,storm".into());
     let skip = std::env::var("FANOUT_SKIP").unwrap_or_default();
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
@@ -114,15 +125,17 @@ fn main() {
     }
     if wants("paced") {
         let n = scale(10_000);
-        println!("\n== paced: {n} subscribers × 100 events/s for 5 s");
-        let runs = kinds
-            .iter()
-            .map(|&kind| {
+        println!("\n== paced: {n} subscribers × 100 events/s for 5 s, {repeat} repetitions");
+        let mut runs = Vec::new();
+        for rep in 0..repeat {
+            let mut one = Vec::new();
+            for &kind in &kinds {
                 let figures = runtime.block_on(run(kind, &Load::paced(n, 500, 100)));
-                println!("  {figures}");
-                figures
-            })
-            .collect();
+                println!("  #{rep} {figures}");
+                one.push(figures);
+            }
+            runs.push(one);
+        }
         report.paced(n, runs);
     }
     if wants("topics") {
@@ -195,6 +208,28 @@ fn main() {
         let with = runtime.block_on(run(Kind::TowerSse, &load));
         println!("  with:    {with}");
         report.stuck(n, k, without, with);
+    }
+    if wants("storm") {
+        let (n, behind) = (scale(5000), 500);
+        println!("\n== storm: {n} streams reconnect at once, each {behind} events behind, {repeat} repetitions");
+        // The servers that replay from a history (the hand-rolled peer has
+        // none: its clients would lose what they missed).
+        let kinds: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| [Kind::TowerSse, Kind::Nchan].contains(k))
+            .collect();
+        let mut runs = Vec::new();
+        for rep in 0..repeat {
+            let mut one = Vec::new();
+            for &kind in &kinds {
+                let figures = runtime.block_on(storm(kind, n, behind));
+                println!("  #{rep} {figures}");
+                one.push(figures);
+            }
+            runs.push(one);
+        }
+        report.storm(n, behind, runs);
     }
     if wants("coalesce") {
         let n = scale(env_or("FANOUT_COALESCE_N", 1000));
@@ -289,13 +324,16 @@ pub struct Figures {
     /// Events the publisher got accepted per second (below the target rate
     /// when the server answers `POST` slowly).
     pub publish_per_s: f64,
+    /// p99 of the answer time of `GET /health` (an ordinary route of the
+    /// app), polled every 10 ms while the events went out.
+    pub health_p99_us: f64,
 }
 
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>14}: CPU {:6.0} ns/delivery, {:9.0} deliveries/s, p50 {:7.0} µs, p99 {:7.0} µs, max {:7.0} µs, connect {:.2} s, {:5.0} B/idle subscriber, +{:.1} MB while sending, {:.1} events/read",
+            "{:>14}: CPU {:6.0} ns/delivery, {:9.0} deliveries/s, p50 {:7.0} µs, p99 {:7.0} µs, max {:7.0} µs, connect {:.2} s, {:5.0} B/idle subscriber, +{:.1} MB while sending, {:.1} events/read, {:.0} published/s, /health p99 {:.0} µs",
             self.kind.name(),
             self.cpu_ns,
             self.per_s,
@@ -305,7 +343,9 @@ impl std::fmt::Display for Figures {
             self.connect_s,
             self.idle_bytes,
             self.growth_bytes / 1e6,
-            self.events_per_read
+            self.events_per_read,
+            self.publish_per_s,
+            self.health_p99_us
         )?;
         if self.kind.engine().is_some() {
             write!(f, ", engine CPU {:.0} ns/delivery", self.engine_cpu_ns)?;
@@ -378,6 +418,7 @@ async fn run_on(
     let cpu_before = cpu_of();
     let engine_cpu_of = || engine.map_or(Duration::ZERO, |e| e.cpu());
     let engine_cpu_before = engine_cpu_of();
+    let health = client::HealthProbe::start(&publish.addr());
     let start = Instant::now();
     let padding = "x".repeat(load.padding);
     let mut ticks = load
@@ -415,6 +456,7 @@ async fn run_on(
         latencies.add(histogram).unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let health = health.finish();
     let cpu = (cpu_of() - cpu_before).as_secs_f64();
     let engine_cpu = engine_cpu_of().saturating_sub(engine_cpu_before);
     let deliveries: usize = load
@@ -446,6 +488,107 @@ async fn run_on(
         growth_bytes: growth as f64,
         events_per_read: deliveries as f64 / reads as f64,
         publish_per_s: load.schedule.len() as f64 / publish_s,
+        health_p99_us: health.value_at_quantile(0.99) as f64,
+    }
+}
+
+/// What a server did when every stream reconnected at once, behind.
+pub struct Storm {
+    pub kind: Kind,
+    /// From the first reconnect until every stream had every event it
+    /// missed.
+    pub catch_up_s: f64,
+    /// Server CPU meanwhile.
+    pub cpu_s: f64,
+    /// Server memory (PSS) growth: its peak during the storm, and once
+    /// every stream caught up (the streams' own memory, which stays).
+    pub peak_growth: u64,
+    pub settled_growth: u64,
+    /// The bytes each stream was sent: its share of the history.
+    pub replay_bytes: usize,
+}
+
+impl std::fmt::Display for Storm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>14}: caught up in {:.2} s, CPU {:.2} s, memory +{:.1} MB at the peak, +{:.1} MB once caught up, {} B replayed per stream",
+            self.kind.name(),
+            self.catch_up_s,
+            self.cpu_s,
+            self.peak_growth as f64 / 1e6,
+            self.settled_growth as f64 / 1e6,
+            self.replay_bytes
+        )
+    }
+}
+
+/// `2 × behind` events are published and read, with their ids, by one
+/// probe; then `n` streams connect at once with `Last-Event-ID` the id of
+/// event `behind`, and each must get the `behind` events after it (the
+/// first of them first: none repeated, none lost).
+async fn storm(kind: Kind, n: usize, behind: usize) -> Storm {
+    let server = ServerProcess::start(kind);
+    let addr = server.addr();
+    let path = kind.sub_path("storm");
+    let epoch = Instant::now();
+    let mut control = Control::connect(&addr).await;
+    control.get(&kind.count_path("storm")).await;
+    let probe = client::subscribe(&addr, &path).await;
+    for _ in 0..2 * behind {
+        control
+            .post("/pub/storm", &epoch.elapsed().as_nanos().to_string())
+            .await;
+    }
+    let events = client::read_ids(probe, 2 * behind).await;
+    let (last_id, first) = (events[behind - 1].0.clone(), events[behind].1);
+    // What each stream is sent: ids and data lines of the events after.
+    let replay_bytes = events[behind..]
+        .iter()
+        .map(|(id, sent)| format!("id: {id}\ndata: {sent}\n\n").len())
+        .sum();
+    let memory_before = server.memory();
+    let sampler = server::PeakMemory::start(&server);
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    let streams: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, path, last_id) = (addr.clone(), path.clone(), last_id.clone());
+            tokio::spawn(async move {
+                let mut reader = client::subscribe_after(&addr, &path, &last_id).await;
+                client::read_events_from(&mut reader, behind, epoch, Some(first)).await;
+                // Kept open until all caught up: a stream that went away
+                // would free its memory before the peak is read.
+                reader
+            })
+        })
+        .collect();
+    let mut open = Vec::with_capacity(n);
+    for stream in streams {
+        open.push(
+            tokio::time::timeout(Duration::from_secs(120), stream)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{}: a resumed stream did not get all it missed",
+                        kind.name()
+                    )
+                })
+                .unwrap(),
+        );
+    }
+    let catch_up_s = start.elapsed().as_secs_f64();
+    let cpu_s = (server.cpu() - cpu_before).as_secs_f64();
+    let peak = sampler.finish();
+    let settled = server.memory();
+    drop(open);
+    Storm {
+        kind,
+        catch_up_s,
+        cpu_s,
+        peak_growth: peak.max(settled).saturating_sub(memory_before),
+        settled_growth: settled.saturating_sub(memory_before),
+        replay_bytes,
     }
 }
 

@@ -158,17 +158,21 @@ impl ServerProcess {
     /// pages split between the processes that share them, so nginx's shared
     /// memory zone is counted once).
     pub fn memory(&self) -> u64 {
-        self.pids()
-            .into_iter()
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-            .filter_map(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("Pss:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .sum::<u64>()
-            * 1024
+        pss(&self.pids())
     }
+}
+
+/// Proportional set size of processes `pids`, in bytes.
+fn pss(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
 }
 
 /// User + system CPU time of process `pid` so far (zero once it is gone).
@@ -328,6 +332,9 @@ http {{
     nchan_shared_memory_size 256M;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        location = /health {{
+            return 200 "ok";
+        }}
         location ~ ^/sub/(.+)$ {{
             nchan_subscriber eventsource;
             nchan_channel_id $1;
@@ -374,8 +381,16 @@ pub fn serve(kind: &str) {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var_os("FANOUT_QUEUE_DEPTH").is_some() {
+        queue_depth(runtime.handle().clone());
+    }
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The backlog nginx is given below (tokio's `bind` gives 1,024):
+        // thousands of clients reconnecting at once must not wait on SYN
+        // retries with one server and not the other.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4096).unwrap();
         let app = match kind {
             "tower-sse" | "tower-sse-ws" => ours(None, None).await,
             "tower-sse-coalesce" => ours(None, Some(COALESCE)).await,
@@ -404,6 +419,29 @@ pub fn serve(kind: &str) {
         tokio::select! {
             _ = axum::serve(listener, app) => {}
             _ = stdin_closed => {}
+        }
+    });
+}
+
+/// A diagnostic (`FANOUT_QUEUE_DEPTH=1`): how many tasks wait in the
+/// runtime's global queue, sampled every millisecond and printed each
+/// second in which any did (the largest and the mean) on stderr. A worker
+/// takes from the global queue only every few dozen tasks, so what waits
+/// there waits long under load.
+fn queue_depth(runtime: tokio::runtime::Handle) {
+    std::thread::spawn(move || loop {
+        let (mut largest, mut sum) = (0, 0);
+        for _ in 0..1000 {
+            let depth = runtime.metrics().global_queue_depth();
+            largest = largest.max(depth);
+            sum += depth;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if largest > 0 {
+            eprintln!(
+                "global queue: largest {largest}, mean {:.0}",
+                sum as f64 / 1000.0
+            );
         }
     });
 }
@@ -478,6 +516,7 @@ async fn ours(backplane: Option<(Engine, String)>, coalesce: Option<Duration>) -
     axum::Router::new()
         .route("/pub/{topic}", axum::routing::post(publish))
         .route("/count", axum::routing::get(count))
+        .route("/health", axum::routing::get(|| async { "ok" }))
         .layer(layer)
 }
 
@@ -828,5 +867,38 @@ fn hand_rolled() -> axum::Router {
         .route("/sub/{topic}", axum::routing::get(events))
         .route("/pub/{topic}", axum::routing::post(publish))
         .route("/count", axum::routing::get(count))
+        .route("/health", axum::routing::get(|| async { "ok" }))
         .with_state(Topics::default())
+}
+
+/// Samples a server's memory (PSS) every 10 ms on its own thread until
+/// stopped: the peak.
+pub struct PeakMemory {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakMemory {
+    pub fn start(server: &ServerProcess) -> PeakMemory {
+        let pids = server.pids();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut peak = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(pss(&pids));
+                    // The sampling interval (a bench's poll, not a wait).
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak.max(pss(&pids))
+            }
+        });
+        PeakMemory { stop, thread }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
