@@ -295,9 +295,12 @@ where
                 Err(e) => {
                     // Out of file descriptors, say: wait, as the connections
                     // that hold them may end, rather than spin.
+                    // A shutdown meanwhile is not kept waiting.
                     tracing::error!(error = %e, "serve: accept failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut signal => break,
+                    }
                 }
             },
             () = &mut signal => break,

@@ -176,6 +176,80 @@ async fn websocket_sessions_work_through_serve_and_end_on_shutdown() {
     .await;
 }
 
+/// WebSocket over HTTP/2 (RFC 8441's extended `CONNECT`, which `serve`
+/// enables): a session on a stream of an h2c connection gets its events,
+/// beside an event stream on the same connection.
+#[cfg(feature = "ws")]
+#[tokio::test]
+async fn websocket_over_http2_extended_connect_works_through_serve() {
+    use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
+    let layer = SseLayer::new("/events").websocket("/ws");
+    let publisher = layer.publisher();
+    let served = Served::start(Router::new().layer(layer), |s| s).await;
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(served.addr).await.unwrap());
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+
+    let mut connect = http::Request::connect(served.url("/ws?topic=a"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = within("the CONNECT answer", send.send_request(connect))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.headers());
+    let upgraded = within("the stream to open", hyper::upgrade::on(response))
+        .await
+        .unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(common::next(&mut ws).await["type"], "subscribed");
+
+    // An event stream on the same connection.
+    send.ready().await.unwrap();
+    let events = within(
+        "the event stream",
+        send.send_request(
+            http::Request::get(served.url("/events?topic=a"))
+                .body(Empty::new())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(publisher.subscriber_count(), 2);
+
+    publisher
+        .publish_to("a", Event::default().data("over h2"))
+        .unwrap();
+    let message = common::next(&mut ws).await;
+    assert_eq!(message["data"], "over h2", "{message}");
+    let mut body = events.into_body();
+    let mut seen = String::new();
+    within("the event on the stream", async {
+        while !seen.contains("data: over h2\n") {
+            let frame = body.frame().await.unwrap().unwrap();
+            if let Ok(data) = frame.into_data() {
+                seen.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    })
+    .await;
+    drop((ws, body));
+    served.shut_down().await;
+}
+
 /// With `tcp_user_timeout`, the kernel aborts a connection whose data goes
 /// unacknowledged (a client that never reads, or vanished), and its
 /// stream is dropped (`tests/hostile.rs` shows it stays without).

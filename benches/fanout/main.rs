@@ -47,8 +47,7 @@
 //! - `storm`: 5,000 streams reconnect at once with a `Last-Event-ID` 500
 //!   events behind (a deploy, a load balancer's failover), tower-sse and
 //!   Nchan (which both replay from a history), `FANOUT_REPEAT` times: time
-//!   until every stream has what it missed, CPU, and memory at the peak
-//!   and once caught up.
+//!   until every stream has what it missed, CPU, and memory at the peak.
 //!
 //! `FANOUT_QUICK=1` shrinks every scenario (to check the bench itself).
 //! `FANOUT_QUEUE_DEPTH=1` makes the in-process servers print how many tasks
@@ -500,10 +499,10 @@ pub struct Storm {
     pub catch_up_s: f64,
     /// Server CPU meanwhile.
     pub cpu_s: f64,
-    /// Server memory (PSS) growth: its peak during the storm, and once
-    /// every stream caught up (the streams' own memory, which stays).
+    pub streams: usize,
+    /// Server memory (PSS) growth at its peak during the storm (the
+    /// streams' own memory and what is in flight to them).
     pub peak_growth: u64,
-    pub settled_growth: u64,
     /// The bytes each stream was sent: its share of the history.
     pub replay_bytes: usize,
 }
@@ -512,12 +511,12 @@ impl std::fmt::Display for Storm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>14}: caught up in {:.2} s, CPU {:.2} s, memory +{:.1} MB at the peak, +{:.1} MB once caught up, {} B replayed per stream",
+            "{:>14}: caught up in {:.2} s, CPU {:.2} s, memory +{:.1} MB at the peak ({:.0} B per stream), {} B replayed per stream",
             self.kind.name(),
             self.catch_up_s,
             self.cpu_s,
             self.peak_growth as f64 / 1e6,
-            self.settled_growth as f64 / 1e6,
+            self.peak_growth as f64 / self.streams as f64,
             self.replay_bytes
         )
     }
@@ -580,14 +579,13 @@ async fn storm(kind: Kind, n: usize, behind: usize) -> Storm {
     let catch_up_s = start.elapsed().as_secs_f64();
     let cpu_s = (server.cpu() - cpu_before).as_secs_f64();
     let peak = sampler.finish();
-    let settled = server.memory();
     drop(open);
     Storm {
         kind,
+        streams: n,
         catch_up_s,
         cpu_s,
-        peak_growth: peak.max(settled).saturating_sub(memory_before),
-        settled_growth: settled.saturating_sub(memory_before),
+        peak_growth: peak.saturating_sub(memory_before),
         replay_bytes,
     }
 }

@@ -345,8 +345,11 @@ pub async fn ws_open(url: &str, cookie: Option<&str>) -> Ws {
     ws
 }
 
-/// The next JSON message (pings skipped).
-pub async fn next(ws: &mut Ws) -> serde_json::Value {
+/// The next JSON message (pings skipped), over any connection.
+pub async fn next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio_tungstenite::tungstenite::Message;
     loop {
         match within("a message", ws.next()).await {
