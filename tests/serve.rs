@@ -185,7 +185,10 @@ async fn websocket_over_http2_extended_connect_works_through_serve() {
     use tokio_tungstenite::{tungstenite::protocol::Role, WebSocketStream};
     let layer = SseLayer::new("/events").websocket("/ws");
     let publisher = layer.publisher();
-    let served = Served::start(Router::new().layer(layer), |s| s).await;
+    let served = Served::start(Router::new().layer(layer), |s| {
+        s.shutdown_timeout(Duration::from_secs(2))
+    })
+    .await;
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(served.addr).await.unwrap());
     let (mut send, connection) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -216,7 +219,9 @@ async fn websocket_over_http2_extended_connect_works_through_serve() {
     assert_eq!(common::next(&mut ws).await["type"], "subscribed");
 
     // An event stream on the same connection.
-    send.ready().await.unwrap();
+    within("the connection to take a stream", send.ready())
+        .await
+        .unwrap();
     let events = within(
         "the event stream",
         send.send_request(

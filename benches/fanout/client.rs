@@ -373,6 +373,10 @@ impl HealthProbe {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut stream = std::io::BufReader::new(std::net::TcpStream::connect(addr).unwrap());
         stream.get_ref().set_nodelay(true).unwrap();
+        stream
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
@@ -387,7 +391,9 @@ impl HealthProbe {
                     let mut length = 0;
                     loop {
                         line.clear();
-                        stream.read_line(&mut line).unwrap();
+                        if stream.read_line(&mut line).unwrap() == 0 {
+                            panic!("the server closed the /health connection");
+                        }
                         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                             length = v.trim().parse().unwrap();
                         }

@@ -254,11 +254,15 @@ impl FanOut {
 
     /// The task's loop, until `closed` says so.
     pub(crate) async fn run(&self, closed: impl Fn() -> bool) {
-        let mut queued = Vec::new();
+        let mut pass = Pass {
+            fan_out: self,
+            topics: Vec::new(),
+            next: 0,
+        };
         while !closed() {
             self.notify.notified().await;
-            std::mem::swap(&mut queued, &mut *self.queue());
-            for followers in queued.drain(..) {
+            std::mem::swap(&mut pass.topics, &mut *self.queue());
+            while let Some(followers) = pass.topics.get(pass.next).cloned() {
                 // Cleared before waking: an event published meanwhile queues
                 // the topic again rather than being missed (a reader woken
                 // in this pass reads it too; one after it is woken again).
@@ -268,7 +272,41 @@ impl FanOut {
                     from = next;
                     tokio::task::yield_now().await;
                 }
+                pass.next += 1;
             }
+            pass.topics.clear();
+            pass.next = 0;
+        }
+    }
+}
+
+/// The topics of the fan-out task's current pass, from `next` on not yet
+/// woken through. If the task is dropped mid-pass (at a yield, when the
+/// runtime it ran on shuts down), they go back on the queue for the task
+/// that replaces it: a topic left marked queued but on no queue would
+/// never be woken again.
+struct Pass<'a> {
+    fan_out: &'a FanOut,
+    topics: Vec<Arc<Followers>>,
+    next: usize,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        let mut rest = self.topics.drain(self.next.min(self.topics.len())..);
+        let mut requeue = Vec::new();
+        // The one being woken had its mark cleared: queued again, unless a
+        // publish meanwhile did so.
+        if let Some(current) = rest.next() {
+            if !current.queued.swap(true, Ordering::AcqRel) {
+                requeue.push(current);
+            }
+        }
+        // The others are still marked, and on no queue.
+        requeue.extend(rest);
+        if !requeue.is_empty() {
+            self.fan_out.queue().extend(requeue);
+            self.fan_out.notify.notify_one();
         }
     }
 }
@@ -276,7 +314,10 @@ impl FanOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Wake;
+    use std::{
+        future::Future,
+        task::{Context, Wake},
+    };
 
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -339,12 +380,67 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(
-            readers.iter().all(|r| r.0.load(Ordering::SeqCst) <= 1),
-            "woken once each"
-        );
         assert_eq!(readers[WAKE_BATCH / 2].0.load(Ordering::SeqCst), 0);
         assert_eq!(followers.remove(0), 2 * WAKE_BATCH + WAKE_INLINE - 1);
+    }
+
+    fn woken(readers: &[Arc<Count>]) -> usize {
+        readers
+            .iter()
+            .filter(|r| r.0.load(Ordering::SeqCst) > 0)
+            .count()
+    }
+
+    #[test]
+    fn the_task_wakes_a_batch_per_poll_and_a_reader_added_behind_it_next_pass() {
+        let (fan_out, followers) = (FanOut::default(), Arc::new(Followers::default()));
+        let readers: Vec<_> = (0..3 * WAKE_BATCH).map(|_| follower(&followers)).collect();
+        let mut run = std::pin::pin!(fan_out.run(|| false));
+        let mut cx = Context::from_waker(Waker::noop());
+        fan_out.wake(&followers);
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(woken(&readers), WAKE_BATCH, "one batch, then a yield");
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(woken(&readers), 2 * WAKE_BATCH);
+        // A reader takes a key behind the pass, and an event comes: the
+        // topic is queued again, and the next pass wakes it.
+        followers.remove(0);
+        let late = follower(&followers);
+        fan_out.wake(&followers);
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(woken(&readers), 3 * WAKE_BATCH, "the first pass is done");
+        for _ in 0..3 {
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(late.0.load(Ordering::SeqCst), 1, "woken by the next pass");
+    }
+
+    #[test]
+    fn a_pass_dropped_midway_puts_its_topics_back_on_the_queue() {
+        let fan_out = FanOut::default();
+        let (a, b) = (
+            Arc::new(Followers::default()),
+            Arc::new(Followers::default()),
+        );
+        let in_a: Vec<_> = (0..2 * WAKE_BATCH).map(|_| follower(&a)).collect();
+        let in_b: Vec<_> = (0..2 * WAKE_BATCH).map(|_| follower(&b)).collect();
+        fan_out.wake(&a);
+        fan_out.wake(&b);
+        {
+            let mut run = std::pin::pin!(fan_out.run(|| false));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(woken(&in_a), WAKE_BATCH);
+            // Dropped here, as when its runtime shuts down at the yield.
+        }
+        assert_eq!(fan_out.queue().len(), 2, "both topics are queued again");
+        assert!(a.queued.load(Ordering::SeqCst) && b.queued.load(Ordering::SeqCst));
+        let mut run = std::pin::pin!(fan_out.run(|| false));
+        let mut cx = Context::from_waker(Waker::noop());
+        while woken(&in_a) + woken(&in_b) < 4 * WAKE_BATCH {
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(!a.queued.load(Ordering::SeqCst) && !b.queued.load(Ordering::SeqCst));
     }
 
     #[test]
