@@ -22,16 +22,19 @@ use crate::observe::Reason;
 /// beyond, the fan-out task does.
 const WAKE_INLINE: usize = 32;
 
-/// The fan-out task wakes this many readers, then yields. Each batch fits
-/// the worker's local run queue (256 tasks), so the woken streams run in
-/// the order they were woken, and a request of the app that became ready
-/// meanwhile waits behind a batch, not behind every stream of the topic.
-/// Waking ten thousand at once overflowed the local queue into the
-/// runtime's global one (measured: ~9,800 tasks waiting there, against at
-/// most 257 with batches), which a worker takes from only now and then:
-/// under saturation, the streams there fell seconds behind and the app's
-/// own requests were answered late. 32 answered the app's requests fastest
-/// of 32, 128 and 512 in the fan-out bench.
+/// The fan-out task wakes a large topic's readers this many at a time, and
+/// after each batch yields if the runtime's global run queue holds tasks.
+/// A worker's local queue holds 256 tasks; woken beyond that, they spill
+/// into the global queue, which a worker takes from only now and then.
+/// Waking ten thousand at once left ~9,800 tasks waiting there: under
+/// saturation those streams fell seconds behind and the app's own requests
+/// were answered late. Yielding while anything has spilled keeps the
+/// global queue to about one spill (~129 tasks, measured) and lets the
+/// woken streams, and the app's requests, run in order; while nothing has
+/// spilled, the task goes on waking without paying for a yield. (Yielding
+/// after every batch of 32 kept the global queue empty too, but cost
+/// 10–20% more CPU per delivery below saturation; see BENCHMARKS.md, "Fair
+/// under saturation".)
 const WAKE_BATCH: usize = 32;
 
 /// Why a subscription was ended from outside, if it was.
@@ -270,7 +273,9 @@ impl FanOut {
                 let mut from = 0;
                 while let Some(next) = followers.wake_from(from, WAKE_BATCH) {
                     from = next;
-                    tokio::task::yield_now().await;
+                    if spilled() {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 pass.next += 1;
             }
@@ -278,6 +283,14 @@ impl FanOut {
             pass.next = 0;
         }
     }
+}
+
+/// Whether the runtime's global run queue holds tasks: the readers just
+/// woken no longer fit the worker's local queue (or the runtime is behind
+/// anyway). Outside a runtime (unit tests poll the task by hand): yes.
+fn spilled() -> bool {
+    tokio::runtime::Handle::try_current()
+        .map_or(true, |runtime| runtime.metrics().global_queue_depth() > 0)
 }
 
 /// The topics of the fan-out task's current pass, from `next` on not yet
