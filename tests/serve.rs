@@ -137,12 +137,7 @@ async fn a_client_that_sends_nothing_or_part_of_the_preface_is_disconnected() {
         .await;
     }
     // HTTP/2 without TLS (prior knowledge) still works past the check.
-    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(served.addr).await.unwrap());
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_over(TcpStream::connect(served.addr).await.unwrap()).await;
     let request = http::Request::get(served.url("/events"))
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -189,12 +184,7 @@ async fn websocket_over_http2_extended_connect_works_through_serve() {
         s.shutdown_timeout(Duration::from_secs(2))
     })
     .await;
-    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(served.addr).await.unwrap());
-    let (mut send, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut send = h2_over(TcpStream::connect(served.addr).await.unwrap()).await;
 
     let mut connect = http::Request::connect(served.url("/ws?topic=a"))
         .header("sec-websocket-version", "13")
@@ -320,9 +310,18 @@ async fn h2_connection(
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2_over(tls).await
+}
+
+/// An HTTP/2 client connection over `io` (prior knowledge), driven by a
+/// task of its own.
+async fn h2_over<I>(io: I) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
+        hyper_util::rt::TokioIo::new(io),
     )
     .await
     .unwrap();
