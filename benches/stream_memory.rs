@@ -21,6 +21,9 @@ use std::{
     time::Duration,
 };
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
@@ -178,25 +181,17 @@ fn server(kind: &str) {
         let hub = Hub::builder().history(4096).max_lag(4096).build();
         let app = axum::Router::new().layer(SseLayer::new("/events").hub(&hub));
         println!("{}", listener.local_addr().unwrap().port());
-        let stdin_closed = tokio::task::spawn_blocking(|| {
-            let mut sink = String::new();
-            while std::io::stdin()
-                .read_line(&mut sink)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {}
-        });
         match kind {
             "axum-serve" => {
                 tokio::select! {
                     _ = axum::serve(listener, app) => {}
-                    _ = stdin_closed => {}
+                    () = common::stdin_closed() => {}
                 }
             }
             _ => {
                 tokio::select! {
                     _ = tower_sse::serve(listener, app).into_future() => {}
-                    _ = stdin_closed => {}
+                    () = common::stdin_closed() => {}
                 }
             }
         }

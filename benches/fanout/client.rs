@@ -1,6 +1,8 @@
 //! The load client's side: raw HTTP/1.1 over tokio's TCP, so the client
 //! costs the same whichever server it talks to.
 
+use crate::Poller;
+use hdrhistogram::Histogram;
 use std::{
     net::SocketAddr,
     sync::atomic::{AtomicU64, Ordering},
@@ -48,19 +50,18 @@ pub async fn subscribe_from(source: std::net::IpAddr, addr: &str, path: &str) ->
 /// browser sends when it reconnects).
 pub async fn subscribe_after(addr: &str, path: &str, last_id: &str) -> Sub {
     let stream = TcpStream::connect(addr).await.unwrap();
-    subscribe_with(stream, &request_after(path, Some(last_id))).await
+    subscribe_with(stream, path, Some(last_id)).await
 }
 
 async fn subscribe_on(stream: TcpStream, path: &str) -> Sub {
-    subscribe_with(stream, &request(path)).await
+    subscribe_with(stream, path, None).await
 }
 
-async fn subscribe_with(stream: TcpStream, request: &str) -> Sub {
-    let path = request.split(' ').nth(1).unwrap_or_default();
+async fn subscribe_with(stream: TcpStream, path: &str, last_id: Option<&str>) -> Sub {
     let mut reader = BufReader::new(stream);
     reader
         .get_mut()
-        .write_all(request.as_bytes())
+        .write_all(request_after(path, last_id).as_bytes())
         .await
         .unwrap();
     let mut line = String::new();
@@ -360,62 +361,46 @@ impl Control {
 
 /// Polls `GET /health` on its own thread and connection (outside the load
 /// client's runtime, so its figures are the server's answer time and not
-/// the client's scheduling), every 10 ms until stopped: how long the
+/// the client's scheduling), every 10 ms until finished: how long the
 /// server makes an ordinary request of the app wait while it fans out.
-pub struct HealthProbe {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<hdrhistogram::Histogram<u64>>,
-}
-
-impl HealthProbe {
-    pub fn start(addr: &str) -> HealthProbe {
-        use std::io::{BufRead, Read, Write};
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut stream = std::io::BufReader::new(std::net::TcpStream::connect(addr).unwrap());
-        stream.get_ref().set_nodelay(true).unwrap();
-        stream
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let mut answers = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-                let mut line = String::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    stream
-                        .get_mut()
-                        .write_all(b"GET /health HTTP/1.1\r\nhost: bench\r\n\r\n")
-                        .unwrap();
-                    let mut length = 0;
-                    loop {
-                        line.clear();
-                        if stream.read_line(&mut line).unwrap() == 0 {
-                            panic!("the server closed the /health connection");
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    stream.read_exact(&mut body).unwrap();
-                    answers.record(start.elapsed().as_micros() as u64).unwrap();
-                    // Pacing (a bench's poll interval, not synchronisation).
-                    std::thread::sleep(Duration::from_millis(10));
+/// [`Poller::finish`] gives the connection and the answer times in µs.
+pub fn health_probe(
+    addr: &str,
+) -> Poller<(std::io::BufReader<std::net::TcpStream>, Histogram<u64>)> {
+    use std::io::{BufRead, Read, Write};
+    let stream = std::io::BufReader::new(std::net::TcpStream::connect(addr).unwrap());
+    stream.get_ref().set_nodelay(true).unwrap();
+    stream
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let answers = Histogram::<u64>::new(3).unwrap();
+    let mut line = String::new();
+    Poller::start(
+        Duration::from_millis(10),
+        (stream, answers),
+        move |(stream, answers)| {
+            let start = Instant::now();
+            stream
+                .get_mut()
+                .write_all(b"GET /health HTTP/1.1\r\nhost: bench\r\n\r\n")
+                .unwrap();
+            let mut length = 0;
+            loop {
+                line.clear();
+                if stream.read_line(&mut line).unwrap() == 0 {
+                    panic!("the server closed the /health connection");
                 }
-                answers
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
             }
-        });
-        HealthProbe { stop, thread }
-    }
-
-    /// Stops polling; the answer times in µs.
-    pub fn finish(self) -> hdrhistogram::Histogram<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
+            let mut body = vec![0; length];
+            stream.read_exact(&mut body).unwrap();
+            answers.record(start.elapsed().as_micros() as u64).unwrap();
+        },
+    )
 }

@@ -42,8 +42,7 @@
 //! - `coalesce`: 1,000 subscribers (`FANOUT_COALESCE_N`) × 100 events/s
 //!   for 5 s, below saturation (where streams batch by themselves), tower-sse with
 //!   `SseLayer::coalesce(20 ms)` and without, against axum-broadcast,
-//!   `FANOUT_REPEAT` times.
-//!
+//!   `FANOUT_REPEAT` times;
 //! - `storm`: 5,000 streams reconnect at once with a `Last-Event-ID` 500
 //!   events behind (a deploy, a load balancer's failover), tower-sse and
 //!   Nchan (which both replay from a history), `FANOUT_REPEAT` times: time
@@ -56,6 +55,8 @@
 //! of `BENCHMARKS.md` and `docs/fanout.svg`.
 
 mod client;
+#[path = "../common/mod.rs"]
+mod common;
 mod report;
 mod server;
 
@@ -100,16 +101,9 @@ fn main() {
     if wants("burst") {
         let (n, m) = (scale(5000), 300);
         println!("\n== burst: {n} subscribers × {m} events, {repeat} repetitions");
-        let mut runs = Vec::new();
-        for rep in 0..repeat {
-            let mut one = Vec::new();
-            for &kind in &kinds {
-                let figures = runtime.block_on(run(kind, &Load::burst(n, m)));
-                println!("  #{rep} {figures}");
-                one.push(figures);
-            }
-            runs.push(one);
-        }
+        let runs = repeated(repeat, &kinds, |kind| {
+            runtime.block_on(run(kind, &Load::burst(n, m)))
+        });
         report.burst(n, m, runs);
     }
     if wants("sweep") {
@@ -125,16 +119,9 @@ fn main() {
     if wants("paced") {
         let n = scale(10_000);
         println!("\n== paced: {n} subscribers × 100 events/s for 5 s, {repeat} repetitions");
-        let mut runs = Vec::new();
-        for rep in 0..repeat {
-            let mut one = Vec::new();
-            for &kind in &kinds {
-                let figures = runtime.block_on(run(kind, &Load::paced(n, 500, 100)));
-                println!("  #{rep} {figures}");
-                one.push(figures);
-            }
-            runs.push(one);
-        }
+        let runs = repeated(repeat, &kinds, |kind| {
+            runtime.block_on(run(kind, &Load::paced(n, 500, 100)))
+        });
         report.paced(n, runs);
     }
     if wants("topics") {
@@ -218,35 +205,79 @@ fn main() {
             .copied()
             .filter(|k| [Kind::TowerSse, Kind::Nchan].contains(k))
             .collect();
-        let mut runs = Vec::new();
-        for rep in 0..repeat {
-            let mut one = Vec::new();
-            for &kind in &kinds {
-                let figures = runtime.block_on(storm(kind, n, behind));
-                println!("  #{rep} {figures}");
-                one.push(figures);
-            }
-            runs.push(one);
-        }
+        let runs = repeated(repeat, &kinds, |kind| {
+            runtime.block_on(storm(kind, n, behind))
+        });
         report.storm(n, behind, runs);
     }
     if wants("coalesce") {
         let n = scale(env_or("FANOUT_COALESCE_N", 1000));
         println!("\n== coalesce: {n} subscribers × 100 events/s for 5 s, with coalesce(20 ms) and without, {repeat} repetitions");
         let kinds = [Kind::TowerSse, Kind::TowerSseCoalesce, Kind::AxumBroadcast];
-        let mut runs = Vec::new();
-        for rep in 0..repeat {
-            let mut one = Vec::new();
-            for kind in kinds {
-                let figures = runtime.block_on(run(kind, &Load::paced(n, 500, 100)));
-                println!("  #{rep} {figures}");
-                one.push(figures);
-            }
-            runs.push(one);
-        }
+        let runs = repeated(repeat, &kinds, |kind| {
+            runtime.block_on(run(kind, &Load::paced(n, 500, 100)))
+        });
         report.coalesce(n, runs);
     }
     report.finish();
+}
+
+/// Work on a thread of its own (outside the load client's runtime), every
+/// `every` until finished: `poll` updates the state `finish` returns.
+pub struct Poller<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Poller<T> {
+    pub fn start(
+        every: Duration,
+        mut state: T,
+        mut poll: impl FnMut(&mut T) + Send + 'static,
+    ) -> Poller<T> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    poll(&mut state);
+                    // The polling interval (a bench's pace, not a wait for
+                    // something to happen).
+                    std::thread::sleep(every);
+                }
+                state
+            }
+        });
+        Poller { stop, thread }
+    }
+
+    /// Stops polling (after the poll under way) and returns the state.
+    pub fn finish(self) -> T {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// `measure` of each of `kinds` in turn, `repeat` times (servers
+/// interleaved, so each repetition sees the same machine), each printed:
+/// one row of figures per repetition.
+fn repeated<T: std::fmt::Display>(
+    repeat: usize,
+    kinds: &[Kind],
+    mut measure: impl FnMut(Kind) -> T,
+) -> Vec<Vec<T>> {
+    (0..repeat)
+        .map(|rep| {
+            kinds
+                .iter()
+                .map(|&kind| {
+                    let figures = measure(kind);
+                    println!("  #{rep} {figures}");
+                    figures
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -417,7 +448,7 @@ async fn run_on(
     let cpu_before = cpu_of();
     let engine_cpu_of = || engine.map_or(Duration::ZERO, |e| e.cpu());
     let engine_cpu_before = engine_cpu_of();
-    let health = client::HealthProbe::start(&publish.addr());
+    let health = client::health_probe(&publish.addr());
     let start = Instant::now();
     let padding = "x".repeat(load.padding);
     let mut ticks = load
@@ -455,7 +486,7 @@ async fn run_on(
         latencies.add(histogram).unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let health = health.finish();
+    let (_, health) = health.finish();
     let cpu = (cpu_of() - cpu_before).as_secs_f64();
     let engine_cpu = engine_cpu_of().saturating_sub(engine_cpu_before);
     let deliveries: usize = load
@@ -507,6 +538,13 @@ pub struct Storm {
     pub replay_bytes: usize,
 }
 
+impl Storm {
+    /// The memory growth at the peak, per stream.
+    pub fn peak_per_stream(&self) -> f64 {
+        self.peak_growth as f64 / self.streams as f64
+    }
+}
+
 impl std::fmt::Display for Storm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -516,7 +554,7 @@ impl std::fmt::Display for Storm {
             self.catch_up_s,
             self.cpu_s,
             self.peak_growth as f64 / 1e6,
-            self.peak_growth as f64 / self.streams as f64,
+            self.peak_per_stream(),
             self.replay_bytes
         )
     }
@@ -547,7 +585,7 @@ async fn storm(kind: Kind, n: usize, behind: usize) -> Storm {
         .map(|(id, sent)| format!("id: {id}\ndata: {sent}\n\n").len())
         .sum();
     let memory_before = server.memory();
-    let sampler = server::PeakMemory::start(&server);
+    let sampler = server.peak_memory();
     let cpu_before = server.cpu();
     let start = Instant::now();
     let streams: Vec<_> = (0..n)
@@ -578,7 +616,7 @@ async fn storm(kind: Kind, n: usize, behind: usize) -> Storm {
     }
     let catch_up_s = start.elapsed().as_secs_f64();
     let cpu_s = (server.cpu() - cpu_before).as_secs_f64();
-    let peak = sampler.finish();
+    let peak = sampler.finish().max(server.memory());
     drop(open);
     Storm {
         kind,

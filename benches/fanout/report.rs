@@ -329,7 +329,6 @@ impl Report {
         }
         t.push('\n');
         type StormGet = fn(&Storm) -> f64;
-        let per_stream = |s: &Storm| s.peak_growth as f64 / s.streams as f64;
         let rows: [(&str, StormGet, &str); 5] = [
             (
                 "time until every stream caught up",
@@ -342,11 +341,7 @@ impl Report {
                 |s| s.peak_growth as f64 / 1e6,
                 "MB",
             ),
-            (
-                "the same per stream",
-                |s| s.peak_growth as f64 / s.streams as f64,
-                "B",
-            ),
+            ("the same per stream", Storm::peak_per_stream, "B"),
             (
                 "bytes replayed to each stream",
                 |s| s.replay_bytes as f64,
@@ -355,7 +350,6 @@ impl Report {
         ];
         let ours = kinds.iter().position(|k| *k == Kind::TowerSse);
         let nchan = kinds.iter().position(|k| *k == Kind::Nchan);
-        let mut time_ratio = None;
         for (name, get, unit) in rows {
             write!(t, "| {name} |").unwrap();
             for i in 0..kinds.len() {
@@ -365,9 +359,6 @@ impl Report {
             match (ours, nchan) {
                 (Some(o), Some(p)) => {
                     let r = median(runs.iter().map(|r| get(&r[o]) / get(&r[p])).collect());
-                    if time_ratio.is_none() {
-                        time_ratio = Some(r);
-                    }
                     writeln!(t, " {r:.2}× |").unwrap();
                 }
                 _ => t.push_str(" – |\n"),
@@ -378,7 +369,7 @@ impl Report {
         );
         let mut target = None;
         if let (Some(o), Some(idle)) = (ours, self.idle) {
-            let held = median(runs.iter().map(|r| per_stream(&r[o]) - idle).collect());
+            let held = median(runs.iter().map(|r| r[o].peak_per_stream() - idle).collect());
             let replayed = runs[0][o].replay_bytes as f64;
             writeln!(
                 t,
@@ -400,7 +391,12 @@ impl Report {
         }
         self.text.push_str(&t);
         println!("\n{t}");
-        if let Some(r) = time_ratio {
+        if let (Some(o), Some(p)) = (ours, nchan) {
+            let r = median(
+                runs.iter()
+                    .map(|r| r[o].catch_up_s / r[p].catch_up_s)
+                    .collect(),
+            );
             self.target(
                 format!("resume storm: time to catch up ≤ 0.5× nchan's: {r:.2}×"),
                 r <= 0.5,

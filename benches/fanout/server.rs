@@ -160,6 +160,15 @@ impl ServerProcess {
     pub fn memory(&self) -> u64 {
         pss(&self.pids())
     }
+
+    /// Samples [`memory`](Self::memory) every 10 ms on a thread of its own
+    /// until finished: the peak so far.
+    pub fn peak_memory(&self) -> crate::Poller<u64> {
+        let pids = self.pids();
+        crate::Poller::start(Duration::from_millis(10), 0, move |peak| {
+            *peak = (*peak).max(pss(&pids));
+        })
+    }
 }
 
 /// Proportional set size of processes `pids`, in bytes.
@@ -408,17 +417,9 @@ pub fn serve(kind: &str) {
         // this line before it starts the next node.
         println!("{}", listener.local_addr().unwrap().port());
         // Ends when the client closes our stdin or sends SIGTERM.
-        let stdin_closed = tokio::task::spawn_blocking(|| {
-            let mut sink = String::new();
-            while std::io::stdin()
-                .read_line(&mut sink)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {}
-        });
         tokio::select! {
             _ = axum::serve(listener, app) => {}
-            _ = stdin_closed => {}
+            () = crate::common::stdin_closed() => {}
         }
     });
 }
@@ -446,11 +447,12 @@ fn queue_depth(runtime: tokio::runtime::Handle) {
     });
 }
 
-/// tower-sse: the layer serves `/events?topic=…`; handlers publish (through
-/// the engine's backplane when `backplane` names one and its URL).
 /// The window of `tower-sse-coalesce`.
 pub const COALESCE: Duration = Duration::from_millis(20);
 
+/// tower-sse: the layer serves `/events?topic=…`; handlers publish (through
+/// the engine's backplane when `backplane` names one and its URL), with
+/// `SseLayer::coalesce(window)` when `coalesce` is given.
 async fn ours(backplane: Option<(Engine, String)>, coalesce: Option<Duration>) -> axum::Router {
     use axum::extract::Path;
     use tower_sse::{
@@ -869,36 +871,4 @@ fn hand_rolled() -> axum::Router {
         .route("/count", axum::routing::get(count))
         .route("/health", axum::routing::get(|| async { "ok" }))
         .with_state(Topics::default())
-}
-
-/// Samples a server's memory (PSS) every 10 ms on its own thread until
-/// stopped: the peak.
-pub struct PeakMemory {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-}
-
-impl PeakMemory {
-    pub fn start(server: &ServerProcess) -> PeakMemory {
-        let pids = server.pids();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let mut peak = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    peak = peak.max(pss(&pids));
-                    // The sampling interval (a bench's poll, not a wait).
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                peak.max(pss(&pids))
-            }
-        });
-        PeakMemory { stop, thread }
-    }
-
-    pub fn finish(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
 }
