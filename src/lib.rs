@@ -158,6 +158,7 @@ mod observe;
 mod open;
 mod published;
 mod publisher;
+mod recent;
 mod record;
 mod request;
 #[cfg(feature = "serve")]
@@ -188,13 +189,14 @@ pub use backplane::redis::RedisBackplane;
 pub use body::SseBody;
 pub use error::{BoxError, Error};
 pub use event::{Event, EventId};
-pub use hub::{BackplaneStatus, Hub, HubBuilder};
+pub use hub::{BackplaneStatus, BuildError, HistoryRule, Hub, HubBuilder};
 pub use layer::SseLayer;
 pub use open::Refusal;
 pub use published::Published;
 #[cfg(feature = "axum")]
 pub use publisher::MissingPublisher;
 pub use publisher::{Presence, Publisher};
+pub use recent::{HistoryPage, HistoryQuery, MAX_HISTORY_READ};
 pub use record::{Message, Record};
 #[cfg(feature = "serve-tls")]
 pub use serve::tls_config;

@@ -12,6 +12,7 @@ use crate::{
         BackplaneStatus, Hub,
     },
     published::Published,
+    recent::{HistoryPage, HistoryQuery},
     record::Message,
     subscribe::Subscribe,
     topic,
@@ -174,6 +175,30 @@ impl Publisher {
     /// publisher came from. See [`Subscribe`].
     pub fn subscribe(&self) -> Subscribe {
         Subscribe::new(self.hub.clone(), self.config.clone())
+    }
+
+    /// The recent events of the default topic the history holds: the
+    /// newest few, or those after an id. See [`history_of`](Self::history_of).
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, Error> {
+        Ok(self.hub.history(None, query))
+    }
+
+    /// The recent events of `topic` the history holds, oldest first: the
+    /// newest few ([`HistoryQuery::last`]), or those after the id a client
+    /// last saw ([`HistoryQuery::since`]) — what a stream resuming there
+    /// would replay. For a page's first render, an API or a gRPC method.
+    ///
+    /// Reads this instance's history (with a backplane, the events it has
+    /// read from the engine). At most
+    /// [`MAX_HISTORY_READ`](crate::MAX_HISTORY_READ) events; the page
+    /// says when it was cut ([`HistoryPage::clipped`]) and when events after
+    /// the id may be gone ([`HistoryPage::reset`]). An invalid topic is
+    /// [`Error::InvalidTopic`].
+    pub async fn history_of(&self, topic: &str, query: HistoryQuery) -> Result<HistoryPage, Error> {
+        if !topic::is_valid(topic) {
+            return Err(Error::InvalidTopic);
+        }
+        Ok(self.hub.history(Some(topic), query))
     }
 
     /// How many events the history holds now, and about how many bytes (as

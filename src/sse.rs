@@ -215,11 +215,16 @@ impl EventStream {
     /// `Err` when the subscriber lags too far.
     fn read(&mut self) -> Result<Option<Bytes>, ()> {
         let (buf, encoding) = (&mut self.buf, self.encoding);
+        let after = self.subscription.start().after;
         let mut first: Option<Bytes> = None;
         let mut taken = 0;
         let mut full = false;
+        let mut current = false;
         let read = self.subscription.read(|record| {
             let bytes = record.encoded(encoding);
+            // A state topic's current value, older than where the stream
+            // starts.
+            current |= record.id().as_u64() <= after;
             taken += 1;
             if buf.is_empty() && first.is_none() {
                 // Maybe the only one: share it rather than copy it.
@@ -241,6 +246,15 @@ impl EventStream {
             coalesce.backlog = full;
         }
         self.life.delivered(taken);
+        if current && read.is_ok() {
+            // The browser took that older event's id as its last: give it
+            // back the one the stream starts after, or a resume from there
+            // would replay other topics' events from before the stream.
+            if let Some(first) = first.take() {
+                buf.extend_from_slice(&first);
+            }
+            buf.extend_from_slice(&wire::encode_id(wire::Id::Number(after)));
+        }
         read.map(|()| first).map_err(drop)
     }
 }

@@ -435,7 +435,9 @@ impl Session {
                     });
                     for (id, json) in out.drain(..) {
                         ws.feed(event_frame(&json)).await.ok()?;
-                        self.last = Some(id);
+                        // A state topic's current value may be older than
+                        // where the session started: it does not move back.
+                        self.last = self.last.max(Some(id));
                     }
                     ws.flush().await.ok()?;
                     if let Some(delay) = wait {

@@ -302,6 +302,30 @@ async fn a_room_with_presence_events_hears_who_joins_and_leaves() {
     drop(ann);
     let left = bob.next().await.unwrap();
     assert_eq!((left.event.as_str(), left.data.as_str()), ("leave", "ann"));
+
+    // Only a user's first stream on a topic joins, and its last leaves: a
+    // second tab, or one churning its streams, announces nothing more.
+    let p = &server.publisher;
+    let carol = sse(&server, "?topic=room/a", "user=carol").await;
+    assert_eq!(bob.next().await.unwrap().data, "carol");
+    for _ in 0..20 {
+        drop(sse(&server, "?topic=room/a", "user=carol").await);
+    }
+    let tab = sse(&server, "?topic=room/a", "user=carol").await;
+    drop(carol);
+    p.publish_to("room/a", Event::default().data("marker"))
+        .unwrap();
+    assert_eq!(
+        bob.next().await.unwrap().data,
+        "marker",
+        "no join or leave of carol's tabs"
+    );
+    drop(tab);
+    let left = bob.next().await.unwrap();
+    assert_eq!(
+        (left.event.as_str(), left.data.as_str()),
+        ("leave", "carol")
+    );
 }
 
 #[tokio::test]

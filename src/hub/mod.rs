@@ -12,12 +12,14 @@ mod history;
 mod outbox;
 mod registry;
 mod replica;
+mod rule;
 mod settings;
 mod start;
 mod state;
 mod subscription;
 
 use std::{
+    collections::HashMap,
     fmt,
     sync::{Arc, Mutex},
     time::Duration,
@@ -25,6 +27,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use replica::BackplaneStatus;
+pub use rule::{BuildError, HistoryRule};
 pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
@@ -33,6 +36,7 @@ use crate::{
     error::Error,
     observe,
     published::Published,
+    recent::{HistoryPage, HistoryQuery, MAX_HISTORY_READ},
     record::Encoding,
     record::Message,
 };
@@ -80,7 +84,13 @@ struct Inner {
     core: Arc<Core>,
     replica: Option<Arc<Replica>>,
     fan_out: Mutex<Option<JoinHandle<()>>>,
+    /// Open streams per user and announced topic: only a user's first
+    /// stream on a topic announces `join`, and its last `leave`.
+    present: Mutex<HashMap<UserTopic, usize>>,
 }
+
+/// A user, and a topic it follows.
+type UserTopic = (Arc<str>, Arc<str>);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -97,16 +107,49 @@ pub struct HubBuilder {
 }
 
 impl HubBuilder {
-    /// How many recent events (of all topics together) the hub keeps, so a
-    /// client that reconnects with `Last-Event-ID` gets what it missed.
-    /// Default: 1024 (the hub keeps at least [`max_lag`](Self::max_lag)).
+    /// How many recent events each topic keeps (unless a
+    /// [`history_rule`](Self::history_rule) says otherwise), so a client
+    /// that reconnects with `Last-Event-ID` gets what it missed. Each topic
+    /// keeps its own: a flood on one topic never pushes out another's.
+    /// Default: 1024. (While a topic has streams open, it also keeps what
+    /// they have not read yet, up to [`max_lag`](Self::max_lag).)
     pub fn history(mut self, events: usize) -> Self {
-        self.settings.history = events;
+        self.settings.rules.default.events = events;
         self
     }
 
-    /// How many bytes the history may hold, beyond which the oldest events
-    /// leave it (the newest always stays). Default: 32 MiB.
+    /// What topics starting with `prefix` keep, instead of
+    /// [`history`](Self::history) and [`history_ttl`](Self::history_ttl):
+    /// a count, an age, or only their latest event as a *state* topic whose
+    /// current value every new stream gets first. The longest matching
+    /// prefix wins; the hub's byte budget still bounds them all.
+    ///
+    /// An empty or repeated prefix, one no topic can match, an age of zero
+    /// or a state topic keeping nothing is refused by
+    /// [`try_build`](Self::try_build) (and [`build`](Self::build) panics).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::{HistoryRule, Hub};
+    ///
+    /// let hub = Hub::builder()
+    ///     .history(100) // every other topic: its last 100 events
+    ///     .history_rule("prices/", HistoryRule::latest())
+    ///     .history_rule("chat/", HistoryRule::events(500).ttl(Duration::from_secs(3600)))
+    ///     .history_rule("tmp/", HistoryRule::nothing())
+    ///     .try_build()?;
+    /// # let _ = hub;
+    /// # Ok::<(), tower_sse::BuildError>(())
+    /// ```
+    pub fn history_rule(mut self, prefix: impl Into<String>, rule: HistoryRule) -> Self {
+        self.settings.rules.add(prefix.into(), rule);
+        self
+    }
+
+    /// How many bytes the history of all topics together may hold. Past
+    /// it, events leave from the topics that hold the most (their oldest
+    /// first), never a smaller topic's while a larger one holds more; the
+    /// newest event always stays. Default: 32 MiB.
     ///
     /// An event counts about twice its size (name, data, ids, as
     /// [`max_event_size`](Self::max_event_size) counts it: its fields, and
@@ -120,10 +163,11 @@ impl HubBuilder {
         self
     }
 
-    /// Also drops events older than `age` from the history. Default: no
-    /// age limit.
+    /// Also drops events older than `age` from each topic's history
+    /// (unless a [`history_rule`](Self::history_rule) says otherwise).
+    /// Default: no age limit.
     pub fn history_ttl(mut self, age: Duration) -> Self {
-        self.settings.history_ttl = Some(age);
+        self.settings.rules.default.ttl = Some(age);
         self
     }
 
@@ -195,14 +239,33 @@ impl HubBuilder {
         self
     }
 
-    /// The hub. Its tasks (waking large topics, reading the backplane) start
-    /// on the Tokio runtime at hand, now or with its first subscriber.
+    /// The hub. Its tasks (waking large topics, dropping aged events,
+    /// reading the backplane) start on the Tokio runtime at hand, now or
+    /// with its first subscriber.
+    ///
+    /// # Panics
+    ///
+    /// When [`try_build`](Self::try_build) refuses the settings (a history
+    /// rule that makes no sense), with its message: a configuration mistake
+    /// found when the app starts, as axum's router does with conflicting
+    /// routes.
     pub fn build(self) -> Hub {
+        match self.try_build() {
+            Ok(hub) => hub,
+            Err(e) => panic!("tower-sse: {e}"),
+        }
+    }
+
+    /// The hub, or why its settings are refused: a history rule with an
+    /// empty, repeated or impossible prefix, an age limit of zero, or a
+    /// state topic that keeps nothing.
+    pub fn try_build(mut self) -> Result<Hub, BuildError> {
+        self.settings.rules.check()?;
         let replica = self.backplane.map(|backplane| {
             backplane.retain(Retention::new(
                 self.settings.history_limit(),
                 self.settings.history_bytes,
-                self.settings.history_ttl,
+                self.settings.rules.default.ttl,
             ));
             Replica::new(backplane)
         });
@@ -211,10 +274,15 @@ impl HubBuilder {
                 core: Core::new(self.settings, replica.is_some()),
                 replica,
                 fan_out: Mutex::new(None),
+                present: Mutex::default(),
             }),
         };
         hub.ensure_replica();
-        hub
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Without a runtime now, the tasks start with the first stream.
+            let _ = hub.ensure_fan_out();
+        }
+        Ok(hub)
     }
 }
 
@@ -304,7 +372,8 @@ impl Hub {
                 .map(|t| Arc::from(*t))
                 .collect();
             if !announced.is_empty() {
-                announce(self, &user, &announced, "join");
+                let first = self.inner.present(&user, &announced, true);
+                announce(self, &user, &first, "join");
                 subscription.on_drop(Box::new(Leave {
                     hub: Arc::downgrade(&self.inner),
                     user,
@@ -336,6 +405,21 @@ impl Hub {
         }
     }
 
+    /// Reads `topic`'s history (`None`: the default topic) as `query` asks.
+    pub(crate) fn history(&self, topic: Option<&str>, query: HistoryQuery) -> HistoryPage {
+        let limit = query.limit.min(MAX_HISTORY_READ);
+        let page = self.inner.core.history(
+            topic.unwrap_or(state::DEFAULT_TOPIC),
+            query.since.as_deref(),
+            limit,
+        );
+        HistoryPage {
+            clipped: page.clipped || query.limit > limit && page.records.len() == limit,
+            reset: page.gap,
+            events: page.records,
+        }
+    }
+
     /// How many subscriptions of this instance follow `topic`, and their
     /// users: the first `limit`, and how many in all.
     pub(crate) fn presence(&self, topic: &str, limit: usize) -> (usize, Vec<String>, usize) {
@@ -356,7 +440,22 @@ impl Hub {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?;
         let core = self.inner.core.clone();
-        *task = Some(runtime.spawn(async move { core.fan_out.run(|| core.is_closed()).await }));
+        let sweep_every = core.settings.sweep_interval();
+        *task = Some(runtime.spawn(async move {
+            let fan_out = core.fan_out.run(|| core.is_closed());
+            // Topics with an age limit drop what aged out even when nothing
+            // is published to them (memory; a resume checks ages itself).
+            let sweep = async {
+                let Some(every) = sweep_every else { return };
+                loop {
+                    tokio::select! {
+                        () = core.closed() => return,
+                        () = tokio::time::sleep(every) => core.expire(),
+                    }
+                }
+            };
+            tokio::join!(fan_out, sweep);
+        }));
         Ok(())
     }
 
@@ -431,8 +530,43 @@ struct Leave {
 impl Drop for Leave {
     fn drop(&mut self) {
         if let Some(inner) = self.hub.upgrade() {
-            announce(&Hub { inner }, &self.user, &self.topics, "leave");
+            let last = inner.present(&self.user, &self.topics, false);
+            announce(&Hub { inner }, &self.user, &last, "leave");
         }
+    }
+}
+
+impl Inner {
+    /// Counts a stream of `user` on `topics` in (`joined`) or out; returns
+    /// the topics where it is the user's first (or last) stream, which alone
+    /// are announced: a user with many tabs, or a client churning its
+    /// subscription, makes no more presence events than one arrival.
+    fn present(&self, user: &Arc<str>, topics: &[Arc<str>], joined: bool) -> Vec<Arc<str>> {
+        let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        topics
+            .iter()
+            .filter(|topic| {
+                let key = (user.clone(), (*topic).clone());
+                if joined {
+                    let count = present.entry(key).or_default();
+                    *count += 1;
+                    *count == 1
+                } else {
+                    match present.get_mut(&key) {
+                        Some(count) if *count > 1 => {
+                            *count -= 1;
+                            false
+                        }
+                        Some(_) => {
+                            present.remove(&key);
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            })
+            .cloned()
+            .collect()
     }
 }
 

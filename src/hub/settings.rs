@@ -1,12 +1,13 @@
 //! A hub's settings, fixed when it is built.
 
-use std::time::Duration;
+use super::rule::Rules;
 
 /// A hub's limits, fixed when it is built.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
-    pub(crate) history: usize,
-    pub(crate) history_ttl: Option<Duration>,
+    /// What each topic keeps: the default rule (`history`, `history_ttl`)
+    /// and those by prefix.
+    pub(crate) rules: Rules,
     pub(crate) history_bytes: usize,
     pub(crate) max_lag: usize,
     pub(crate) max_event_size: usize,
@@ -20,8 +21,7 @@ pub(crate) struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            history: 1024,
-            history_ttl: None,
+            rules: Rules::default(),
             history_bytes: 32 * 1024 * 1024,
             max_lag: 1024,
             max_event_size: 1024 * 1024,
@@ -34,8 +34,28 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The history keeps at least what a subscriber may lag.
+    /// The most events one topic keeps (while followed, at least what a
+    /// subscriber may lag): what a hub loads from an engine's tail.
     pub(crate) fn history_limit(&self) -> usize {
-        self.history.max(self.max_lag)
+        self.rules
+            .all()
+            .map(|rule| rule.events)
+            .fold(self.max_lag, usize::max)
+    }
+
+    /// How often the hub drops aged events, if some topic has an age limit:
+    /// a quarter of the shortest, from 100 ms to 10 s.
+    pub(crate) fn sweep_interval(&self) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        self.rules
+            .all()
+            .filter_map(|rule| rule.ttl)
+            .min()
+            .map(|ttl| (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10)))
+    }
+
+    /// Whether some topic has an age limit.
+    pub(crate) fn aging(&self) -> bool {
+        self.rules.all().any(|rule| rule.ttl.is_some())
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::{
     control::Control,
-    history::{Follow, History, Topic},
+    history::{Follow, Page, Store, Topic},
     registry::{Ended, FanOut, Reader},
     settings::Settings,
     start::{Owner, Resume, Start, StartKind, SubscribeError},
@@ -63,7 +63,7 @@ struct State {
     /// Open subscriptions per user and per client address, for their limits.
     per_user: HashMap<Arc<str>, usize>,
     per_address: HashMap<std::net::IpAddr, usize>,
-    history: History,
+    store: Store,
     closed: bool,
 }
 
@@ -80,7 +80,13 @@ impl Core {
                 .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
                 .max(1)
         };
-        let default_topic = Topic::new(DEFAULT_TOPIC.into(), start - 1);
+        let mut store = Store::new(
+            settings.max_lag,
+            settings.history_bytes,
+            settings.aging(),
+            start - 1,
+        );
+        let default_topic = store.topic(DEFAULT_TOPIC.into(), settings.rules.of(DEFAULT_TOPIC));
         let mut topics = HashMap::new();
         topics.insert(default_topic.name.clone(), default_topic.clone());
         Arc::new(Core {
@@ -89,12 +95,7 @@ impl Core {
                 topics,
                 per_user: HashMap::new(),
                 per_address: HashMap::new(),
-                history: History::new(
-                    settings.history_limit(),
-                    settings.history_bytes,
-                    settings.history_ttl,
-                    start - 1,
-                ),
+                store,
                 closed: false,
             }),
             published: AtomicU64::new(start - 1),
@@ -184,7 +185,7 @@ impl Core {
 
     fn append(&self, mut state: MutexGuard<'_, State>, record: Record) {
         let topic = self.push(&mut state, &record);
-        let (events, bytes) = state.history.size();
+        let (events, bytes) = state.store.size();
         drop(state);
         observe::history(events, bytes);
         for encoding in self.eager.iter().filter_map(OnceLock::get) {
@@ -193,19 +194,22 @@ impl Core {
         self.fan_out.wake(&topic.followers);
     }
 
-    /// Places `record` (its id above every one so far) in its topic's ring
-    /// and the history; returns the topic.
+    /// Places `record` (its id above every one so far) in its topic's ring,
+    /// then keeps the history within its byte budget; returns the topic.
     fn push(&self, state: &mut State, record: &Record) -> Arc<Topic> {
         let id = record.id().as_u64();
         state.next_id = id + 1;
         let topic = match record.topic() {
             None => self.default_topic.clone(),
-            Some(name) => state.topic(name),
+            Some(name) => state.topic(name, &self.settings),
         };
-        let now = state.history.now();
-        state.history.push(&topic, record.clone(), now);
+        let now = state.store.now();
+        state.store.push(&topic, record.clone(), now);
         self.published.store(id, Ordering::Release);
-        state.evict(now);
+        let shed = state.store.shed(state.topics.values(), record);
+        for emptied in shed.iter().chain([&topic]) {
+            state.forget_if_idle(emptied);
+        }
         topic
     }
 
@@ -218,7 +222,7 @@ impl Core {
         let topics: Vec<Arc<Topic>> = {
             let mut state = self.state();
             let state = &mut *state;
-            state.history.clear(known_after, state.topics.values());
+            state.store.clear(known_after, state.topics.values());
             state.next_id = state.next_id.max(known_after + 1);
             self.published.fetch_max(known_after, Ordering::AcqRel);
             for record in &records {
@@ -244,7 +248,64 @@ impl Core {
     /// Whether `last` (a client's `Last-Event-ID`) is an id the history
     /// holds or stands for.
     pub(crate) fn knows(&self, last: &str) -> bool {
-        self.state().history.resolve(last).is_some()
+        let state = self.state();
+        state.store.resolve(last, state.topics.values()).is_some()
+    }
+
+    /// Up to `limit` events of `topic` the history holds: those after the
+    /// id `since` stands for (a `Last-Event-ID`), else the newest.
+    pub(crate) fn history(&self, topic: &str, since: Option<&str>, limit: usize) -> Page {
+        let mut state = self.state();
+        let (name, topic) = (
+            topic,
+            match topic {
+                DEFAULT_TOPIC => Some(self.default_topic.clone()),
+                name => state.topics.get(name).cloned(),
+            },
+        );
+        let Some(topic) = topic else {
+            // Nothing held: events after `since` may have been, and left.
+            let known_after = state.store.known_after(name);
+            let gap = since.is_some_and(|since| {
+                since
+                    .parse::<u64>()
+                    .map_or(true, |id| id < known_after || id > self.published())
+            });
+            return Page {
+                records: Vec::new(),
+                clipped: false,
+                gap,
+            };
+        };
+        let now = state.store.now();
+        state.store.settle(&topic, now);
+        let after = match since {
+            None => None,
+            Some(since) => match state.store.resolve(since, [&topic]) {
+                Some(id) => Some(id),
+                // An id the hub cannot read: from the oldest held, told.
+                None => {
+                    let mut page = Store::read(&topic, Some(0), limit);
+                    page.gap = true;
+                    return page;
+                }
+            },
+        };
+        let mut page = Store::read(&topic, after, limit);
+        page.gap |= after.is_some_and(|after| after > self.published());
+        page
+    }
+
+    /// Drops what is older than its topic's age limit (for the hub's sweep).
+    pub(crate) fn expire(&self) {
+        let mut state = self.state();
+        let state = &mut *state;
+        let Some(now) = state.store.now() else {
+            return;
+        };
+        for emptied in state.store.expire(state.topics.values(), now) {
+            state.forget_if_idle(&emptied);
+        }
     }
 
     /// Id of the newest appended record.
@@ -258,11 +319,11 @@ impl Core {
 
     /// How many events, and about how many bytes, the history holds.
     pub(crate) fn history_size(&self) -> (usize, usize) {
-        self.state().history.size()
+        self.state().store.size()
     }
 
     pub(crate) fn history_limit(&self) -> usize {
-        self.state().history.limit()
+        self.settings.history_limit()
     }
 
     pub(crate) fn subscriber_count(&self) -> usize {
@@ -349,7 +410,7 @@ impl Core {
     pub(crate) fn watch_topic(&self, topic: &str) -> watch::Receiver<usize> {
         let topic = match topic {
             DEFAULT_TOPIC => self.default_topic.clone(),
-            name => self.state().topic(name),
+            name => self.state().topic(name, &self.settings),
         };
         topic.followers.watch()
     }
@@ -389,15 +450,21 @@ impl Core {
         if let Some(address) = owner.address {
             *state.per_address.entry(address).or_default() += 1;
         }
-        let now = state.history.now();
-        state.evict(now);
         let published = self.published.load(Ordering::Relaxed);
 
         let mut followed = Vec::with_capacity(topics.len() + 1);
         followed.push(self.default_topic.clone());
         for name in topics {
             if *name != DEFAULT_TOPIC && !followed.iter().any(|t| &*t.name == *name) {
-                followed.push(state.topic(name));
+                followed.push(state.topic(name, &self.settings));
+            }
+        }
+        // What has aged out must not be replayed (the sweep may not have
+        // run yet).
+        let now = state.store.now();
+        if now.is_some() {
+            for topic in &followed {
+                state.store.settle(topic, now);
             }
         }
 
@@ -408,7 +475,7 @@ impl Core {
                 after: published,
                 kind: StartKind::Live,
             },
-            Resume::After(last) => match state.history.resolve(last) {
+            Resume::After(last) => match state.store.resolve(last, &followed) {
                 Some(id) if covered(id) => Start {
                     after: id,
                     kind: StartKind::Resumed,
@@ -428,10 +495,8 @@ impl Core {
             .into_iter()
             .map(|topic| {
                 let key = topic.followers.add(reader.clone());
-                let (cursor, joined) = {
-                    let ring = topic.ring();
-                    (ring.seq_after(start.after), ring.head_seq())
-                };
+                let cursor = topic.start_seq(start.after, start.kind == StartKind::Resumed);
+                let joined = topic.ring().head_seq();
                 Follow {
                     topic,
                     key,
@@ -450,8 +515,11 @@ impl Core {
     pub(crate) fn unregister(&self, follows: &[Follow], reader: &Reader) {
         let mut state = self.state();
         for follow in follows {
-            if follow.topic.followers.remove(follow.key) == 0 && follow.topic.is_idle() {
-                state.forget(&follow.topic);
+            if follow.topic.followers.remove(follow.key) == 0 {
+                // Back to what its rule keeps, no longer what readers may lag.
+                let now = state.store.now();
+                state.store.settle(&follow.topic, now);
+                state.forget_if_idle(&follow.topic);
             }
         }
         if let Some(user) = &reader.user {
@@ -476,37 +544,28 @@ fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
 }
 
 impl State {
-    fn topic(&mut self, name: &str) -> Arc<Topic> {
+    /// The topic named `name`, made under its rule if it is new.
+    fn topic(&mut self, name: &str, settings: &Settings) -> Arc<Topic> {
         if let Some(topic) = self.topics.get(name) {
             return topic.clone();
         }
-        // A topic made now may have had events that were evicted along with
-        // its entry: count everything evicted so far as possibly its.
-        let topic = Topic::new(name.into(), self.history.evicted_up_to);
+        let topic = self.store.topic(name.into(), settings.rules.of(name));
         self.topics.insert(topic.name.clone(), topic.clone());
         topic
     }
 
-    fn forget(&mut self, topic: &Arc<Topic>) {
+    /// Lets `topic` go when it holds nothing and nobody follows or watches
+    /// it; the store keeps its last id.
+    fn forget_if_idle(&mut self, topic: &Arc<Topic>) {
         if &*topic.name != DEFAULT_TOPIC
+            && topic.is_idle()
             && self
                 .topics
                 .get(&topic.name)
                 .is_some_and(|t| Arc::ptr_eq(t, topic))
         {
             self.topics.remove(&topic.name);
-        }
-    }
-
-    /// Evicts what the history's bounds say must go at `now`, and forgets
-    /// the topics left empty and unfollowed.
-    fn evict(&mut self, now: Option<tokio::time::Instant>) {
-        let mut emptied = Vec::new();
-        self.history.evict(now, |topic| emptied.push(topic.clone()));
-        for topic in emptied {
-            if topic.is_idle() {
-                self.forget(&topic);
-            }
+            self.store.forget(topic);
         }
     }
 }

@@ -185,15 +185,17 @@ mod tests {
     };
     use std::task::Context;
 
+    fn settings(history: usize, max_lag: usize) -> Settings {
+        let mut settings = Settings {
+            max_lag,
+            ..Settings::default()
+        };
+        settings.rules.default.events = history;
+        settings
+    }
+
     fn core(max_lag: usize) -> Arc<Core> {
-        Core::new(
-            Settings {
-                max_lag,
-                history: 100,
-                ..Settings::default()
-            },
-            false,
-        )
+        Core::new(settings(100, max_lag), false)
     }
 
     fn publish(core: &Core, topic: Option<&str>, data: &str) -> u64 {
@@ -249,14 +251,7 @@ mod tests {
 
     #[test]
     fn resuming_replays_after_the_id_and_a_lost_id_is_a_reset() {
-        let core = Core::new(
-            Settings {
-                history: 3,
-                max_lag: 1,
-                ..Settings::default()
-            },
-            false,
-        );
+        let core = Core::new(settings(3, 1), false);
         let ids: Vec<u64> = (0..5)
             .map(|i| publish(&core, None, &i.to_string()))
             .collect();
