@@ -121,7 +121,7 @@ async fn the_stream_keeps_the_hubs_history() {
         .backplane(NatsBackplane::connect(&harness.url()).await.unwrap())
         .build();
     let publisher = hub.publisher();
-    for i in 0..20 {
+    for i in 0..60 {
         publisher
             .publish(Event::default().data(format!("{i}")))
             .unwrap()
@@ -132,8 +132,12 @@ async fn the_stream_keeps_the_hubs_history() {
     let jetstream = async_nats::jetstream::new(client);
     let mut stream = jetstream.get_stream("TOWER_SSE").await.unwrap();
     let info = stream.info().await.unwrap();
-    assert_eq!(info.state.messages, 5, "max_messages is the hub's history");
-    assert_eq!(info.config.max_messages, 5);
+    // Eight topics' worth of the hub's largest count, all topics together.
+    assert_eq!(
+        info.state.messages, 40,
+        "max_messages follows the hub's history"
+    );
+    assert_eq!(info.config.max_messages, 40);
     assert_eq!(
         info.config.max_bytes,
         2 * 32 * 1024 * 1024,

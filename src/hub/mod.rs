@@ -32,7 +32,7 @@ pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{
-    backplane::{Backplane, Retention},
+    backplane::Backplane,
     error::Error,
     observe,
     published::Published,
@@ -262,11 +262,7 @@ impl HubBuilder {
     pub fn try_build(mut self) -> Result<Hub, BuildError> {
         self.settings.rules.check()?;
         let replica = self.backplane.map(|backplane| {
-            backplane.retain(Retention::new(
-                self.settings.history_limit(),
-                self.settings.history_bytes,
-                self.settings.rules.default.ttl,
-            ));
+            backplane.retain(self.settings.engine_retention());
             Replica::new(backplane)
         });
         let hub = Hub {

@@ -1,6 +1,10 @@
 //! A hub's settings, fixed when it is built.
 
 use super::rule::Rules;
+use crate::backplane::Retention;
+
+/// How many topics' worth of events an engine's log keeps.
+const ENGINE_TOPICS: usize = 8;
 
 /// A hub's limits, fixed when it is built.
 #[derive(Clone, Debug)]
@@ -41,6 +45,26 @@ impl Settings {
             .all()
             .map(|rule| rule.events)
             .fold(self.max_lag, usize::max)
+    }
+
+    /// What the engine's log keeps, of all topics together: several topics'
+    /// worth of the largest count (so a reader that falls behind in a burst
+    /// still finds what it has not read, and the log holds more than one
+    /// busy topic), the byte budget, and the longest age any rule keeps
+    /// (none if one keeps events whatever their age).
+    pub(crate) fn engine_retention(&self) -> Retention {
+        let age = self
+            .rules
+            .all()
+            .map(|rule| rule.ttl)
+            .try_fold(std::time::Duration::ZERO, |longest, ttl| {
+                ttl.map(|ttl| longest.max(ttl))
+            });
+        Retention::new(
+            self.history_limit().saturating_mul(ENGINE_TOPICS),
+            self.history_bytes,
+            age,
+        )
     }
 
     /// How often the hub drops aged events, if some topic has an age limit:

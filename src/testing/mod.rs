@@ -55,6 +55,7 @@ use crate::{
     error::Error,
     event::{Event, EventId},
     hub::Hub,
+    published::Published,
     publisher::Publisher,
     record::Record,
     stream::RecordStream,
@@ -106,6 +107,13 @@ macro_rules! backplane_conformance {
             #[tokio::test]
             async fn a_loss_is_a_reset() {
                 $crate::testing::a_loss_is_a_reset(&super::$make().await).await
+            }
+            #[tokio::test]
+            async fn a_flood_elsewhere_keeps_a_quiet_topics_resume() {
+                $crate::testing::a_flood_elsewhere_keeps_a_quiet_topics_resume(
+                    &super::$make().await,
+                )
+                .await
             }
         }
     };
@@ -198,6 +206,54 @@ pub async fn one_order_on_every_instance<H: Harness>(harness: &H) {
             "conformance: {name} saw other ids than were given"
         );
     }
+}
+
+/// A flood on a busy topic (more than a whole hub kept before history was
+/// per topic) read by an instance does not cost a quiet topic its history
+/// there: a client that saw the quiet topic's first event resumes on that
+/// instance with the one it missed, not a reset.
+pub async fn a_flood_elsewhere_keeps_a_quiet_topics_resume<H: Harness>(harness: &H) {
+    let (a, b) = (instance(harness).await, instance(harness).await);
+    let seen = publish_to(&a, Some("user/quiet"), Event::default().data("seen")).await;
+    let missed = publish_to(&a, Some("user/quiet"), Event::default().data("missed")).await;
+    let flood: Vec<Published> = (0..1_500)
+        .map(|i| {
+            a.publish_to("room/busy", Event::default().data(format!("flood {i}")))
+                .expect("the engine is up")
+        })
+        .collect();
+    let mut last = None;
+    for published in flood {
+        last = Some(
+            within("the flood to be taken", published)
+                .await
+                .expect("taken"),
+        );
+    }
+    let last = last.expect("1,500 events");
+    // Resuming from an id B has not read yet waits until it has: B has then
+    // read the whole flood.
+    let caught_up = b
+        .subscribe()
+        .topic("room/busy")
+        .after(last.to_string())
+        .records()
+        .await
+        .expect("subscribe on B");
+    assert!(!caught_up.is_reset(), "conformance: B read the flood");
+    let mut resumed = b
+        .subscribe()
+        .topic("user/quiet")
+        .after(seen.to_string())
+        .records()
+        .await
+        .expect("resume on B");
+    assert!(
+        !resumed.is_reset(),
+        "conformance: a flood on another topic cost the quiet topic its history"
+    );
+    let record = next(&mut resumed, "the missed event").await;
+    assert_eq!((record.id(), record.data()), (missed, "missed"));
 }
 
 /// A client that read up to an event on one instance resumes on another
