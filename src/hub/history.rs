@@ -10,7 +10,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},
-    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 use tokio::time::Instant;
 
@@ -23,12 +23,15 @@ use crate::record::Record;
 /// a silent gap).
 const FORGOTTEN: usize = 16 * 1024;
 
-/// One topic: its rule, its ring and who follows it.
+/// One topic: its rule, its ring and who follows it. Kept small: an app
+/// may have a hundred thousand quiet topics of one event each.
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
-    pub(crate) rule: HistoryRule,
+    /// Shared by every topic under the same rule.
+    pub(crate) rule: Arc<HistoryRule>,
     ring: RwLock<Ring>,
-    pub(crate) followers: Arc<Followers>,
+    /// Made by its first follower (or watcher): most topics have none.
+    followers: OnceLock<Arc<Followers>>,
 }
 
 /// The retained records of one topic, in id order.
@@ -58,7 +61,7 @@ impl Ring {
 }
 
 impl Topic {
-    fn new(name: Arc<str>, rule: HistoryRule, evicted_up_to: u64) -> Arc<Topic> {
+    fn new(name: Arc<str>, rule: Arc<HistoryRule>, evicted_up_to: u64) -> Arc<Topic> {
         Arc::new(Topic {
             name,
             rule,
@@ -69,8 +72,23 @@ impl Topic {
                 evicted_up_to,
                 bytes: 0,
             }),
-            followers: Arc::default(),
+            followers: OnceLock::new(),
         })
+    }
+
+    /// Its followers, made now if it never had any.
+    pub(crate) fn followers(&self) -> &Arc<Followers> {
+        self.followers.get_or_init(Arc::default)
+    }
+
+    /// Its followers, if it ever had any.
+    pub(crate) fn followed_by(&self) -> Option<&Arc<Followers>> {
+        self.followers.get()
+    }
+
+    /// How many subscriptions follow it.
+    pub(crate) fn follower_count(&self) -> usize {
+        self.followed_by().map_or(0, |f| f.count())
     }
 
     pub(crate) fn ring(&self) -> RwLockReadGuard<'_, Ring> {
@@ -86,8 +104,8 @@ impl Topic {
     /// Whether the topic holds nothing and nobody follows or watches it (it
     /// may go).
     pub(crate) fn is_idle(&self) -> bool {
-        self.followers.count() == 0
-            && !self.followers.is_watched()
+        self.followed_by()
+            .is_none_or(|f| f.count() == 0 && !f.is_watched())
             && self.ring().entries.is_empty()
     }
 
@@ -113,7 +131,7 @@ impl Topic {
     /// How many records the ring keeps: the rule's count, and while
     /// followed, what a follower may still read (up to `max_lag`).
     fn bound(&self, max_lag: usize) -> usize {
-        let kept = if self.followers.count() > 0 {
+        let kept = if self.follower_count() > 0 {
             self.rule.events.max(max_lag)
         } else {
             self.rule.events
@@ -200,7 +218,7 @@ impl Store {
 
     /// A new topic named `name` under `rule`: it may have had events before
     /// (it was forgotten, or the store forgot some topics altogether).
-    pub(crate) fn topic(&mut self, name: Arc<str>, rule: HistoryRule) -> Arc<Topic> {
+    pub(crate) fn topic(&mut self, name: Arc<str>, rule: Arc<HistoryRule>) -> Arc<Topic> {
         let evicted_up_to = self.known_after(&name);
         self.forgotten.remove(&name);
         Topic::new(name, rule, evicted_up_to)
@@ -243,6 +261,10 @@ impl Store {
         self.events += 1;
         let mut ring = topic.ring_mut();
         ring.bytes += footprint;
+        if ring.entries.capacity() == 0 {
+            // Most topics hold one event: room for one, then it grows.
+            ring.entries.reserve_exact(1);
+        }
         ring.entries.push_back(record);
         if let (Some(now), Some(_)) = (now, topic.rule.ttl) {
             ring.arrived.push_back(now);
@@ -439,7 +461,7 @@ mod tests {
     }
 
     fn topic(store: &mut Store, name: &str, rule: HistoryRule) -> Arc<Topic> {
-        store.topic(name.into(), rule)
+        store.topic(name.into(), Arc::new(rule))
     }
 
     #[test]
@@ -464,12 +486,12 @@ mod tests {
         let mut store = Store::new(3, usize::MAX, false, 0);
         let t = topic(&mut store, "t", HistoryRule::nothing());
         let reader = super::super::registry::Reader::new(None, None);
-        let key = t.followers.add(reader);
+        let key = t.followers().add(reader);
         for id in 1..=5 {
             store.push(&t, record(id, None), None);
         }
         assert_eq!(ids(&t), [3, 4, 5], "max_lag while followed");
-        t.followers.remove(key);
+        t.followers().remove(key);
         assert!(
             store.settle(&t, None),
             "the rule's count once nobody follows"

@@ -1,7 +1,7 @@
 //! What the history keeps of each topic ([`HistoryRule`]), the rules by
 //! topic prefix, and why a set of rules is refused ([`BuildError`]).
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 /// What the history keeps of a topic: its newest events, up to a count and,
 /// optionally, an age. Given per topic prefix with
@@ -170,6 +170,9 @@ pub(crate) struct Rules {
     pub(crate) default: HistoryRule,
     /// Longest prefix first, so the first match is the longest.
     by_prefix: Vec<(Box<str>, HistoryRule)>,
+    /// The rules as topics share them, once checked (the default first,
+    /// then those of `by_prefix` in its order).
+    shared: Vec<Arc<HistoryRule>>,
 }
 
 impl Default for Rules {
@@ -177,6 +180,7 @@ impl Default for Rules {
         Rules {
             default: HistoryRule::events(1024),
             by_prefix: Vec::new(),
+            shared: vec![Arc::new(HistoryRule::events(1024))],
         }
     }
 }
@@ -204,15 +208,24 @@ impl Rules {
         }
         self.by_prefix
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        self.share();
         Ok(())
     }
 
-    /// The rule of `topic` (the default topic, `""`, keeps the default).
-    pub(crate) fn of(&self, topic: &str) -> HistoryRule {
-        self.by_prefix
+    /// Makes the rules topics share from the rules as they are now.
+    pub(crate) fn share(&mut self) {
+        self.shared = self.all().map(|rule| Arc::new(*rule)).collect();
+    }
+
+    /// The rule of `topic` (the default topic, `""`, keeps the default), as
+    /// checked by [`check`](Self::check).
+    pub(crate) fn of(&self, topic: &str) -> Arc<HistoryRule> {
+        let at = self
+            .by_prefix
             .iter()
-            .find(|(prefix, _)| topic.starts_with(&**prefix))
-            .map_or(self.default, |(_, rule)| *rule)
+            .position(|(prefix, _)| topic.starts_with(&**prefix))
+            .map_or(0, |i| i + 1);
+        self.shared[at].clone()
     }
 
     /// Every rule, the default first.
@@ -244,8 +257,8 @@ mod tests {
         assert_eq!(rules.of("chat/vip/1").events, 5);
         assert_eq!(rules.of("chat/general").events, 500);
         assert!(rules.of("prices/eur").state);
-        assert_eq!(rules.of("other"), HistoryRule::events(1024));
-        assert_eq!(rules.of(""), HistoryRule::events(1024));
+        assert_eq!(*rules.of("other"), HistoryRule::events(1024));
+        assert_eq!(*rules.of(""), HistoryRule::events(1024));
     }
 
     #[test]

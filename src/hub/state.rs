@@ -71,7 +71,8 @@ impl Core {
     /// A hub whose ids it gives itself (starting at the current time in
     /// microseconds, so ids of a restarted server are above every id a
     /// browser kept from before), or, `external`, that an engine gives.
-    pub(crate) fn new(settings: Settings, external: bool) -> Arc<Core> {
+    pub(crate) fn new(mut settings: Settings, external: bool) -> Arc<Core> {
+        settings.rules.share();
         let start = if external {
             1
         } else {
@@ -172,12 +173,14 @@ impl Core {
         match control {
             Control::EndUser(user) => {
                 // Every subscription follows the default topic.
-                self.default_topic.followers.end(Some(user), Ended::Revoked);
+                if let Some(followers) = self.default_topic.followed_by() {
+                    followers.end(Some(user), Ended::Revoked);
+                }
             }
             Control::EndTopic(topic) => {
                 let topic = self.state().topics.get(topic.as_str()).cloned();
-                if let Some(topic) = topic {
-                    topic.followers.end(None, Ended::TopicClosed);
+                if let Some(followers) = topic.as_ref().and_then(|t| t.followed_by()) {
+                    followers.end(None, Ended::TopicClosed);
                 }
             }
         }
@@ -191,7 +194,9 @@ impl Core {
         for encoding in self.eager.iter().filter_map(OnceLock::get) {
             record.encoded(encoding);
         }
-        self.fan_out.wake(&topic.followers);
+        if let Some(followers) = topic.followed_by() {
+            self.fan_out.wake(followers);
+        }
     }
 
     /// Places `record` (its id above every one so far) in its topic's ring,
@@ -207,7 +212,9 @@ impl Core {
         state.store.push(&topic, record.clone(), now);
         self.published.store(id, Ordering::Release);
         let shed = state.store.shed(state.topics.values(), record);
-        for emptied in shed.iter().chain([&topic]) {
+        // Only a topic that keeps nothing is left empty by its own event.
+        let keeps_nothing = (topic.rule.events == 0).then_some(&topic);
+        for emptied in shed.iter().chain(keeps_nothing) {
             state.forget_if_idle(emptied);
         }
         topic
@@ -241,7 +248,9 @@ impl Core {
             state.topics.values().cloned().collect()
         };
         for topic in topics {
-            topic.followers.wake_all();
+            if let Some(followers) = topic.followed_by() {
+                followers.wake_all();
+            }
         }
     }
 
@@ -356,7 +365,9 @@ impl Core {
             state.topics.values().cloned().collect()
         };
         for topic in topics {
-            topic.followers.wake_all();
+            if let Some(followers) = topic.followed_by() {
+                followers.wake_all();
+            }
         }
     }
 
@@ -373,7 +384,9 @@ impl Core {
         };
         self.closing.send_replace(true);
         for topic in topics {
-            topic.followers.wake_all();
+            if let Some(followers) = topic.followed_by() {
+                followers.wake_all();
+            }
         }
         self.fan_out.stop();
     }
@@ -399,8 +412,11 @@ impl Core {
         };
         match topic {
             Some(topic) => {
-                let (users, total) = topic.followers.users(limit);
-                (topic.followers.count(), users, total)
+                let Some(followers) = topic.followed_by() else {
+                    return (0, Vec::new(), 0);
+                };
+                let (users, total) = followers.users(limit);
+                (followers.count(), users, total)
             }
             None => (0, Vec::new(), 0),
         }
@@ -412,7 +428,7 @@ impl Core {
             DEFAULT_TOPIC => self.default_topic.clone(),
             name => self.state().topic(name, &self.settings),
         };
-        topic.followers.watch()
+        topic.followers().watch()
     }
 
     /// Registers `reader`, a subscription of `owner` to `topics` (the
@@ -494,7 +510,7 @@ impl Core {
         let follows = followed
             .into_iter()
             .map(|topic| {
-                let key = topic.followers.add(reader.clone());
+                let key = topic.followers().add(reader.clone());
                 let cursor = topic.start_seq(start.after, start.kind == StartKind::Resumed);
                 let joined = topic.ring().head_seq();
                 Follow {
@@ -515,7 +531,7 @@ impl Core {
     pub(crate) fn unregister(&self, follows: &[Follow], reader: &Reader) {
         let mut state = self.state();
         for follow in follows {
-            if follow.topic.followers.remove(follow.key) == 0 {
+            if follow.topic.followers().remove(follow.key) == 0 {
                 // Back to what its rule keeps, no longer what readers may lag.
                 let now = state.store.now();
                 state.store.settle(&follow.topic, now);

@@ -214,6 +214,14 @@ pub async fn one_order_on_every_instance<H: Harness>(harness: &H) {
 /// instance with the one it missed, not a reset.
 pub async fn a_flood_elsewhere_keeps_a_quiet_topics_resume<H: Harness>(harness: &H) {
     let (a, b) = (instance(harness).await, instance(harness).await);
+    // B reads the log live from here (a starting instance loads only the
+    // newest events of the log, all topics together).
+    within(
+        "B to read the engine's log",
+        b.watch_backplane().wait_for(|status| status.is_up()),
+    )
+    .await
+    .expect("B's hub is open");
     let seen = publish_to(&a, Some("user/quiet"), Event::default().data("seen")).await;
     let missed = publish_to(&a, Some("user/quiet"), Event::default().data("missed")).await;
     let flood: Vec<Published> = (0..1_500)
