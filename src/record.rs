@@ -38,7 +38,9 @@ pub(crate) struct Encoding {
 /// [`Backplane`]: crate::backplane::Backplane
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
-    topic: Option<Box<str>>,
+    /// Shared with its topic in the hub (a quiet topic of one event holds
+    /// its name once).
+    topic: Option<Arc<str>>,
     event: Option<Box<str>>,
     data: Option<String>,
     app_id: Option<Box<str>>,
@@ -88,6 +90,11 @@ impl Message {
     /// The topic, or `None` for the default topic every subscriber follows.
     pub fn topic(&self) -> Option<&str> {
         self.topic.as_deref()
+    }
+
+    /// The topic's name as the message holds it, for the hub to share.
+    pub(crate) fn topic_name(&self) -> Option<&Arc<str>> {
+        self.topic.as_ref()
     }
 
     /// The event name (`None`: the browser's default, `message`).

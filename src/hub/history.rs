@@ -8,8 +8,10 @@
 //! followers its ring also keeps what they may still read, up to `max_lag`.
 
 use std::{
+    borrow::Borrow,
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, VecDeque},
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    hash::{Hash, Hasher},
     sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 use tokio::time::Instant;
@@ -37,8 +39,10 @@ pub(crate) struct Topic {
 /// The retained records of one topic, in id order.
 pub(crate) struct Ring {
     pub(crate) entries: VecDeque<Record>,
-    /// When each entry arrived, for a topic with an age limit (else empty).
-    arrived: VecDeque<Instant>,
+    /// When each entry arrived, for a topic with an age limit (else none:
+    /// most topics have no age limit, and an empty queue costs 32 bytes).
+    #[allow(clippy::box_collection)] // 8 bytes in every topic, not 32
+    arrived: Option<Box<VecDeque<Instant>>>,
     /// Topic-local sequence number of `entries[0]`; cursors count in it.
     pub(crate) first_seq: u64,
     /// Highest id that may have been an event of this topic and left the
@@ -67,7 +71,7 @@ impl Topic {
             rule,
             ring: RwLock::new(Ring {
                 entries: VecDeque::new(),
-                arrived: VecDeque::new(),
+                arrived: None,
                 first_seq: 0,
                 evicted_up_to,
                 bytes: 0,
@@ -137,6 +141,56 @@ impl Topic {
             self.rule.events
         };
         kept.max(usize::from(self.rule.state))
+    }
+}
+
+/// The hub's topics by name: a set of the topics themselves (each knows
+/// its name), so an entry costs a pointer, not a name and a pointer.
+#[derive(Default)]
+pub(crate) struct Topics(HashSet<Named>);
+
+/// A topic as a set entry: hashed and compared by its name.
+struct Named(Arc<Topic>);
+
+impl Hash for Named {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name.hash(state);
+    }
+}
+
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Named {}
+
+impl Borrow<str> for Named {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl Topics {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Topic>> {
+        self.0.get(name).map(|named| &named.0)
+    }
+
+    pub(crate) fn insert(&mut self, topic: Arc<Topic>) {
+        self.0.replace(Named(topic));
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.0.remove(name);
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<Topic>> {
+        self.0.iter().map(|named| &named.0)
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Arc<Topic>) -> bool) {
+        self.0.retain(|named| keep(&named.0));
     }
 }
 
@@ -267,7 +321,7 @@ impl Store {
         }
         ring.entries.push_back(record);
         if let (Some(now), Some(_)) = (now, topic.rule.ttl) {
-            ring.arrived.push_back(now);
+            ring.arrived.get_or_insert_default().push_back(now);
         }
         self.trim(topic, &mut ring, now);
     }
@@ -292,7 +346,8 @@ impl Store {
         while ring.entries.len() > keep
             && ring
                 .arrived
-                .front()
+                .as_ref()
+                .and_then(|arrived| arrived.front())
                 .is_some_and(|at| now.duration_since(*at) > ttl)
         {
             self.pop_front(ring);
@@ -303,7 +358,9 @@ impl Store {
         let Some(old) = ring.entries.pop_front() else {
             return;
         };
-        ring.arrived.pop_front();
+        if let Some(arrived) = &mut ring.arrived {
+            arrived.pop_front();
+        }
         ring.first_seq += 1;
         ring.evicted_up_to = ring.evicted_up_to.max(old.id().as_u64());
         let footprint = old.footprint();
@@ -380,7 +437,7 @@ impl Store {
             let mut ring = topic.ring_mut();
             ring.first_seq = ring.head_seq();
             ring.entries.clear();
-            ring.arrived.clear();
+            ring.arrived = None;
             ring.bytes = 0;
             ring.evicted_up_to = ring.evicted_up_to.max(up_to);
         }

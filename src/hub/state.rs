@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::{
     control::Control,
-    history::{Follow, Page, Store, Topic},
+    history::{Follow, Page, Store, Topic, Topics},
     registry::{Ended, FanOut, Reader},
     settings::Settings,
     start::{Owner, Resume, Start, StartKind, SubscribeError},
@@ -59,7 +59,7 @@ pub(crate) struct Core {
 
 struct State {
     next_id: u64,
-    topics: HashMap<Arc<str>, Arc<Topic>>,
+    topics: Topics,
     /// Open subscriptions per user and per client address, for their limits.
     per_user: HashMap<Arc<str>, usize>,
     per_address: HashMap<std::net::IpAddr, usize>,
@@ -88,8 +88,8 @@ impl Core {
             start - 1,
         );
         let default_topic = store.topic(DEFAULT_TOPIC.into(), settings.rules.of(DEFAULT_TOPIC));
-        let mut topics = HashMap::new();
-        topics.insert(default_topic.name.clone(), default_topic.clone());
+        let mut topics = Topics::default();
+        topics.insert(default_topic.clone());
         Arc::new(Core {
             state: Mutex::new(State {
                 next_id: start,
@@ -206,7 +206,7 @@ impl Core {
         state.next_id = id + 1;
         let topic = match record.topic() {
             None => self.default_topic.clone(),
-            Some(name) => state.topic(name, &self.settings),
+            Some(name) => state.topic(name, record.message().topic_name(), &self.settings),
         };
         let now = state.store.now();
         state.store.push(&topic, record.clone(), now);
@@ -241,7 +241,7 @@ impl Core {
             self.newest.send_modify(|n| *n = (*n).max(newest));
             state
                 .topics
-                .retain(|name, topic| &**name == DEFAULT_TOPIC || !topic.is_idle());
+                .retain(|topic| &*topic.name == DEFAULT_TOPIC || !topic.is_idle());
             // Under the lock: a subscription registered from now on sees the
             // new history, one registered before ends.
             self.generation.fetch_add(1, Ordering::Release);
@@ -426,7 +426,7 @@ impl Core {
     pub(crate) fn watch_topic(&self, topic: &str) -> watch::Receiver<usize> {
         let topic = match topic {
             DEFAULT_TOPIC => self.default_topic.clone(),
-            name => self.state().topic(name, &self.settings),
+            name => self.state().topic(name, None, &self.settings),
         };
         topic.followers().watch()
     }
@@ -472,7 +472,7 @@ impl Core {
         followed.push(self.default_topic.clone());
         for name in topics {
             if *name != DEFAULT_TOPIC && !followed.iter().any(|t| &*t.name == *name) {
-                followed.push(state.topic(name, &self.settings));
+                followed.push(state.topic(name, None, &self.settings));
             }
         }
         // What has aged out must not be replayed (the sweep may not have
@@ -560,13 +560,15 @@ fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
 }
 
 impl State {
-    /// The topic named `name`, made under its rule if it is new.
-    fn topic(&mut self, name: &str, settings: &Settings) -> Arc<Topic> {
+    /// The topic named `name`, made under its rule if it is new (with
+    /// `shared` as its name when given: the event's own, held once).
+    fn topic(&mut self, name: &str, shared: Option<&Arc<str>>, settings: &Settings) -> Arc<Topic> {
         if let Some(topic) = self.topics.get(name) {
             return topic.clone();
         }
-        let topic = self.store.topic(name.into(), settings.rules.of(name));
-        self.topics.insert(topic.name.clone(), topic.clone());
+        let name_arc = shared.cloned().unwrap_or_else(|| name.into());
+        let topic = self.store.topic(name_arc, settings.rules.of(name));
+        self.topics.insert(topic.clone());
         topic
     }
 
