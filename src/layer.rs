@@ -5,8 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tower_layer::Layer;
 
 use crate::{
-    authorize::Access,
-    authorize::Authorize,
+    authorize::{Access, Authorize, Policy},
     client::{ClientScript, Defaults},
     config::{ClientAddress, Config},
     hub::Hub,
@@ -55,6 +54,10 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct SseLayer {
     path: Box<str>,
+    /// Whether the layer serves the stream at `path` (else the app does).
+    serve_stream: bool,
+    /// The policy set through this layer, set on every hub it is given.
+    policy: Option<Policy>,
     websocket: Option<Box<str>>,
     /// The browser module, made again when a path it names changes.
     client: Option<Arc<ClientScript>>,
@@ -77,6 +80,8 @@ impl SseLayer {
     pub fn new(path: impl Into<String>) -> Self {
         SseLayer {
             path: absolute(path.into()),
+            serve_stream: true,
+            policy: None,
             websocket: None,
             client: None,
             config: Arc::new(Config::default()),
@@ -88,9 +93,58 @@ impl SseLayer {
     /// Serves `hub` instead of the layer's own: layers (and clones) given
     /// the same hub serve the same events. Build one with [`Hub::builder`]
     /// to choose its history, lag bound, limits and backplane.
+    ///
+    /// # Panics
+    ///
+    /// When an authorization policy was set on this layer
+    /// ([`authorize`](SseLayer::authorize), [`open_access`](SseLayer::open_access))
+    /// and `hub` has another one: a hub has one policy.
     pub fn hub(mut self, hub: &Hub) -> Self {
         self.hub = hub.clone();
-        self.hub_ready()
+        self.apply_policy().hub_ready()
+    }
+
+    /// Sets the layer's policy on its hub, which has one policy for every
+    /// transport and handle.
+    fn apply_policy(self) -> Self {
+        if let Some(policy) = &self.policy {
+            if let Err(set) = self.hub.set_policy(policy.clone()) {
+                assert!(
+                    set.same(policy),
+                    "SseLayer::authorize/open_access on a hub whose authorization is already \
+                     decided (by Hub::builder().authorize/open_access, or another layer): a hub has \
+                     one policy; set it in one place"
+                );
+            }
+        }
+        self
+    }
+
+    /// Does not serve the event stream at the layer's path: the app serves
+    /// it (or streams under routes of its own) with handlers that open a
+    /// [`Subscribe`](crate::Subscribe), so no stream opens where the app did
+    /// not say. The path still names the stream for the
+    /// [`client_script`](SseLayer::client_script), and the layer still
+    /// serves its WebSocket and script paths if set, and gives every request
+    /// a [`Publisher`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "axum")] {
+    /// use axum::{routing::get, Router};
+    /// use tower_sse::{EventStream, Refusal, SseLayer, Subscribe};
+    ///
+    /// async fn events(sub: Subscribe) -> Result<EventStream, Refusal> {
+    ///     sub.topics_from_query().event_stream().await
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/events", get(events))
+    ///     .layer(SseLayer::new("/events").without_stream_path());
+    /// # }
+    /// ```
+    pub fn without_stream_path(mut self) -> Self {
+        self.serve_stream = false;
+        self
     }
 
     /// The hub builds each event's stream bytes as it is published.
@@ -326,15 +380,19 @@ impl SseLayer {
         self
     }
 
-    /// Decides, for every stream request, which topics the client may
-    /// follow, or answers it with a response of your own (`401`, `403`, a
-    /// redirect...). Without a hook every topic is open to everyone.
+    /// Sets the authorization hook of the hub this layer serves (sugar for
+    /// [`HubBuilder::authorize`](crate::HubBuilder::authorize), which says
+    /// all about it): the hook decides, for every stream of the hub, which
+    /// topics the client may follow, or answers with a response of your own
+    /// (`401`, `403`, a redirect...). It runs on this layer's stream path
+    /// and WebSocket, in handlers' [`Subscribe`](crate::Subscribe), and for
+    /// streams opened through any publisher of the hub, this layer's or
+    /// [`Hub::publisher`]'s.
     ///
-    /// The hook gets the request head (method, URI, headers with cookies,
-    /// extensions) by value and runs before the subscription; `HEAD`
-    /// requests go through it too. A stream that asks for a topic the
-    /// [`Access`] does not allow is refused with `403`. If the hook panics,
-    /// that request gets `500` and the server goes on.
+    /// # Panics
+    ///
+    /// When the hub already has another policy (set on its builder, or by
+    /// another layer serving it): a hub has one.
     ///
     /// ```
     /// use http::{header::COOKIE, request::Parts, Response, StatusCode};
@@ -357,13 +415,68 @@ impl SseLayer {
     ///     }
     /// });
     /// ```
-    pub fn authorize<F, Fut>(mut self, hook: F) -> Self
+    pub fn authorize<F, Fut>(self, hook: F) -> Self
     where
         F: Fn(Parts) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Access, Response<String>>> + Send + 'static,
     {
-        self.config().authorize = Some(Authorize::new(hook));
-        self
+        self.policy(Policy::Hook(Authorize::new(hook)))
+    }
+
+    /// [`authorize`](SseLayer::authorize) with axum's extractors and the
+    /// app's state: see
+    /// [`HubBuilder::authorize_with_state`](crate::HubBuilder::authorize_with_state).
+    ///
+    /// # Panics
+    ///
+    /// As [`authorize`](SseLayer::authorize).
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn authorize_with_state<H, T, S>(self, state: S, hook: H) -> Self
+    where
+        H: crate::AuthorizeHandler<T, S>,
+        S: Clone + Send + Sync + 'static,
+        T: 'static,
+    {
+        let built = Hub::builder().authorize_with_state(state, hook);
+        match built.policy {
+            Some(policy) => self.policy(policy),
+            None => self,
+        }
+    }
+
+    /// Authorizes every stream of the hub this layer serves with JSON Web
+    /// Tokens (feature `jwt`; sugar for
+    /// [`HubBuilder::authorize_jwt`](crate::HubBuilder::authorize_jwt)).
+    ///
+    /// # Panics
+    ///
+    /// As [`authorize`](SseLayer::authorize).
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn authorize_jwt(self, jwt: crate::Jwt) -> Self {
+        let built = Hub::builder().authorize_jwt(jwt);
+        match built.policy {
+            Some(policy) => self.policy(policy),
+            None => self,
+        }
+    }
+
+    /// Says the hub this layer serves is public: every stream may follow
+    /// every topic (sugar for
+    /// [`HubBuilder::open_access`](crate::HubBuilder::open_access)). Without
+    /// a hook that is what happens anyway, with a warning in the log.
+    ///
+    /// # Panics
+    ///
+    /// When the hub already has a hook.
+    pub fn open_access(self) -> Self {
+        self.policy(Policy::Open)
+    }
+
+    fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self.apply_policy()
     }
 }
 
@@ -389,7 +502,7 @@ impl<S> Layer<S> for SseLayer {
             self.path
         );
         let routes = Routes {
-            stream: self.path.clone(),
+            stream: self.serve_stream.then(|| self.path.clone()),
             websocket: self.websocket.clone(),
             client: self.client.clone(),
         };
@@ -417,6 +530,28 @@ mod tests {
     #[should_panic(expected = "serves one path twice")]
     fn a_websocket_on_the_stream_path_is_refused_when_the_app_is_built() {
         let _ = SseLayer::new("/events").websocket("/events").layer(Inner);
+    }
+
+    #[test]
+    #[should_panic(expected = "a hub has one policy")]
+    fn a_second_policy_on_one_hub_is_refused_when_the_app_is_built() {
+        let hub = Hub::builder().open_access().build();
+        let _ = SseLayer::new("/events")
+            .hub(&hub)
+            .authorize(|_: Parts| async { Ok(Access::all()) });
+    }
+
+    #[test]
+    fn the_layers_hook_is_set_on_every_hub_it_serves() {
+        let hub = Hub::new();
+        let layer = SseLayer::new("/events")
+            .authorize(|_: Parts| async { Ok(Access::all()) })
+            .hub(&hub);
+        assert!(matches!(hub.policy(), Some(Policy::Hook(_))));
+        // Clones of the layer, and layers given the same hook, agree.
+        let _ = SseLayer::new("/other").hub(&hub);
+        let again = layer.clone().hub(&hub);
+        assert!(again.hub.policy().is_some());
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod subscription;
 
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -29,6 +29,7 @@ pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{
+    authorize::Policy,
     backplane::{Backplane, Retention},
     error::Error,
     observe,
@@ -80,6 +81,9 @@ struct Inner {
     core: Arc<Core>,
     replica: Option<Arc<Replica>>,
     fan_out: Mutex<Option<JoinHandle<()>>>,
+    /// Who decides what a stream may follow: set once (by the builder, or
+    /// the layer that serves the hub), read by every transport's admission.
+    policy: OnceLock<Policy>,
 }
 
 impl Drop for Inner {
@@ -94,6 +98,8 @@ impl Drop for Inner {
 pub struct HubBuilder {
     settings: Settings,
     backplane: Option<Arc<dyn Backplane>>,
+    /// Set by `authorize` or `open_access` (in `crate::admission`).
+    pub(crate) policy: Option<Policy>,
 }
 
 impl HubBuilder {
@@ -211,6 +217,7 @@ impl HubBuilder {
                 core: Core::new(self.settings, replica.is_some()),
                 replica,
                 fan_out: Mutex::new(None),
+                policy: self.policy.map(OnceLock::from).unwrap_or_default(),
             }),
         };
         hub.ensure_replica();
@@ -223,6 +230,7 @@ impl fmt::Debug for HubBuilder {
         f.debug_struct("HubBuilder")
             .field("settings", &self.settings)
             .field("backplane", &self.backplane.is_some())
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -238,6 +246,25 @@ impl Hub {
     #[cfg_attr(not(feature = "serve"), allow(dead_code))]
     pub(crate) fn same(&self, other: &Hub) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// How its streams are authorized, once decided.
+    pub(crate) fn policy(&self) -> Option<&Policy> {
+        self.inner.policy.get()
+    }
+
+    /// Decides how its streams are authorized, unless that is decided
+    /// already: then `Err` with the policy it has.
+    pub(crate) fn set_policy(&self, policy: Policy) -> Result<(), &Policy> {
+        let mut policy = Some(policy);
+        let set = self
+            .inner
+            .policy
+            .get_or_init(|| policy.take().unwrap_or(Policy::Open));
+        match policy {
+            None => Ok(()),
+            Some(_) => Err(set),
+        }
     }
 
     /// A hub with the default settings and no backplane.
