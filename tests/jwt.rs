@@ -1,7 +1,8 @@
 //! JSON Web Tokens as a hub's authorization (feature `jwt`), over real TCP
 //! with independent clients: the header and `?token=` (EventSource), claims
 //! to topics, refusals with their reasons, a stream that ends at the token's
-//! expiry, rotated keys (HMAC ids, a JWKS), RSA and EC keys.
+//! expiry (and a WebSocket session closed then), rotated keys (HMAC ids, a
+//! JWKS), RSA and EC keys.
 
 mod common;
 
@@ -49,7 +50,7 @@ fn hmac(claims: &Value) -> String {
 
 async fn server(jwt: Jwt) -> Server {
     let hub = Hub::builder().authorize_jwt(jwt).build();
-    let layer = SseLayer::new("/events").hub(&hub);
+    let layer = SseLayer::new("/events").hub(&hub).websocket("/ws");
     Server::start(Router::new().layer(layer), hub.publisher()).await
 }
 
@@ -184,6 +185,29 @@ async fn the_stream_ends_when_the_token_expires() {
     let (status, body) = answer(&server, "", Some(&hmac(&claims))).await;
     assert_eq!((status, body.as_str()), (401, "token expired\n"));
     assert_eq!(answer(&server, "", Some(&hmac(&alice()))).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_websocket_session_is_admitted_by_token_and_closed_at_its_expiry() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = server(jwt()).await;
+    let url = |token: &str| format!("ws://{}/ws?topic=public/news&token={token}", server.addr);
+    let err = tokio_tungstenite::connect_async(url("bogus"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+
+    let mut claims = alice();
+    claims["exp"] = json!(now() + 2);
+    let mut ws = common::ws_open(&url(&hmac(&claims)), None).await;
+    assert_eq!(common::next(&mut ws).await["type"], "subscribed");
+    server
+        .publisher
+        .publish_to("orders/alice", Event::default().data("alice's"))
+        .unwrap();
+    assert_eq!(common::next(&mut ws).await["data"], "alice's");
+    let (code, reason) = common::closed(&mut ws).await;
+    assert_eq!(code, CloseCode::Library(4001), "{reason}");
 }
 
 #[tokio::test]
