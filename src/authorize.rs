@@ -1,4 +1,6 @@
-//! [`Access`]: what the authorization hook grants a client.
+//! [`Access`]: what the authorization hook grants a client, and the hub's
+//! [`Policy`]: who decides it. A leaf (it imports nothing of the crate), so
+//! the hub can hold the policy without naming a transport.
 
 use http::{request::Parts, Response};
 use std::{
@@ -15,7 +17,8 @@ pub(crate) type Decision = Result<Access, Response<String>>;
 
 pub(crate) type DecisionFuture = Pin<Box<dyn Future<Output = Decision> + Send>>;
 
-/// The authorization hook set with [`SseLayer::authorize`](crate::SseLayer::authorize).
+/// The authorization hook of a hub ([`HubBuilder::authorize`](crate::HubBuilder::authorize),
+/// or [`SseLayer::authorize`](crate::SseLayer::authorize) on the hub it serves).
 #[derive(Clone)]
 pub(crate) struct Authorize(pub(crate) Arc<dyn Fn(Parts) -> DecisionFuture + Send + Sync>);
 
@@ -29,14 +32,38 @@ impl Authorize {
     }
 }
 
+/// How a hub decides what a stream may follow: set once per hub, so every
+/// transport and every handle (a layer's, [`Hub::publisher`](crate::Hub::publisher)'s)
+/// runs the same decision.
+#[derive(Clone, Debug)]
+pub(crate) enum Policy {
+    /// The app's hook decides, from the request head.
+    Hook(Authorize),
+    /// Every topic is open to every client: the app said so.
+    Open,
+}
+
+impl Policy {
+    /// Whether both are the same decision (one hook's clones, or both open).
+    pub(crate) fn same(&self, other: &Policy) -> bool {
+        match (self, other) {
+            (Policy::Hook(a), Policy::Hook(b)) => Arc::ptr_eq(&a.0, &b.0),
+            (Policy::Open, Policy::Open) => true,
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Debug for Authorize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Authorize(..)")
     }
 }
 
-/// What the hook given to [`SseLayer::authorize`](crate::SseLayer::authorize)
-/// grants a client: the topics it may follow, who it is, and until when.
+/// What a hub's authorization hook ([`HubBuilder::authorize`](crate::HubBuilder::authorize),
+/// [`SseLayer::authorize`](crate::SseLayer::authorize)) grants a client: the
+/// topics it may follow, who it is, and until when; or what code gives a
+/// stream it opens itself ([`Subscribe::access`](crate::Subscribe::access)).
 ///
 /// A stream that asks (in its query) for a topic it may not follow is
 /// refused with `403 Forbidden`. The default topic, which

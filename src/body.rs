@@ -13,7 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use crate::{open::Refusal, sse::EventStream};
+use crate::{refusal::Refusal, sse::EventStream};
 
 pin_project! {
     /// The response body of [`SseService`](crate::SseService): the inner

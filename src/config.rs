@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
-use crate::{authorize::Authorize, wire};
+use crate::wire;
 
 /// The settings of the streams a layer serves (set with the
 /// [`SseLayer`](crate::SseLayer) builder).
@@ -18,7 +18,6 @@ pub(crate) struct Config {
     pub(crate) topic_param: Box<str>,
     pub(crate) max_topics: usize,
     pub(crate) retry_after: Duration,
-    pub(crate) authorize: Option<Authorize>,
     /// How to find the client's address in a request, if not the default.
     pub(crate) client_address: Option<ClientAddress>,
     /// After a stream writes, how long it collects events before its next
@@ -47,7 +46,6 @@ impl Default for Config {
             topic_param: "topic".into(),
             max_topics: 64,
             retry_after: Duration::from_secs(5),
-            authorize: None,
             client_address: None,
             coalesce: None,
         }

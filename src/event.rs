@@ -102,6 +102,9 @@ impl Event {
     /// Adds data serialized as JSON (compact, hence on one line).
     ///
     /// A serialization failure is reported as [`Error::Json`] on publish.
+    /// Unlike axum's `json_data`, which returns `Result<Event, axum::Error>`,
+    /// this returns the `Event` (as every builder method here does): drop the
+    /// `?` or `.unwrap()` after it when moving code from axum.
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn json_data<T: serde::Serialize>(mut self, data: T) -> Self {

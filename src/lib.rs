@@ -116,18 +116,27 @@
 //!
 //! # Authorization
 //!
-//! [`SseLayer::authorize`] sets a hook that sees each stream request — on the
-//! layer's path, its WebSocket, and streams handlers open with
-//! [`Subscribe`] — and grants an [`Access`] (which topics it may follow, and
-//! private topics it follows without asking) or answers with its own
-//! response (`401`...). A stream asking for a topic it may not follow gets
-//! `403`.
+//! Authorization belongs to the hub: [`HubBuilder::authorize`] (or
+//! [`SseLayer::authorize`] on the hub a layer serves) sets a hook that sees
+//! each stream request — on the layer's path, its WebSocket, streams
+//! handlers open with [`Subscribe`], gRPC methods' streams, whichever
+//! publisher of the hub opens them — and grants an [`Access`] (which topics
+//! it may follow, and private topics it follows without asking) or answers
+//! with its own response (`401`...). A stream asking for a topic it may not
+//! follow gets `403`. With axum the hook can take the app's state and
+//! extractors (`HubBuilder::authorize_with_state`, feature `axum`). A hub without a hook
+//! is open to everyone (say so with [`HubBuilder::open_access`], or a
+//! warning is logged).
 //!
 //! # Feature flags
 //!
 //! * `axum`: [`Publisher`] and [`Subscribe`] are axum extractors;
 //!   [`EventStream`], [`Refusal`] and [`Error`] are `IntoResponse`.
 //! * `json`: [`Event::json_data`].
+//! * `jwt`: `Jwt`, a hub's authorization from JSON Web Tokens (header or
+//!   `?token=`; `sub`, `exp` and a topics claim; HMAC, RSA, EC, key rotation).
+//! * `tonic`: `Subscribe::grpc` (admission from a gRPC call's metadata),
+//!   and [`Refusal`] into `tonic::Status`.
 //! * `postgres`: [`PostgresBackplane`], several instances sharing one stream
 //!   through a table of their PostgreSQL database.
 //! * `redis`: [`RedisBackplane`], the same through a Redis Stream (user and
@@ -145,6 +154,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
 mod authorize;
 pub mod backplane;
 mod body;
@@ -155,11 +165,11 @@ mod event;
 mod hub;
 mod layer;
 mod observe;
-mod open;
 mod published;
 mod publisher;
 mod recent;
 mod record;
+mod refusal;
 mod request;
 #[cfg(feature = "serve")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
@@ -176,6 +186,12 @@ mod wire;
 #[cfg(feature = "ws")]
 mod ws;
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use admission::{AuthorizeFuture, AuthorizeHandler};
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use admission::{Jwt, JwtKey, JwtKeyError};
 pub use authorize::Access;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
@@ -191,13 +207,13 @@ pub use error::{BoxError, Error};
 pub use event::{Event, EventId};
 pub use hub::{BackplaneStatus, BuildError, HistoryRule, Hub, HubBuilder};
 pub use layer::SseLayer;
-pub use open::Refusal;
 pub use published::Published;
 #[cfg(feature = "axum")]
 pub use publisher::MissingPublisher;
 pub use publisher::{Presence, Publisher};
 pub use recent::{HistoryPage, HistoryQuery, MAX_HISTORY_READ};
 pub use record::{Message, Record};
+pub use refusal::Refusal;
 #[cfg(feature = "serve-tls")]
 pub use serve::tls_config;
 #[cfg(feature = "serve")]
@@ -206,3 +222,8 @@ pub use service::{ResponseFuture, SseService};
 pub use sse::{EventStream, RESET_EVENT};
 pub use stream::{Lagged, RecordStream};
 pub use subscribe::Subscribe;
+
+// The README's Rust snippets, compiled as doc tests (with the features they use).
+#[cfg(all(doctest, feature = "axum", feature = "serve-tls", feature = "ws"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

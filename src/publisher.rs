@@ -54,8 +54,10 @@ pub struct Publisher {
 
 impl Hub {
     /// A publisher of this hub. Streams it opens with
-    /// [`subscribe`](Publisher::subscribe) have the default settings; the
-    /// publisher a layer gives has the layer's.
+    /// [`subscribe`](Publisher::subscribe) go through the hub's
+    /// authorization like every other ([`HubBuilder::authorize`](crate::HubBuilder::authorize)),
+    /// with the default stream settings; the publisher a layer gives has the
+    /// layer's settings.
     pub fn publisher(&self) -> Publisher {
         Publisher::new(self.clone(), config::default())
     }
@@ -172,7 +174,9 @@ impl Publisher {
 
     /// A stream of this hub to open from code — a handler with a route of
     /// its own, a gRPC method — with the settings of the layer this
-    /// publisher came from. See [`Subscribe`].
+    /// publisher came from, admitted by the hub's authorization as every
+    /// stream is (give it the caller's request, or an [`Access`](crate::Access)
+    /// of your own). See [`Subscribe`].
     pub fn subscribe(&self) -> Subscribe {
         Subscribe::new(self.hub.clone(), self.config.clone())
     }
@@ -373,7 +377,8 @@ mod axum_impl {
         }
     }
 
-    /// The layer's publisher, with the request's resume point and head.
+    /// The layer's publisher, with the request's resume point and head (for
+    /// the hub's authorization hook).
     impl<S: Send + Sync> FromRequestParts<S> for Subscribe {
         type Rejection = MissingPublisher;
 

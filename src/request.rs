@@ -4,7 +4,7 @@
 use http::request::Parts;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::{config::Config, hub::Resume, open::Refusal, topic};
+use crate::{config::Config, hub::Resume, refusal::Refusal, topic};
 
 /// What a client asked for on a stream path.
 #[derive(Debug)]

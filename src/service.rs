@@ -15,11 +15,11 @@ use std::{
 use tower_service::Service;
 
 use crate::{
-    authorize::Access,
+    admission::{self, Admission, Admitted, Credentials},
     body::{only_get_and_head, refused, text, OwnBody, SseBody},
     client::ClientScript,
-    open::{self, Refusal},
     publisher::Publisher,
+    refusal::Refusal,
     request::{self, StreamRequest},
     sse::{self, EventStream},
 };
@@ -37,7 +37,8 @@ pub struct SseService<S> {
 /// The paths a layer serves itself.
 #[derive(Debug)]
 pub(crate) struct Routes {
-    pub(crate) stream: Box<str>,
+    /// Where the event stream is served, unless the app serves it itself.
+    pub(crate) stream: Option<Box<str>>,
     /// Where the WebSocket endpoint is served, if anywhere.
     #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     pub(crate) websocket: Option<Box<str>>,
@@ -78,12 +79,15 @@ impl<S> SseService<S> {
 /// The layer's own answer on a path it serves, when it has to wait.
 type Answer = Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>;
 
-/// Answers a request on the stream path: at once when nothing needs
-/// awaiting (no hook, no backplane: no future to allocate per stream),
-/// else through a future.
+/// Answers a request on the stream path: admit, then subscribe — at once
+/// when nothing needs awaiting (no hook, no backplane: no future to
+/// allocate per stream), else through a future.
 fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFuture<F> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        let what = format!("the event stream at {}", routes.stream);
+        let what = format!(
+            "the event stream at {}",
+            routes.stream.as_deref().unwrap_or("")
+        );
         return ResponseFuture::ready(only_get_and_head(&parts.method, &what));
     }
     let config = publisher.config();
@@ -91,42 +95,43 @@ fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFut
         Ok(request) => request,
         Err(refusal) => return ResponseFuture::ready(refused(refusal)),
     };
-    let address = request::address(config, &parts);
     let head = parts.method == Method::HEAD;
-    if !open::may_wait(publisher.hub(), config) {
-        let opened = open_stream(&publisher, &Access::all(), &request, address, head);
-        return ResponseFuture::ready(respond(opened));
+    let hub = publisher.hub();
+    let admission = match admission::admit_now(hub, config, Credentials::Request(Box::new(parts))) {
+        Ok(admission) => admission,
+        Err(refusal) => return ResponseFuture::ready(refused(refusal)),
+    };
+    if !admission::may_wait(hub) {
+        if let Admission::Admitted(admitted) = admission {
+            let opened = open_now(&admitted, &request, head);
+            return ResponseFuture::ready(respond(opened));
+        }
     }
     ResponseFuture::own(Box::pin(async move {
         let opened = async {
-            let access = open::authorize(publisher.config(), parts).await?;
-            publisher.hub().caught_up(&request.resume).await;
-            open_stream(&publisher, &access, &request, address, head)
+            let admitted = admission.finish().await?;
+            admitted.caught_up(&request.resume).await;
+            open_now(&admitted, &request, head)
         };
         respond(opened.await)
     }))
 }
 
-/// The stream a request asks for, once authorized (and caught up with an
-/// engine); `None` for `HEAD`, which passes the same checks and subscribes
-/// to nothing.
-fn open_stream(
-    publisher: &Publisher,
-    access: &Access,
+/// The stream of an admitted request (caught up with the engine, if any);
+/// `None` for `HEAD`, which passes the same checks and subscribes to nothing.
+fn open_now(
+    admitted: &Admitted,
     request: &StreamRequest,
-    address: Option<std::net::IpAddr>,
     head: bool,
 ) -> Result<Option<EventStream>, Refusal> {
-    let (hub, config) = (publisher.hub(), publisher.config());
-    let topics = open::topics(config, access, request.topics.iter().map(String::as_str))?;
-    let owner = open::owner(access, address)?;
+    let topics = admitted.grant(request.topics.iter().map(String::as_str))?;
     if head {
         return Ok(None);
     }
-    let subscription = open::subscribe_now(hub, config, &topics, &request.resume, owner)?;
+    let subscription = admitted.subscribe_now(&topics, &request.resume)?;
     Ok(Some(EventStream::new(
         subscription,
-        config,
+        admitted.config(),
         request.with_topic,
     )))
 }
@@ -177,7 +182,7 @@ where
                 return ResponseFuture::ready(client.respond(&parts));
             }
         }
-        if path != &*self.routes.stream {
+        if self.routes.stream.as_deref() != Some(path) {
             req.extensions_mut().insert(self.publisher.clone());
             return ResponseFuture {
                 kind: Kind::Inner {

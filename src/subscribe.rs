@@ -5,25 +5,30 @@ use http::request::Parts;
 use std::{fmt, sync::Arc};
 
 use crate::{
+    admission::{self, Credentials},
     authorize::Access,
     config::Config,
     hub::{Hub, Resume},
-    open::{self, Refusal},
+    refusal::Refusal,
     request,
     sse::{self, EventStream},
     stream::RecordStream,
+    topic,
 };
 
-/// A subscription about to open: its topics, its resume point, and the
-/// request it answers. Get one from [`Publisher::subscribe`], or (feature
-/// `axum`) as an extractor, which also takes the resume point from the
-/// request's `Last-Event-ID` header (or `lastEventId` query parameter).
+/// A subscription about to open: its topics, its resume point, and who
+/// asks. Get one from [`Publisher::subscribe`], or (feature `axum`) as an
+/// extractor, which also gives it the request's head (see
+/// [`request`](Subscribe::request)).
 ///
-/// Opening runs the same step as the layer's own stream path: the layer's
-/// authorization hook (when the subscription has a request head, see
-/// [`request`](Subscribe::request)), its topic and subscriber limits, and
-/// with a backplane the wait for this instance to catch up. The stream
-/// always follows the default topic too, as every stream does.
+/// Opening runs the same admission as the layer's own stream path: the
+/// hub's authorization hook ([`HubBuilder::authorize`]) on the request head
+/// it was given, the topics checked against what it grants, the layer's
+/// topic limit, the hub's subscriber limits, and with a backplane the wait
+/// for this instance to catch up. On a hub with a hook, a `Subscribe` with
+/// neither a request head nor an [`access`](Subscribe::access) is refused
+/// with `401`: no handle opens a stream around the hook by accident. The
+/// stream always follows the default topic too, as every stream does.
 ///
 /// With axum, a stream of one room under its own route:
 ///
@@ -43,6 +48,7 @@ use crate::{
 /// ```
 ///
 /// [`Publisher::subscribe`]: crate::Publisher::subscribe
+/// [`HubBuilder::authorize`]: crate::HubBuilder::authorize
 #[must_use]
 pub struct Subscribe {
     hub: Hub,
@@ -51,6 +57,8 @@ pub struct Subscribe {
     resume: Resume,
     parts: Option<Parts>,
     access: Option<Access>,
+    /// Whether to add the topics of the request's query.
+    query_topics: bool,
     /// Whether the request asked for each event's topic (`with=topic`), or
     /// the refusal of an unknown option.
     with_topic: Result<bool, Refusal>,
@@ -65,6 +73,7 @@ impl Subscribe {
             resume: Resume::Live,
             parts: None,
             access: None,
+            query_topics: false,
             with_topic: Ok(false),
         }
     }
@@ -87,6 +96,31 @@ impl Subscribe {
         self
     }
 
+    /// Also follows the topics named in the query of the request given with
+    /// [`request`](Subscribe::request) (the extractor gives it), as the
+    /// layer's own path does: `?topic=a&topic=b`, with the layer's
+    /// [`topic_param`](crate::SseLayer::topic_param) and
+    /// [`max_topics`](crate::SseLayer::max_topics). Off unless asked for: a
+    /// handler usually decides its topics itself (from its route), and a
+    /// client should not add to them unnoticed. Each still has to be granted
+    /// by the hub's hook (`403` otherwise). Without a request, nothing is
+    /// added.
+    ///
+    /// ```
+    /// # #[cfg(feature = "axum")] {
+    /// use tower_sse::{EventStream, Refusal, Subscribe};
+    ///
+    /// // GET /feed?topic=news&topic=sport
+    /// async fn feed(sub: Subscribe) -> Result<EventStream, Refusal> {
+    ///     sub.topics_from_query().event_stream().await
+    /// }
+    /// # }
+    /// ```
+    pub fn topics_from_query(mut self) -> Self {
+        self.query_topics = true;
+        self
+    }
+
     /// Starts after the event with this id (a `Last-Event-ID`): the stream
     /// first replays what followed it, or starts with a reset when the
     /// history no longer covers it. Without it, the stream starts live.
@@ -97,10 +131,10 @@ impl Subscribe {
 
     /// Answers the request with this head: resumes from its
     /// `Last-Event-ID` header (or `lastEventId` query parameter), sends each
-    /// event's `topic:` line if it asks with `with=topic`, and gives
-    /// the head to the layer's authorization hook, whose [`Access`] then
-    /// decides the topics as on the layer's path (`403` for one it does not
-    /// grant). The axum extractor does this.
+    /// event's `topic:` line if it asks with `with=topic`, and gives the
+    /// head to the hub's authorization hook, whose [`Access`] then decides
+    /// the topics as on the layer's path (`403` for one it does not grant).
+    /// The axum extractor does this.
     pub fn request(mut self, parts: &Parts) -> Self {
         self.resume = request::resume(parts);
         self.with_topic = request::with_topic(parts, &self.config.topic_param);
@@ -109,13 +143,46 @@ impl Subscribe {
         self
     }
 
-    /// Opens it with this [`Access`] rather than one from the layer's
+    /// Answers this gRPC call (feature `tonic`): gives the hub's
+    /// authorization hook a request head made of the call's metadata (as
+    /// headers: `authorization`, cookies, your own keys), its extensions
+    /// (TLS peer certificates, what interceptors put there), the
+    /// caller's address (for
+    /// [`max_streams_per_address`](crate::HubBuilder::max_streams_per_address));
+    /// its method is `POST` and its URI `/` (tonic does not pass the path to
+    /// the method). The resume point stays as [`after`](Subscribe::after)
+    /// sets it. The hook's
+    /// refusal converts into a `tonic::Status` with the hook's message
+    /// (`?` does it).
+    ///
+    /// ```
+    /// # async fn watch(publisher: tower_sse::Publisher, request: tonic::Request<()>) -> Result<(), tonic::Status> {
+    /// let records = publisher.subscribe().grpc(&request).topic("orders").records().await?;
+    /// # let _ = records; Ok(()) }
+    /// ```
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc<T>(mut self, request: &tonic::Request<T>) -> Self {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = http::Method::POST;
+        parts.headers = request.metadata().as_ref().clone();
+        parts.extensions = request.extensions().clone();
+        if let Some(address) = request.remote_addr() {
+            parts.extensions.insert(address);
+        }
+        self.parts = Some(parts);
+        self.access = None;
+        self
+    }
+
+    /// Opens it with this [`Access`] rather than one from the hub's
     /// authorization hook (which then does not run): the topics it allows,
     /// the user it names (for presence, limits and
     /// [`Publisher::disconnect_user`](crate::Publisher::disconnect_user)),
-    /// its expiry. For code that did its own authorization.
+    /// its expiry. For code that did its own authorization, and the explicit
+    /// way to open a stream of a hub with a hook without one:
+    /// `access(Access::all())`.
     pub fn access(mut self, access: Access) -> Self {
-        self.parts = None;
         self.access = Some(access);
         self
     }
@@ -134,21 +201,26 @@ impl Subscribe {
         Ok(RecordStream::new(self.open().await?))
     }
 
-    async fn open(self) -> Result<crate::hub::Subscription, Refusal> {
-        let (access, address) = match self.parts {
-            Some(parts) => {
-                let address = request::address(&self.config, &parts);
-                (open::authorize(&self.config, parts).await?, address)
+    /// Parse, validate, admit, subscribe: the order of every transport.
+    async fn open(mut self) -> Result<crate::hub::Subscription, Refusal> {
+        if let (true, Some(parts)) = (self.query_topics, &self.parts) {
+            let asked = request::parse(parts, &self.config.topic_param, self.config.max_topics)?;
+            self.topics.extend(asked.topics);
+        }
+        if let Some(bad) = self.topics.iter().find(|t| !topic::is_valid(t)) {
+            return Err(Refusal::invalid_topic(bad));
+        }
+        let credentials = match (self.access, self.parts) {
+            (Some(access), parts) => {
+                let address = parts.and_then(|parts| request::address(&self.config, &parts));
+                Credentials::Granted(access, address)
             }
-            None => (self.access.unwrap_or_else(Access::all), None),
+            (None, Some(parts)) => Credentials::Request(Box::new(parts)),
+            (None, None) => Credentials::Nothing,
         };
-        let topics = open::topics(
-            &self.config,
-            &access,
-            self.topics.iter().map(String::as_str),
-        )?;
-        let owner = open::owner(&access, address)?;
-        open::subscribe(&self.hub, &self.config, &topics, &self.resume, owner).await
+        let admitted = admission::admit(&self.hub, &self.config, credentials).await?;
+        let topics = admitted.grant(self.topics.iter().map(String::as_str))?;
+        admitted.subscribe(&topics, &self.resume).await
     }
 }
 

@@ -27,14 +27,14 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    authorize::Access,
+    admission::{self, Admitted, Credentials},
     body::{refused, text, OwnBody},
-    hub::{Ended, Owner, Resume, StartKind, Subscription},
+    hub::{Ended, Resume, StartKind, Subscription},
     observe::{Reason, StreamLife, Transport},
-    open::{self, Kind, Refusal},
     publisher::Publisher,
     record::Encoding,
     record::Record,
+    refusal::{Kind, Refusal},
     request,
     sse::RESET_EVENT,
     topic,
@@ -151,13 +151,11 @@ pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<
     let config = publisher.config().clone();
     let opened = async {
         let request = request::parse(&parts, &config.topic_param, config.max_topics)?;
-        let address = request::address(&config, &parts);
-        let access = open::authorize(&config, parts).await?;
-        let owner = open::owner(&access, address)?;
+        let credentials = Credentials::Request(Box::new(parts));
+        let admitted = admission::admit(publisher.hub(), &config, credentials).await?;
         let mut session = Session {
             publisher,
-            access,
-            owner,
+            admitted,
             topics: request.topics.into_iter().collect(),
             subscription: None,
             last: None,
@@ -257,9 +255,9 @@ impl Close {
 
 struct Session {
     publisher: Publisher,
-    access: Access,
-    /// Whose the session is (its user, address, expiry).
-    owner: Owner,
+    /// What the session may follow and whose it is, decided once at the
+    /// handshake.
+    admitted: Admitted,
     /// Topics the client asked for (the default topic and topics the hook
     /// makes it follow come on top).
     topics: BTreeSet<String>,
@@ -274,15 +272,13 @@ impl Session {
     /// (Re)subscribes to the current topics from `resume`, through the same
     /// checks as the stream path.
     async fn subscribe(&mut self, resume: &Resume) -> Result<(), Refusal> {
-        let config = self.publisher.config();
-        let topics = open::topics(config, &self.access, self.topics.iter().map(String::as_str))?;
+        let topics = self
+            .admitted
+            .grant(self.topics.iter().map(String::as_str))?;
         // Leave first: a session that changes topics at the subscriber limit
         // must not be refused for counting twice.
         self.subscription = None;
-        let owner = self.owner.clone();
-        let subscription =
-            open::subscribe(self.publisher.hub(), config, &topics, resume, owner).await?;
-        self.subscription = Some(subscription);
+        self.subscription = Some(self.admitted.subscribe(&topics, resume).await?);
         Ok(())
     }
 

@@ -21,7 +21,7 @@ mod subscription;
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -32,6 +32,7 @@ pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{
+    authorize::Policy,
     backplane::Backplane,
     error::Error,
     observe,
@@ -87,6 +88,9 @@ struct Inner {
     /// Open streams per user and announced topic: only a user's first
     /// stream on a topic announces `join`, and its last `leave`.
     present: Mutex<HashMap<UserTopic, usize>>,
+    /// Who decides what a stream may follow: set once (by the builder, or
+    /// the layer that serves the hub), read by every transport's admission.
+    policy: OnceLock<Policy>,
 }
 
 /// A user, and a topic it follows.
@@ -104,6 +108,8 @@ impl Drop for Inner {
 pub struct HubBuilder {
     settings: Settings,
     backplane: Option<Arc<dyn Backplane>>,
+    /// Set by `authorize` or `open_access` (in `crate::admission`).
+    pub(crate) policy: Option<Policy>,
 }
 
 impl HubBuilder {
@@ -271,6 +277,7 @@ impl HubBuilder {
                 replica,
                 fan_out: Mutex::new(None),
                 present: Mutex::default(),
+                policy: self.policy.map(OnceLock::from).unwrap_or_default(),
             }),
         };
         hub.ensure_replica();
@@ -287,6 +294,7 @@ impl fmt::Debug for HubBuilder {
         f.debug_struct("HubBuilder")
             .field("settings", &self.settings)
             .field("backplane", &self.backplane.is_some())
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -302,6 +310,25 @@ impl Hub {
     #[cfg_attr(not(feature = "serve"), allow(dead_code))]
     pub(crate) fn same(&self, other: &Hub) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// How its streams are authorized, once decided.
+    pub(crate) fn policy(&self) -> Option<&Policy> {
+        self.inner.policy.get()
+    }
+
+    /// Decides how its streams are authorized, unless that is decided
+    /// already: then `Err` with the policy it has.
+    pub(crate) fn set_policy(&self, policy: Policy) -> Result<(), &Policy> {
+        let mut policy = Some(policy);
+        let set = self
+            .inner
+            .policy
+            .get_or_init(|| policy.take().unwrap_or(Policy::Open));
+        match policy {
+            None => Ok(()),
+            Some(_) => Err(set),
+        }
     }
 
     /// A hub with the default settings and no backplane.

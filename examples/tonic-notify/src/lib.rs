@@ -2,13 +2,18 @@
 //! request's extensions: `Notify` publishes to browsers, and the
 //! server-streaming `Watch` forwards the same events to gRPC clients. The
 //! same server serves the event stream at `GET /events` (HTTP/1.1 accepted).
+//!
+//! Both are admitted by the hub's one authorization hook: [`authorize`]
+//! reads a bearer token from the `authorization` header of the stream's
+//! request, or from the gRPC call's metadata (`Subscribe::grpc`), and its
+//! refusal reaches a gRPC client as a `Status` with the hook's own message.
 
 use std::pin::Pin;
 
 use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{transport::Server, Request, Response, Status};
-use tower_sse::{Event, Lagged, Publisher, Record, Refusal, SseLayer};
+use tower_sse::{Access, Event, Lagged, Publisher, Record, SseLayer};
 
 pub mod proto {
     tonic::include_proto!("notify");
@@ -35,16 +40,30 @@ fn publisher<T>(request: &Request<T>) -> Result<Publisher, Status> {
         .ok_or_else(|| Status::internal("no Publisher: serve this service behind SseLayer"))
 }
 
-/// The gRPC status of a refused subscription, from its HTTP status.
-fn refused(refusal: Refusal) -> Status {
-    let message = refusal.to_string();
-    match refusal.status().as_u16() {
-        400 => Status::invalid_argument(message),
-        401 => Status::unauthenticated(message),
-        403 => Status::permission_denied(message),
-        429 => Status::resource_exhausted(message),
-        503 => Status::unavailable(message),
-        _ => Status::internal(message),
+/// The example's tokens and their users (a real app asks its session store).
+const TOKENS: [(&str, &str); 2] = [("alice-token", "alice"), ("bob-token", "bob")];
+
+/// The hub's authorization hook, for the browsers' stream and `Watch` alike:
+/// a known bearer token follows its user's `orders/<user>` topic (without
+/// asking) and may ask for any `public/` topic; anything else is a `401`
+/// whose message the client gets (as a gRPC `UNAUTHENTICATED` status's).
+pub async fn authorize(parts: http::request::Parts) -> Result<Access, http::Response<String>> {
+    let token = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let user = token.and_then(|token| TOKENS.iter().find(|(t, _)| *t == token));
+    match user {
+        Some((_, user)) => Ok(Access::none()
+            .allow_prefix("public/")
+            .follow(format!("orders/{user}"))
+            .user(*user)),
+        None => {
+            let mut refusal = http::Response::new("unknown token".to_owned());
+            *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
+            Err(refusal)
+        }
     }
 }
 
@@ -99,24 +118,25 @@ impl Notifier for NotifierService {
     /// id received; `RESOURCE_EXHAUSTED` would read as a quota, which is
     /// what a `429` refusal becomes).
     ///
-    /// Opened from code, the subscription does not go through the layer's
-    /// authorization hook (this example sets none): a service with one
-    /// checks the caller here, or gives a request head with
-    /// `Subscribe::request`.
+    /// The call is admitted by the hub's authorization hook, if the hub has
+    /// one, from its metadata (`Subscribe::grpc`); a refusal becomes the
+    /// status of the call, with the hook's message (`UNAUTHENTICATED`,
+    /// `PERMISSION_DENIED` for a topic not granted).
     async fn watch(
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let publisher = publisher(&request)?;
+        let subscribe = publisher.subscribe().grpc(&request);
         let WatchRequest {
             topics,
             last_event_id,
         } = request.into_inner();
-        let mut subscribe = publisher.subscribe().topics(topics);
+        let mut subscribe = subscribe.topics(topics);
         if !last_event_id.is_empty() {
             subscribe = subscribe.after(last_event_id);
         }
-        let records = subscribe.records().await.map_err(refused)?;
+        let records = subscribe.records().await?;
         let reset = records.is_reset().then(|| Notification {
             id: records.starts_after().to_string(),
             reset: true,

@@ -1,7 +1,10 @@
 //! `cargo run -p tonic-notify`, then in one terminal
-//! `curl -N http://127.0.0.1:50051/events`, in another watch the same events
-//! over gRPC with `notify.Notifier/Watch`, and call `notify.Notifier/Notify`
-//! with any gRPC client (or run `cargo test -p tonic-notify`).
+//! `curl -N -H 'authorization: Bearer alice-token' http://127.0.0.1:50051/events`,
+//! in another watch the same events over gRPC with `notify.Notifier/Watch`
+//! (metadata `authorization: Bearer alice-token`), and call
+//! `notify.Notifier/Notify` with any gRPC client (or run
+//! `cargo test -p tonic-notify`). Alice follows `orders/alice` and may ask
+//! for `public/…` topics; without a known token both answer "unknown token".
 
 use tower_sse::SseLayer;
 
@@ -14,6 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = async {
         tokio::signal::ctrl_c().await.ok();
     };
-    tonic_notify::serve(listener, SseLayer::new("/events"), shutdown).await?;
+    let layer = SseLayer::new("/events").authorize(tonic_notify::authorize);
+    tonic_notify::serve(listener, layer, shutdown).await?;
     Ok(())
 }

@@ -333,3 +333,60 @@ async fn a_watcher_that_falls_behind_is_aborted_and_resumes() {
     }
     server.stop().await;
 }
+
+/// A `Watch` with `token` in its metadata.
+async fn watch_as(
+    client: &mut NotifierClient<Channel>,
+    token: Option<&str>,
+    topics: &[&str],
+) -> Result<Streaming<Notification>, tonic::Status> {
+    let mut request = tonic::Request::new(WatchRequest {
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        last_event_id: String::new(),
+    });
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    guard("watch", client.watch(request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_watch_is_admitted_by_the_hubs_hook_from_its_metadata() {
+    let server = Server::with(SseLayer::new("/events").authorize(tonic_notify::authorize)).await;
+    let mut client = server.client().await;
+
+    // No token, or an unknown one: the hook's own message, as UNAUTHENTICATED.
+    for token in [None, Some("mallory-token")] {
+        let status = watch_as(&mut client, token, &[]).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "unknown token");
+    }
+    // Another user's orders: PERMISSION_DENIED, naming the topic.
+    let status = watch_as(&mut client, Some("alice-token"), &["orders/bob"])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("orders/bob"), "{status:?}");
+    assert_eq!(server.publisher.subscriber_count(), 0);
+
+    // Granted: her own orders without asking, and a public topic she asked for.
+    let mut alice = watch_as(&mut client, Some("alice-token"), &["public/news"])
+        .await
+        .unwrap();
+    server.subscribed(1).await;
+    notify(&mut client, "orders/bob", "", "bob's order").await;
+    let hers = notify(&mut client, "orders/alice", "", "alice's order").await;
+    let news = notify(&mut client, "public/news", "", "news").await;
+    assert_eq!(next(&mut alice).await.id, hers);
+    assert_eq!(next(&mut alice).await.id, news);
+
+    // The browsers' stream on the same server runs the same hook.
+    let url = format!("http://{}/events", server.addr);
+    let anonymous = reqwest::get(&url).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.text().await.unwrap(), "unknown token");
+    server.stop().await;
+}

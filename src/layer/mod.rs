@@ -1,12 +1,13 @@
 //! [`SseLayer`]: where the stream is served and how it behaves.
 
-use http::{request::Parts, Response};
-use std::{future::Future, sync::Arc, time::Duration};
+use http::request::Parts;
+use std::{sync::Arc, time::Duration};
 use tower_layer::Layer;
 
+mod policy;
+
 use crate::{
-    authorize::Access,
-    authorize::Authorize,
+    authorize::Policy,
     client::{ClientScript, Defaults},
     config::{ClientAddress, Config},
     hub::Hub,
@@ -55,6 +56,10 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct SseLayer {
     path: Box<str>,
+    /// Whether the layer serves the stream at `path` (else the app does).
+    serve_stream: bool,
+    /// The policy set through this layer, set on every hub it is given.
+    policy: Option<Policy>,
     websocket: Option<Box<str>>,
     /// The browser module, made again when a path it names changes.
     client: Option<Arc<ClientScript>>,
@@ -77,6 +82,8 @@ impl SseLayer {
     pub fn new(path: impl Into<String>) -> Self {
         SseLayer {
             path: absolute(path.into()),
+            serve_stream: true,
+            policy: None,
             websocket: None,
             client: None,
             config: Arc::new(Config::default()),
@@ -88,9 +95,42 @@ impl SseLayer {
     /// Serves `hub` instead of the layer's own: layers (and clones) given
     /// the same hub serve the same events. Build one with [`Hub::builder`]
     /// to choose its history, lag bound, limits and backplane.
+    ///
+    /// # Panics
+    ///
+    /// When an authorization policy was set on this layer
+    /// ([`authorize`](SseLayer::authorize), [`open_access`](SseLayer::open_access))
+    /// and `hub` has another one: a hub has one policy.
     pub fn hub(mut self, hub: &Hub) -> Self {
         self.hub = hub.clone();
-        self.hub_ready()
+        self.apply_policy().hub_ready()
+    }
+
+    /// Does not serve the event stream at the layer's path: the app serves
+    /// it (or streams under routes of its own) with handlers that open a
+    /// [`Subscribe`](crate::Subscribe), so no stream opens where the app did
+    /// not say. The path still names the stream for the
+    /// [`client_script`](SseLayer::client_script), and the layer still
+    /// serves its WebSocket and script paths if set, and gives every request
+    /// a [`Publisher`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "axum")] {
+    /// use axum::{routing::get, Router};
+    /// use tower_sse::{EventStream, Refusal, SseLayer, Subscribe};
+    ///
+    /// async fn events(sub: Subscribe) -> Result<EventStream, Refusal> {
+    ///     sub.topics_from_query().event_stream().await
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/events", get(events))
+    ///     .layer(SseLayer::new("/events").without_stream_path());
+    /// # }
+    /// ```
+    pub fn without_stream_path(mut self) -> Self {
+        self.serve_stream = false;
+        self
     }
 
     /// The hub builds each event's stream bytes as it is published.
@@ -180,7 +220,7 @@ impl SseLayer {
     /// The module asks the stream for each event's topic with `with=topic`
     /// (see the crate docs, "Topics") to route events to subscriptions;
     /// events of the default topic, and of topics the authorization hook
-    /// follows without being asked ([`Access::follow`]), go to every
+    /// follows without being asked ([`Access::follow`](crate::Access::follow)), go to every
     /// subscription. The subscriptions share one stream, so a topic the
     /// hook refuses (`403`) keeps it from opening for all of them: subscribe
     /// to the topics the user may follow.
@@ -325,46 +365,6 @@ impl SseLayer {
         self.config().retry_after = delay;
         self
     }
-
-    /// Decides, for every stream request, which topics the client may
-    /// follow, or answers it with a response of your own (`401`, `403`, a
-    /// redirect...). Without a hook every topic is open to everyone.
-    ///
-    /// The hook gets the request head (method, URI, headers with cookies,
-    /// extensions) by value and runs before the subscription; `HEAD`
-    /// requests go through it too. A stream that asks for a topic the
-    /// [`Access`] does not allow is refused with `403`. If the hook panics,
-    /// that request gets `500` and the server goes on.
-    ///
-    /// ```
-    /// use http::{header::COOKIE, request::Parts, Response, StatusCode};
-    /// use tower_sse::{Access, SseLayer};
-    ///
-    /// let layer = SseLayer::new("/events").authorize(|parts: Parts| async move {
-    ///     // A real app would look the session up; this trusts the cookie.
-    ///     let user = parts
-    ///         .headers
-    ///         .get(COOKIE)
-    ///         .and_then(|c| c.to_str().ok())
-    ///         .and_then(|c| c.split("; ").find_map(|kv| kv.strip_prefix("user=")))
-    ///         .map(str::to_owned);
-    ///     match user {
-    ///         Some(user) => Ok(Access::none().allow_prefix("room/").follow(format!("user/{user}"))),
-    ///         None => Err(Response::builder()
-    ///             .status(StatusCode::UNAUTHORIZED)
-    ///             .body("sign in first\n".to_owned())
-    ///             .unwrap()),
-    ///     }
-    /// });
-    /// ```
-    pub fn authorize<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: Fn(Parts) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Access, Response<String>>> + Send + 'static,
-    {
-        self.config().authorize = Some(Authorize::new(hook));
-        self
-    }
 }
 
 impl<S> Layer<S> for SseLayer {
@@ -389,7 +389,7 @@ impl<S> Layer<S> for SseLayer {
             self.path
         );
         let routes = Routes {
-            stream: self.path.clone(),
+            stream: self.serve_stream.then(|| self.path.clone()),
             websocket: self.websocket.clone(),
             client: self.client.clone(),
         };
