@@ -175,6 +175,14 @@ mod wire;
 #[cfg(feature = "ws")]
 mod ws;
 
+/// Entry points of the fuzz targets in `fuzz/`, built only by cargo-fuzz
+/// (`--cfg fuzzing`): not part of the API.
+#[cfg(all(fuzzing, feature = "ws"))]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::ws::fuzz as ws_control;
+}
+
 pub use authorize::Access;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
