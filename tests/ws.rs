@@ -308,3 +308,34 @@ async fn a_session_whose_client_never_reads_ends_after_the_stall_timeout() {
     assert!(sent.elapsed() < std::time::Duration::from_secs(1));
     drop(stuck);
 }
+
+/// A message that changes nothing (a topic already followed, one not
+/// followed) is answered without re-opening the subscription: it goes on
+/// right after the last event sent, nothing replayed or lost.
+#[tokio::test]
+async fn a_message_that_changes_nothing_keeps_the_subscription() {
+    let server = server(SseLayer::new("/events")).await;
+    let publisher = &server.publisher;
+    let mut ws = open(&server, "?topic=a").await;
+    next(&mut ws).await;
+    let first = publisher
+        .publish_to("a", Event::default().data("1"))
+        .unwrap()
+        .id()
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "1");
+    for message in [
+        json!({"type": "subscribe", "topics": ["a"]}),
+        json!({"type": "unsubscribe", "topics": ["b"]}),
+    ] {
+        send(&mut ws, message).await;
+        let answer = next(&mut ws).await;
+        assert_eq!(answer["type"], "subscribed");
+        assert_eq!(answer["topics"], json!(["a"]));
+        assert_eq!(answer["after"], first.to_string());
+    }
+    publisher
+        .publish_to("a", Event::default().data("2"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "2");
+}
