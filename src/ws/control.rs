@@ -107,9 +107,10 @@ impl Budget {
     }
 }
 
-/// The fuzz target's entry (`fuzz/fuzz_targets/ws_control.rs`): parses
-/// `message`, and checks what a parse promises.
-#[cfg(fuzzing)]
+/// The fuzz target's entry (`fuzz/fuzz_targets/ws_control.rs`, and the
+/// property test below): parses `message`, and checks what a parse
+/// promises.
+#[cfg(any(fuzzing, test))]
 pub fn fuzz(message: &str) {
     match parse(message) {
         Ok(change) => {
@@ -181,5 +182,29 @@ mod tests {
             budget.take().unwrap();
         }
         assert!(budget.take().is_err());
+    }
+
+    proptest::proptest! {
+        /// What the fuzz target checks, on JSON-like text and on messages
+        /// of the right shape with any topics and ids, and on the seeds.
+        #[test]
+        fn any_text_is_read_or_refused_with_a_reason(
+            text in "[{}\\[\\]\",:a-z0-9/ _é€-]{0,80}",
+            kind in "(subscribe|unsubscribe|other)",
+            topics in proptest::collection::vec("\\PC{0,140}", 0..4),
+            id in proptest::option::of("\\PC{0,10}"),
+        ) {
+            fuzz(&text);
+            let message = serde_json::json!({"type": kind, "topics": topics, "last_event_id": id});
+            fuzz(&message.to_string());
+        }
+    }
+
+    #[test]
+    fn the_fuzz_seeds_hold() {
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/ws_control");
+        for seed in std::fs::read_dir(seeds).unwrap() {
+            fuzz(&std::fs::read_to_string(seed.unwrap().path()).unwrap());
+        }
     }
 }
