@@ -196,7 +196,10 @@ fn server(kind: &str) {
             }
             _ => {
                 tokio::select! {
-                    _ = tower_sse::serve(listener, app).into_future() => {}
+                    // Thousands of connections from 127.0.0.1: no per-address cap.
+                    _ = tower_sse::serve(listener, app)
+                        .max_connections_per_address(usize::MAX)
+                        .into_future() => {}
                     () = common::stdin_closed() => {}
                 }
             }
