@@ -64,11 +64,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///   the descriptors the app, its database and its engine need; and 256
 ///   per client address, so one host cannot take them all. One past either
 ///   is answered `503` with `Retry-After` and closed at once.
-/// - HTTP/2: at most 100 streams per connection (as browsers expect), and a
-///   response that makes no write progress for 10 s (the client does not
-///   read: its socket stays full, or it never opens a stream's flow-control
-///   window, pings answered or not) closes its connection; the streams on
-///   it resume from their ids, as after falling behind.
+/// - HTTP/2: at most 100 streams per connection (as browsers expect).
+/// - An event stream (a `text/event-stream` response) that makes no write
+///   progress for 10 s (the client does not read: its socket stays full, or
+///   it never opens the stream's HTTP/2 flow-control window, pings answered
+///   or not) closes its connection; the streams on it resume from their
+///   ids, as after falling behind.
 /// - A 64 KiB socket send buffer: what a client that never reads holds in
 ///   the kernel is bounded (the kernel doubles it: 128 KiB).
 ///
@@ -250,11 +251,13 @@ impl<S> Serve<S> {
         self
     }
 
-    /// How long a response may have something to send that the client
-    /// does not take (an HTTP/1.1 socket that stays full, an HTTP/2 stream
-    /// whose flow-control window stays shut) before its connection is
-    /// closed, or never. The event streams on it count as having fallen
-    /// behind: their clients resume from their ids. Default 10 s.
+    /// How long an event stream (a `text/event-stream` response) may have
+    /// something to send that the client does not take (an HTTP/1.1 socket
+    /// that stays full, an HTTP/2 stream whose flow-control window stays
+    /// shut) before its connection is closed, or never. The event streams
+    /// on it count as having fallen behind: their clients resume from their
+    /// ids. Other responses are not watched (a download to a slow client
+    /// may wait long between polls while it still reads). Default 10 s.
     pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.write_stall = timeout;
         self

@@ -1,7 +1,8 @@
-//! Responses that make no write progress: a body that has something to send
-//! (it woke its task) but that hyper does not poll for that long is
-//! stalled, because the client does not read: an HTTP/1.1 socket that stays
-//! full, or an HTTP/2 stream whose flow-control window stays shut (hyper
+//! Event streams that make no write progress: a `text/event-stream` body
+//! that has something to send (it woke its task, or just gave a frame) but
+//! that hyper does not poll for that long is stalled, because the client
+//! does not read: an HTTP/1.1 socket that stays full, or an HTTP/2 stream
+//! whose flow-control window stays shut (hyper
 //! polls a body only when the stream has window, so the body itself could
 //! never notice). The connection is then closed and its streams resume
 //! from their ids, as a stream that fell behind does.
@@ -74,8 +75,15 @@ impl Stalls {
         let waker = Waker::from(watch.clone());
         Watched {
             inner: body,
-            watch,
-            waker,
+            watch: Some((watch, waker)),
+        }
+    }
+
+    /// `body`, not watched.
+    fn pass<B>(body: B) -> Watched<B> {
+        Watched {
+            inner: body,
+            watch: None,
         }
     }
 
@@ -143,12 +151,12 @@ impl Wake for Watch {
 }
 
 pin_project! {
-    /// A response body whose polls are watched (see the module's docs).
+    /// A response body whose polls are watched (see the module's docs),
+    /// or, for a response that is not an event stream, not.
     pub(super) struct Watched<B> {
         #[pin]
         inner: B,
-        watch: Arc<Watch>,
-        waker: Waker,
+        watch: Option<(Arc<Watch>, Waker)>,
     }
 }
 
@@ -161,16 +169,19 @@ impl<B: Body> Body for Watched<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        let Some((watch, waker)) = this.watch else {
+            return this.inner.poll_frame(cx);
+        };
         // Polled: no longer waiting. The body wakes our waker, which marks
         // when it starts waiting again, then hyper's task.
-        this.watch.task.register(cx.waker());
-        this.watch.since.store(0, Ordering::Release);
-        let polled = this.inner.poll_frame(&mut Context::from_waker(this.waker));
+        watch.task.register(cx.waker());
+        watch.since.store(0, Ordering::Release);
+        let polled = this.inner.poll_frame(&mut Context::from_waker(waker));
         if let Poll::Ready(Some(_)) = &polled {
             // It may have more at once: waiting until hyper asks again
             // (which it does not while the client's socket or window is
             // full).
-            this.watch.start_waiting();
+            watch.start_waiting();
         }
         polled
     }
@@ -208,7 +219,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(response.map(|body| this.stalls.watch(body))))
+        // Event streams only: they never end, and a client that stops
+        // reading one holds it for good. Other responses (a download to a
+        // slow client, whose next poll may be long in coming while it still
+        // reads) are the app's to bound.
+        let stream = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+        Poll::Ready(Ok(response.map(|body| {
+            if stream {
+                this.stalls.watch(body)
+            } else {
+                Stalls::pass(body)
+            }
+        })))
     }
 }
 
@@ -258,6 +283,27 @@ mod tests {
         stalls.stalled().await;
         assert_eq!(start.elapsed().as_secs(), 10);
         drop(never);
+    }
+
+    /// Event streams are watched; other responses (a download to a slow
+    /// client) are not.
+    #[tokio::test]
+    async fn only_event_streams_are_watched() {
+        let stalls = Stalls::new(Duration::from_secs(10));
+        let respond = |content_type: &'static str| {
+            let response = Response::builder()
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            Watching::new(
+                std::future::ready(Ok::<_, std::convert::Infallible>(response)),
+                stalls.clone(),
+            )
+        };
+        let stream = respond("text/event-stream").await.unwrap();
+        assert!(stream.body().watch.is_some());
+        let download = respond("application/octet-stream").await.unwrap();
+        assert!(download.body().watch.is_none());
     }
 
     /// Polls `body` once; whether it was pending.
