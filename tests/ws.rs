@@ -339,3 +339,24 @@ async fn a_message_that_changes_nothing_keeps_the_subscription() {
         .unwrap();
     assert_eq!(next(&mut ws).await["data"], "2");
 }
+
+/// A session at the subscriber limit still changes topics: the new
+/// subscription opens before the old one goes, and when that counts one
+/// too many, the old one goes first.
+#[tokio::test]
+async fn a_session_at_the_limit_still_changes_topics() {
+    let layer = SseLayer::new("/events").hub(&Hub::builder().max_subscribers(1).build());
+    let server = server(layer).await;
+    let mut ws = open(&server, "?topic=a").await;
+    next(&mut ws).await;
+    send(&mut ws, json!({"type": "subscribe", "topics": ["b"]})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["type"], "subscribed");
+    assert_eq!(answer["topics"], json!(["a", "b"]));
+    server
+        .publisher
+        .publish_to("b", Event::default().data("on b"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "on b");
+    assert_eq!(server.publisher.subscriber_count(), 1);
+}
