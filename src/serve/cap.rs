@@ -32,32 +32,33 @@ impl Connections {
         }
     }
 
-    /// Serves `tcp` with `serve`, or refuses it when a cap is reached.
-    pub(super) fn admit<F>(
-        &mut self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        serve: impl FnOnce(TcpStream) -> F,
-    ) where
+    /// `tcp`, unless a cap is reached: then it is answered and closed at
+    /// once (before any other work is spent on it).
+    pub(super) fn admit(&mut self, tcp: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+        self.reap();
+        let from_peer = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
+        if self.tasks.len() < self.max && from_peer < self.max_per_address {
+            return Some(tcp);
+        }
+        tracing::debug!(
+            %peer,
+            open = self.tasks.len(),
+            from_peer,
+            "serve: too many connections; refused"
+        );
+        // Written only if the socket takes it at once; closed either way.
+        let _ = tcp.try_write(TOO_MANY_CONNECTIONS);
+        None
+    }
+
+    /// Serves an admitted connection of `peer`.
+    pub(super) fn spawn<F>(&mut self, peer: SocketAddr, serve: F)
+    where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.reap();
-        let ip = peer.ip();
-        let from_peer = self.per_address.get(&ip).copied().unwrap_or(0);
-        if self.tasks.len() >= self.max || from_peer >= self.max_per_address {
-            tracing::debug!(
-                %peer,
-                open = self.tasks.len(),
-                from_peer,
-                "serve: too many connections; refused"
-            );
-            // Written only if the socket takes it at once; closed either way.
-            let _ = tcp.try_write(TOO_MANY_CONNECTIONS);
-            return;
-        }
-        let task = self.tasks.spawn(serve(tcp));
-        self.addresses.insert(task.id(), ip);
-        *self.per_address.entry(ip).or_default() += 1;
+        let task = self.tasks.spawn(serve);
+        self.addresses.insert(task.id(), peer.ip());
+        *self.per_address.entry(peer.ip()).or_default() += 1;
     }
 
     /// Forgets the connections that ended.

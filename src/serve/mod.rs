@@ -401,6 +401,9 @@ where
             },
             () = &mut signal => break,
         };
+        let Some(tcp) = connections.admit(tcp, peer) else {
+            continue;
+        };
         configure(&tcp, &settings);
         let service = WithPeer {
             inner: service.clone(),
@@ -408,10 +411,16 @@ where
             hubs: hubs.clone(),
             stalls: Stalls::new(settings.write_stall.unwrap_or(Duration::MAX)),
         };
-        let (builder, settings, stopping) = (builder.clone(), settings.clone(), stopping.clone());
-        connections.admit(tcp, peer, move |tcp| {
-            connection(tcp, service, builder, settings, stopping)
-        });
+        connections.spawn(
+            peer,
+            connection(
+                tcp,
+                service,
+                builder.clone(),
+                settings.clone(),
+                stopping.clone(),
+            ),
+        );
     }
     drop(listener);
     hubs.close();
