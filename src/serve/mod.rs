@@ -70,8 +70,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///   it never opens the stream's HTTP/2 flow-control window, pings answered
 ///   or not) closes its connection; the streams on it resume from their
 ///   ids, as after falling behind.
-/// - A 64 KiB socket send buffer: what a client that never reads holds in
-///   the kernel is bounded (the kernel doubles it: 128 KiB).
+/// - A 64 KiB socket send buffer and 64 KiB of hyper's buffer per HTTP/1.1
+///   connection: what a client that never reads holds is bounded (about
+///   200 KiB with the kernel's accounting); request heads up to 64 KiB.
 ///
 /// On graceful shutdown it stops accepting, [closes](crate::Publisher::close)
 /// the hub of every [`SseLayer`](crate::SseLayer) that served a request
@@ -136,6 +137,7 @@ struct Settings {
     http2_max_streams: u32,
     write_stall: Option<Duration>,
     send_buffer: Option<usize>,
+    http1_buffer: usize,
     #[cfg(feature = "serve-tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -153,6 +155,7 @@ impl Default for Settings {
             http2_max_streams: 100,
             write_stall: Some(Duration::from_secs(10)),
             send_buffer: Some(64 * 1024),
+            http1_buffer: 64 * 1024,
             #[cfg(feature = "serve-tls")]
             tls: None,
         }
@@ -179,6 +182,7 @@ impl<S> fmt::Debug for Serve<S> {
             )
             .field("write_stall_timeout", &self.settings.write_stall)
             .field("send_buffer_size", &self.settings.send_buffer)
+            .field("http1_max_buf_size", &self.settings.http1_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +274,17 @@ impl<S> Serve<S> {
     /// 64 KiB: an event stream's traffic fits many times over.
     pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
         self.settings.send_buffer = bytes;
+        self
+    }
+
+    /// How many bytes hyper buffers per HTTP/1.1 connection, each way: the
+    /// longest request head it reads (a longer one is refused), and what it
+    /// queues for a client before it stops taking more of the response.
+    /// Default 64 KiB (hyper's own is about 400 KiB): with the send buffer,
+    /// what a client that never reads holds. At least 8 KiB.
+    pub fn http1_max_buf_size(mut self, bytes: usize) -> Self {
+        // hyper panics below 8 KiB.
+        self.settings.http1_buffer = bytes.max(8 * 1024);
         self
     }
 
@@ -444,7 +459,8 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.http1_buffer);
     builder
         .http2()
         .timer(TokioTimer::new())
