@@ -196,7 +196,9 @@ async fn http2_streams_that_never_open_their_window_are_ended() {
         // Long enough to open all 100 streams first (each waits from when
         // it opens): a stall is counted from then.
         s.write_stall_timeout(Some(Duration::from_secs(2)))
-            .http2_ping(Some(Duration::from_millis(50)))
+            // Pings the client answers all along (a slow answer under load
+            // must not be what closes the connection).
+            .http2_ping(Some(Duration::from_millis(500)))
     })
     .await;
     let before = resident();
