@@ -183,6 +183,9 @@ impl HubBuilder {
     /// 100: one HTTP/2 connection's streams, or a NAT of a dozen users with
     /// six tabs each, while one host takes at most 1% of
     /// [`max_subscribers`](Self::max_subscribers). `usize::MAX` for no limit.
+    /// Behind a proxy, say where the client's address is
+    /// ([`SseLayer::client_address`](crate::SseLayer::client_address)), or
+    /// every client shares the proxy's.
     pub fn max_streams_per_address(mut self, streams: usize) -> Self {
         self.settings.max_streams_per_address = streams;
         self
