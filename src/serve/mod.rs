@@ -241,7 +241,9 @@ impl<S> Serve<S> {
     /// [`max_connections`](Serve::max_connections). Default 256: the hub's
     /// default of 100 streams per address over HTTP/1.1, and the page loads
     /// of a NAT's users beside them, while one host cannot fill the server.
-    /// `usize::MAX` for no limit.
+    /// `usize::MAX` for no limit. Behind a reverse proxy every connection
+    /// comes from the proxy: lift it there, and limit each client at the
+    /// proxy.
     pub fn max_connections_per_address(mut self, connections: usize) -> Self {
         self.settings.max_connections_per_address = connections.max(1);
         self
