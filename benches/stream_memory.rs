@@ -178,7 +178,13 @@ fn server(kind: &str) {
     runtime.block_on(async {
         use tower_sse::{Hub, SseLayer};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hub = Hub::builder().history(4096).max_lag(4096).build();
+        // Every client comes from 127.0.0.1, thousands of them: no stream limit.
+        let hub = Hub::builder()
+            .history(4096)
+            .max_lag(4096)
+            .max_subscribers(usize::MAX)
+            .max_streams_per_address(usize::MAX)
+            .build();
         let app = axum::Router::new().layer(SseLayer::new("/events").hub(&hub));
         println!("{}", listener.local_addr().unwrap().port());
         match kind {
@@ -190,7 +196,10 @@ fn server(kind: &str) {
             }
             _ => {
                 tokio::select! {
-                    _ = tower_sse::serve(listener, app).into_future() => {}
+                    // Thousands of connections from 127.0.0.1: no per-address cap.
+                    _ = tower_sse::serve(listener, app)
+                        .max_connections_per_address(usize::MAX)
+                        .into_future() => {}
                     () = common::stdin_closed() => {}
                 }
             }

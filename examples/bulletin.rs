@@ -15,7 +15,8 @@
 //! * `GET /events.js` — the client module (`SseLayer::client_script`).
 //! * `GET /rooms/{room}/events` — the room's event stream, opened by a
 //!   handler of its own (the `Subscribe` extractor) under the layer's hook
-//!   (for `curl`, or a bare `EventSource`).
+//!   (for `curl`, or a bare `EventSource`); signed in, with the room's
+//!   presence topic.
 //! * `POST /publish` — form fields `message`, and optionally `room` (publish to
 //!   topic `room/<room>`; without it, to everyone), `to` (a private message to
 //!   that user's topic `user/<to>`) and `event` (the event name). Answers
@@ -26,8 +27,12 @@
 //!   ends every stream of that user at once (in every tab), so none keeps
 //!   receiving private messages.
 //! * `GET /rooms/{room}/here` — who is in the room: `{"streams": n, "users":
-//!   […]}`, from the hub's presence; the page shows "N here", refreshed when
-//!   a signed-in user joins or leaves (the hub's `join`/`leave` events).
+//!   […]}`, from the hub's presence of topic `here/<room>`; the page shows
+//!   "N here", refreshed when a signed-in user joins or leaves (the hub's
+//!   `join`/`leave` events on that topic). Presence is for signed-in users
+//!   only, by the same rule as the streams: the hook grants `here/` topics
+//!   to them alone, and this route asks the same function (`403` otherwise),
+//!   so an anonymous client neither lists nor hears who is there.
 //! * `GET /metrics` — with `--features axum,metrics`, the crate's metrics in
 //!   Prometheus's text format.
 //! * `GET /events?topic=…` — the layer's own event stream, any topics.
@@ -82,10 +87,13 @@ async fn metrics() -> String {
 }
 
 /// The layer as the example configures it: anyone may follow the rooms; a
-/// signed-in user also follows their private topic, and only theirs.
+/// signed-in user also follows their private topic, and only theirs, and
+/// may follow the rooms' presence.
 pub fn layer() -> SseLayer {
-    // Signed-in users joining or leaving a room are announced in it.
-    let hub = Hub::builder().presence_events("room/").build();
+    // Signed-in users following a room's presence topic (`here/<room>`) are
+    // announced there, to the signed-in users who follow it: not in the
+    // room's own topic, which anonymous readers follow too.
+    let hub = Hub::builder().presence_events("here/").build();
     // The page imports the module that reads the stream for every tab.
     let layer = SseLayer::new("/events")
         .hub(&hub)
@@ -96,13 +104,21 @@ pub fn layer() -> SseLayer {
     layer
         .keep_alive(Duration::from_secs(15))
         .retry(Duration::from_secs(2))
-        .authorize(|parts: Parts| async move {
-            let access = Access::none().allow_prefix("room/");
-            Ok(match user(&parts.headers) {
-                Some(name) => access.follow(format!("user/{name}")).user(name),
-                None => access,
-            })
-        })
+        .authorize(|parts: Parts| async move { Ok(access(&parts.headers)) })
+}
+
+/// What a request may follow: anyone the rooms (`room/…`); signed in, also
+/// the rooms' presence (`here/…`) and, without asking, the user's private
+/// topic. The layer's hook and the `here` route both decide by it.
+fn access(headers: &HeaderMap) -> Access {
+    let access = Access::none().allow_prefix("room/");
+    match user(headers) {
+        Some(name) => access
+            .allow_prefix("here/")
+            .follow(format!("user/{name}"))
+            .user(name),
+        None => access,
+    }
 }
 
 /// The signed-in user's name, from the `user` cookie. A toy: a real app
@@ -130,9 +146,14 @@ async fn index() -> Html<&'static str> {
     Html(PAGE)
 }
 
-/// Who is in a room now (on this instance).
-async fn here(Path(room): Path<String>, publisher: Publisher) -> Response {
-    match publisher.presence(&format!("room/{room}")) {
+/// Who is in a room now (on this instance): for those who may follow the
+/// room's presence topic, as its stream would decide.
+async fn here(Path(room): Path<String>, headers: HeaderMap, publisher: Publisher) -> Response {
+    let topic = format!("here/{room}");
+    if !access(&headers).allows(&topic) {
+        return reject(StatusCode::FORBIDDEN, "sign in to see who is here");
+    }
+    match publisher.presence(&topic) {
         Ok(here) => (
             [(header::CONTENT_TYPE, "application/json")],
             serde_json::json!({"streams": here.streams, "users": here.users}).to_string(),
@@ -145,15 +166,24 @@ async fn here(Path(room): Path<String>, publisher: Publisher) -> Response {
 /// One room's stream (and, signed in, the user's private topic, which the
 /// layer's hook adds): the same stream as the layer's path, under a route
 /// of the app's own.
-async fn room_events(Path(room): Path<String>, sub: Subscribe) -> Result<EventStream, Response> {
+async fn room_events(
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    sub: Subscribe,
+) -> Result<EventStream, Response> {
     if !valid_name(&room) {
         return Err(reject(
             StatusCode::NOT_FOUND,
             "no such room: a room is 1 to 32 letters, digits, `-` or `_`",
         ));
     }
-    let stream = sub.topic(format!("room/{room}")).event_stream().await;
-    stream.map_err(Refusal::into_response)
+    let mut sub = sub.topic(format!("room/{room}"));
+    // Signed in: who comes and goes too, the room's presence topic.
+    let here = format!("here/{room}");
+    if access(&headers).allows(&here) {
+        sub = sub.topic(here);
+    }
+    sub.event_stream().await.map_err(Refusal::into_response)
 }
 
 #[derive(Deserialize)]
@@ -415,8 +445,11 @@ const PAGE: &str = r##"<!doctype html>
   const [list, status, error, room, transport, hereLine, who] =
     ["messages", "status", "error", "room", "transport", "here", "who"].map($);
 
-  // "N here": the room's presence, refreshed when someone joins or leaves.
+  // "N here": the room's presence, refreshed when someone joins or leaves;
+  // only signed-in users may see it (and follow its topic, here/<room>).
+  let signedIn = false;
   async function refreshHere() {
+    if (!signedIn) return (hereLine.textContent = "sign in to see who is here");
     const r = await fetch("/rooms/" + encodeURIComponent(room.value) + "/here");
     if (!r.ok) return;
     const here = await r.json();
@@ -440,11 +473,14 @@ const PAGE: &str = r##"<!doctype html>
   // One connection for every tab (the module shares it and resumes it):
   // this page follows the room; signed in, the server adds the private topic.
   let hub, sub;
-  function follow() {
+  function follow(keep) {
     sub?.close();
-    list.replaceChildren();
+    if (!keep) list.replaceChildren();
     const name = room.value, via = hub.transport === "websocket" ? " (WebSocket)" : "";
-    sub = hub.subscribe(["room/" + name], {
+    // A topic the hook refuses would keep the shared stream from opening:
+    // the presence topic only when signed in.
+    const topics = signedIn ? ["room/" + name, "here/" + name] : ["room/" + name];
+    sub = hub.subscribe(topics, {
       message(e) {
         if (e.event === "join" || e.event === "leave") refreshHere();
         else if (e.event === "private") show(e.data, "private · " + when(e), "private");
@@ -457,7 +493,11 @@ const PAGE: &str = r##"<!doctype html>
         status.textContent = { live: `live in #${name}${via}`, down: "reconnecting…" }[state] ?? "connecting…";
         if (state === "live") refreshHere();
       },
-      error: (e) => (status.textContent = `reconnecting in ${(e.retryIn / 1000).toFixed(1)} s: ${e.message}`),
+      error(e) {
+        status.textContent = `reconnecting in ${(e.retryIn / 1000).toFixed(1)} s: ${e.message}`;
+        // Signed out in another tab: the presence topic is refused now.
+        if (e.status === 403 && signedIn) showWho();
+      },
     });
   }
   function start() {
@@ -471,14 +511,17 @@ const PAGE: &str = r##"<!doctype html>
     }
     follow();
   }
-  room.addEventListener("change", follow);
+  room.addEventListener("change", () => follow());
   transport.addEventListener("change", start);
   start();
 
   const signedOut = who.innerHTML;
   async function showWho() {
     const r = await fetch("/me");
-    if (r.status !== 200) return (who.innerHTML = signedOut);
+    const was = signedIn;
+    signedIn = r.status === 200;
+    if (hub && signedIn !== was) follow(true); // with or without the presence topic
+    if (!signedIn) return (who.innerHTML = signedOut);
     who.innerHTML = '<span></span><form method="post" action="/logout"><button class="quiet">Sign out</button></form>';
     who.querySelector("span").textContent = "signed in as " + (await r.text());
   }

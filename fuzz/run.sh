@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-600}"
-for target in subscribe_request event_roundtrip; do
+for target in subscribe_request event_roundtrip ws_control; do
     mkdir -p "corpus/$target" artifacts
     # Fresh inputs go to a scratch copy, so the committed seeds stay small.
     work="$(mktemp -d)"

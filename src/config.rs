@@ -24,6 +24,9 @@ pub(crate) struct Config {
     /// write ([`SseLayer::coalesce`](crate::SseLayer::coalesce)); `None`:
     /// each write as soon as there is something to send.
     pub(crate) coalesce: Option<Duration>,
+    /// How long a WebSocket session's write may wait for the client
+    /// ([`SseLayer::write_stall_timeout`](crate::SseLayer::write_stall_timeout)).
+    pub(crate) write_stall: Duration,
 }
 
 /// A function that finds the client's address in a request head.
@@ -48,6 +51,7 @@ impl Default for Config {
             retry_after: Duration::from_secs(5),
             client_address: None,
             coalesce: None,
+            write_stall: Duration::from_secs(10),
         }
     }
 }

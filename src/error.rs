@@ -14,8 +14,10 @@ pub enum Error {
     /// The event name contains a line break (`\n` or `\r`), which would end
     /// the `event:` field early and let the rest be read as other fields.
     InvalidEventName,
-    /// The event name starts with `tower-sse:`, which the hub keeps for the
-    /// orders it sends itself through a backplane.
+    /// The event name is `reset` (the [`RESET_EVENT`](crate::RESET_EVENT) a
+    /// stream starts with when events were missed) or starts with
+    /// `tower-sse:` (the orders the hub sends itself through a backplane):
+    /// the stream's own control events, which a publisher cannot forge.
     ReservedEventName,
     /// The event id contains a line break or a NUL character; browsers
     /// ignore an id with NUL, and a line break would end the field early.
@@ -48,9 +50,10 @@ impl fmt::Display for Error {
             Error::InvalidEventName => {
                 f.write_str("invalid event name: it must not contain `\\n` or `\\r`")
             }
-            Error::ReservedEventName => {
-                f.write_str("invalid event name: names starting with `tower-sse:` are reserved")
-            }
+            Error::ReservedEventName => f.write_str(
+                "invalid event name: `reset` and names starting with `tower-sse:` are \
+                 reserved for the stream's own control events",
+            ),
             Error::InvalidId => {
                 f.write_str("invalid event id: it must not contain `\\n`, `\\r` or NUL")
             }

@@ -192,6 +192,15 @@ pub use admission::{AuthorizeFuture, AuthorizeHandler};
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use admission::{Jwt, JwtKey, JwtKeyError};
+
+/// Entry points of the fuzz targets in `fuzz/`, built only by cargo-fuzz
+/// (`--cfg fuzzing`): not part of the API.
+#[cfg(all(fuzzing, feature = "ws"))]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::ws::fuzz as ws_control;
+}
+
 pub use authorize::Access;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]

@@ -14,6 +14,7 @@ use crate::{
     published::Published,
     recent::{HistoryPage, HistoryQuery},
     record::Message,
+    sse::RESET_EVENT,
     subscribe::Subscribe,
     topic,
 };
@@ -81,7 +82,9 @@ impl Publisher {
     /// Publishes `event` to every subscriber, whatever topics they follow.
     ///
     /// `Err` when the event is refused: invalid ([`Error::InvalidEventName`],
-    /// [`Error::InvalidId`], ...), larger than
+    /// [`Error::InvalidId`], ...), named `reset` or `tower-sse:…`, which the
+    /// stream keeps for its own control events ([`Error::ReservedEventName`]),
+    /// larger than
     /// [`HubBuilder::max_event_size`](crate::HubBuilder::max_event_size)
     /// ([`Error::TooLarge`]), the hub is closed ([`Error::Closed`]), or its
     /// backplane is down or not keeping up ([`Error::Backplane`]). A refused
@@ -312,10 +315,14 @@ pub struct Presence {
     pub user_count: usize,
 }
 
-/// `event`, unless its name is one the hub keeps for itself.
+/// `event`, unless its name is one the hub keeps for itself: the
+/// [`RESET_EVENT`] a stream starts with (a forged one would make every
+/// browser reload its state) and the `tower-sse:` control orders.
 fn unreserved(event: Event) -> Result<Event, Error> {
     match &event.name {
-        Some(name) if name.starts_with(control::RESERVED) => Err(Error::ReservedEventName),
+        Some(name) if &**name == RESET_EVENT || name.starts_with(control::RESERVED) => {
+            Err(Error::ReservedEventName)
+        }
         _ => Ok(event),
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::{
     tungstenite::{
         handshake::derive_accept_key,
@@ -37,8 +37,11 @@ use crate::{
     refusal::{Kind, Refusal},
     request,
     sse::RESET_EVENT,
-    topic,
 };
+
+mod control;
+#[cfg(fuzzing)]
+pub use control::fuzz;
 
 /// The largest message a client may send, and the largest frame.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
@@ -210,8 +213,50 @@ pub(crate) async fn respond(mut parts: Parts, publisher: Publisher) -> Response<
     response
 }
 
+/// The longest close reason, in bytes: a control frame carries at most 125,
+/// two of which are the code (RFC 6455, 5.5). A longer one (a reason naming
+/// a long topic) would make the client fail the connection without a code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The largest index at most `max` that starts a character of `text`, so
+/// cutting there leaves valid UTF-8.
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    if max >= text.len() {
+        return text.len();
+    }
+    // A character is at most 4 bytes: one of these 4 indices is a boundary.
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
 /// Why a session ends: the close frame that says so, and the reason counted.
+#[derive(Debug)]
 struct Close(CloseCode, String, Reason);
+
+/// How long a closing session waits for the client's part of the close
+/// handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Awaits a write to the client, unless the client takes nothing for
+/// `stall` (its socket or HTTP/2 window stays full, pings answered or
+/// not): then the session ends as one that fell behind. `Err(None)` when
+/// the write failed (the client left).
+async fn bounded<T, E>(
+    stall: Duration,
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Option<Close>> {
+    match tokio::time::timeout(stall, write).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(Close(
+            CloseCode::Again,
+            "the client took nothing for too long; reconnect with last_event_id".into(),
+            Reason::Lagged,
+        ))),
+    }
+}
 
 impl Close {
     /// The close of a subscription ended from outside; `None` for a closing
@@ -275,11 +320,28 @@ impl Session {
         let topics = self
             .admitted
             .grant(self.topics.iter().map(String::as_str))?;
-        // Leave first: a session that changes topics at the subscriber limit
-        // must not be refused for counting twice.
-        self.subscription = None;
-        self.subscription = Some(self.admitted.subscribe(&topics, resume).await?);
+        // The new subscription opens before the old one is dropped, so the
+        // topics kept are followed throughout: their presence sees no one
+        // leave and come back, only the topics that changed do.
+        let subscription = match self.admitted.subscribe(&topics, resume).await {
+            Err(refusal) if refusal.kind() == Kind::Unavailable && self.subscription.is_some() => {
+                // At a limit, this session counted twice: leave first.
+                self.subscription = None;
+                self.admitted.subscribe(&topics, resume).await?
+            }
+            opened => opened?,
+        };
+        self.subscription = Some(subscription);
         Ok(())
+    }
+
+    /// The answer to a message that changed nothing: the topics, and the
+    /// session going on after the last event it sent.
+    fn unchanged(&self) -> Utf8Bytes {
+        let after = self.last.map(|id| id.to_string());
+        json!({"type": "subscribed", "topics": self.topics, "after": after})
+            .to_string()
+            .into()
     }
 
     /// The frames that open a subscription: `reset` when the client's
@@ -318,16 +380,21 @@ impl Session {
             life.end(close.2);
         }
         self.life = None;
-        if let Some(Close(code, reason, _)) = close {
+        if let Some(Close(code, mut reason, _)) = close {
             tracing::debug!(?code, reason, "WebSocket session closes");
+            reason.truncate(floor_char_boundary(&reason, MAX_CLOSE_REASON));
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            ws.send(Message::Close(Some(frame))).await.ok();
+            // Bounded: a client that stalled takes no close frame either.
+            let close = ws.send(Message::Close(Some(frame)));
+            if tokio::time::timeout(CLOSE_WAIT, close).await.is_err() {
+                return;
+            }
         }
         // Let the close handshake finish (bounded).
-        tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::time::timeout(CLOSE_WAIT, async {
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await
@@ -339,10 +406,25 @@ impl Session {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        for frame in self.opening() {
-            ws.feed(Message::Text(frame)).await.ok()?;
+        match self.session(ws).await {
+            Err(end) => end,
+            Ok(never) => match never {},
         }
-        ws.flush().await.ok()?;
+    }
+
+    /// The session's loop: `Err(None)` when the client left.
+    async fn session<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+    ) -> Result<std::convert::Infallible, Option<Close>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let stall = self.publisher.config().write_stall;
+        for frame in self.opening() {
+            bounded(stall, ws.feed(Message::Text(frame))).await?;
+        }
+        bounded(stall, ws.flush()).await?;
         let interval = self.publisher.config().keep_alive.as_ref().map(|(i, _)| *i);
         let mut ping = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         ping.tick().await;
@@ -353,38 +435,42 @@ impl Session {
         let window = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(window);
         let mut waiting = false;
+        let mut budget = control::Budget::new();
         loop {
-            let subscription = self.subscription.as_mut()?;
+            let subscription = self.subscription.as_mut().ok_or(None)?;
             tokio::select! {
                 incoming = ws.next() => match incoming {
-                    None | Some(Ok(Message::Close(_))) => return None,
+                    None | Some(Ok(Message::Close(_))) => return Err(None),
                     Some(Ok(Message::Text(message))) => {
-                        if let Err(close) = self.handle(&message).await {
-                            return Some(close);
+                        budget.take().map_err(Some)?;
+                        let frames = if self.handle(&message).await.map_err(Some)? {
+                            self.opening()
+                        } else {
+                            vec![self.unchanged()]
+                        };
+                        for frame in frames {
+                            bounded(stall, ws.feed(Message::Text(frame))).await?;
                         }
-                        for frame in self.opening() {
-                            ws.feed(Message::Text(frame)).await.ok()?;
-                        }
-                        ws.flush().await.ok()?;
+                        bounded(stall, ws.flush()).await?;
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        return Some(Close(
+                        return Err(Some(Close(
                             CloseCode::Unsupported,
                             "binary messages are not part of the protocol".into(),
                             Reason::Protocol,
-                        ))
+                        )))
                     }
                     Some(Ok(_)) => {} // ping, pong: answered by tungstenite
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                        return Some(Close(
+                        return Err(Some(Close(
                             CloseCode::Size,
                             format!("message too big: the limit is {MAX_MESSAGE} bytes"),
                             Reason::Protocol,
-                        ))
+                        )))
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "WebSocket read failed");
-                        return None;
+                        return Err(None);
                     }
                 },
                 read = poll_fn(|cx| {
@@ -418,9 +504,7 @@ impl Session {
                         Ok(()) => Poll::Pending,
                     }
                 }), if !waiting => {
-                    if let Err(close) = read {
-                        return Some(close);
-                    }
+                    read.map_err(Some)?;
                     if let Some(life) = &self.life {
                         life.delivered(out.len());
                     }
@@ -430,12 +514,12 @@ impl Session {
                             && out.iter().map(|(_, json)| json.len()).sum::<usize>() < BATCH_BYTES
                     });
                     for (id, json) in out.drain(..) {
-                        ws.feed(event_frame(&json)).await.ok()?;
+                        bounded(stall, ws.feed(event_frame(&json))).await?;
                         // A state topic's current value may be older than
                         // where the session started: it does not move back.
                         self.last = self.last.max(Some(id));
                     }
-                    ws.flush().await.ok()?;
+                    bounded(stall, ws.flush()).await?;
                     if let Some(delay) = wait {
                         window.as_mut().reset(tokio::time::Instant::now() + delay);
                         waiting = true;
@@ -447,57 +531,61 @@ impl Session {
                 }
                 () = &mut window, if waiting => waiting = false,
                 _ = ping.tick(), if interval.is_some() => {
-                    ws.send(Message::Ping(Bytes::new())).await.ok()?;
+                    bounded(stall, ws.send(Message::Ping(Bytes::new()))).await?;
                 }
             }
         }
     }
 
-    /// A client message: `subscribe` or `unsubscribe`.
-    async fn handle(&mut self, message: &str) -> Result<(), Close> {
-        let protocol = |why: &str| {
-            Close(
-                CloseCode::Protocol,
-                format!("protocol error: {why}"),
-                Reason::Protocol,
-            )
-        };
-        let message: Value =
-            serde_json::from_str(message).map_err(|_| protocol("a message is a JSON object"))?;
-        let kind = message.get("type").and_then(Value::as_str);
-        let topics: Vec<&str> = match message.get("topics") {
-            None => Vec::new(),
-            Some(Value::Array(topics)) => topics
-                .iter()
-                .map(|t| t.as_str().ok_or_else(|| protocol("topics are strings")))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(protocol("`topics` is an array of strings")),
-        };
-        if let Some(bad) = topics.iter().find(|t| !topic::is_valid(t)) {
-            return Err(Close::refusal(&Refusal::invalid_topic(bad)));
-        }
-        let last_event_id = match message.get("last_event_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(id)) => Some(id.clone()),
-            Some(_) => return Err(protocol("`last_event_id` is a string")),
-        };
-        match kind {
-            Some("subscribe") => self.topics.extend(topics.iter().map(|t| (*t).to_owned())),
-            Some("unsubscribe") => {
-                for topic in &topics {
-                    self.topics.remove(*topic);
-                }
+    /// A client message: `subscribe` or `unsubscribe`. `Ok(false)` when it
+    /// changed nothing (the topics were already so, and it names no resume
+    /// point): the subscription goes on as it was.
+    async fn handle(&mut self, message: &str) -> Result<bool, Close> {
+        let change = control::parse(message)?;
+        let before = self.topics.clone();
+        if change.subscribe {
+            self.topics.extend(change.topics);
+        } else {
+            for topic in &change.topics {
+                self.topics.remove(topic);
             }
-            _ => return Err(protocol("`type` is `subscribe` or `unsubscribe`")),
+        }
+        if self.topics == before && change.last_event_id.is_none() {
+            return Ok(false);
         }
         // Continue right after what was sent (or where the client says), so
         // changing topics loses nothing of the topics kept.
-        let resume = match last_event_id.or_else(|| self.last.map(|id| id.to_string())) {
+        let resume = match change
+            .last_event_id
+            .or_else(|| self.last.map(|id| id.to_string()))
+        {
             Some(id) => Resume::After(id),
             None => Resume::Live,
         };
         self.subscribe(&resume)
             .await
-            .map_err(|refusal| Close::refusal(&refusal))
+            .map_err(|refusal| Close::refusal(&refusal))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_reason_is_cut_at_a_character_boundary() {
+        assert_eq!(floor_char_boundary("short", MAX_CLOSE_REASON), 5);
+        let ascii = "a".repeat(200);
+        assert_eq!(floor_char_boundary(&ascii, MAX_CLOSE_REASON), 123);
+        // 'é' is 2 bytes, '€' 3, '𝄞' 4: never a cut inside one.
+        for c in ['é', '€', '𝄞'] {
+            for prefix in 0..4 {
+                let text = format!("{}{}", "a".repeat(prefix), c.to_string().repeat(100));
+                let cut = floor_char_boundary(&text, MAX_CLOSE_REASON);
+                assert!(cut <= MAX_CLOSE_REASON && cut + c.len_utf8() > MAX_CLOSE_REASON);
+                assert!(text.is_char_boundary(cut));
+            }
+        }
     }
 }

@@ -259,3 +259,37 @@ async fn a_header_read_timeout_closes_a_head_that_never_completes() {
         "the stalled head never subscribed"
     );
 }
+
+/// A publisher cannot forge the stream's own `reset` (nor a `tower-sse:`
+/// control order): `publish` refuses it with a typed error naming why, and
+/// the genuine reset still opens a stream whose resume point was lost.
+#[tokio::test]
+async fn a_forged_reset_is_refused_and_the_genuine_one_still_arrives() {
+    use tower_sse::Error;
+
+    let server = server().await;
+    let publisher = &server.publisher;
+    for name in ["reset", "tower-sse:end-user", "tower-sse:anything"] {
+        let forged = publisher.publish(Event::default().event(name));
+        assert!(matches!(forged, Err(Error::ReservedEventName)), "{name}");
+        let forged = publisher.publish_to("room/1", Event::default().event(name).data("x"));
+        let error = forged.unwrap_err();
+        assert!(error.to_string().contains("reserved"), "{error}");
+    }
+    // Names that only look like it are an app's own.
+    publisher
+        .publish(Event::default().event("Reset").data("app's"))
+        .unwrap();
+
+    // A resume point the history never held: the genuine reset comes first,
+    // with empty data, then live events; nothing forged reached the stream.
+    let url = server.url("/events?topic=room/1");
+    let mut resumed = common::Subscriber::resume(&url, Some("1")).await;
+    let reset = resumed.next().await.unwrap();
+    assert_eq!((reset.event.as_str(), reset.data.as_str()), ("reset", ""));
+    publisher
+        .publish_to("room/1", Event::default().event("said").data("live"))
+        .unwrap();
+    let live = resumed.next().await.unwrap();
+    assert_eq!((live.event.as_str(), live.data.as_str()), ("said", "live"));
+}

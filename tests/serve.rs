@@ -7,56 +7,18 @@ mod common;
 
 use axum::{routing::get, Router};
 use bytes::Bytes;
-use common::{certificates, within, Subscriber, TIMEOUT};
+use common::{
+    certificates,
+    served::{h2_over, Served},
+    within, Subscriber, TIMEOUT,
+};
 use http_body_util::{BodyExt, Empty};
-use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
+    net::TcpStream,
 };
 use tower_sse::{Event, Hub, SseLayer};
-
-/// A server run by `tower_sse::serve`, and the sender that shuts it down.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Served {
-    async fn start(
-        app: Router,
-        settings: impl FnOnce(tower_sse::Serve<Router>) -> tower_sse::Serve<Router>,
-    ) -> Served {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = settings(tower_sse::serve(listener, app)).with_graceful_shutdown(async {
-            stopped.await.ok();
-        });
-        let task = tokio::spawn(server.into_future());
-        Served {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Shuts down and waits until the server future completes.
-    async fn shut_down(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        within("the server to stop", self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn streams_are_served_and_a_graceful_shutdown_ends_them() {
@@ -311,22 +273,6 @@ async fn h2_connection(
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     h2_over(tls).await
-}
-
-/// An HTTP/2 client connection over `io` (prior knowledge), driven by a
-/// task of its own.
-async fn h2_over<I>(io: I) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(io),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    send
 }
 
 #[tokio::test]

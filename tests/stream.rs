@@ -273,6 +273,26 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
     .await;
     let mut random = Subscriber::connect(&url("?topic=room/random")).await;
 
+    // Who is in a room: for signed-in users only, by the hook's own rule,
+    // through the app's route and through the presence topic alike.
+    let here = |cookie: Option<&str>| {
+        let mut request = client().get(server.url("/rooms/general/here"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    assert_eq!(here(None).await.unwrap().status(), 403);
+    let seen = here(Some(&alice_cookie)).await.unwrap();
+    assert_eq!(seen.status(), 200);
+    assert!(seen.text().await.unwrap().contains("\"alice\""));
+    let response = client()
+        .get(url("?topic=here/general"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
     // A room that cannot be is the app's own 404.
     let response = client()
         .get(server.url("/rooms/no%20such/events"))
@@ -308,7 +328,9 @@ async fn rooms_and_private_messages_reach_only_their_readers() {
     assert_eq!(
         got,
         [
-            // The room announces who joins (the example's presence events).
+            // Signed in, the room's presence topic announces who joins (the
+            // example's presence events); the anonymous reader of `random`
+            // hears no one.
             ("join".to_owned(), "alice".to_owned()),
             ("private".to_owned(), "from someone: psst".to_owned()),
             ("message".to_owned(), "in general".to_owned()),

@@ -4,7 +4,7 @@
 mod common;
 
 use axum::Router;
-use common::{closed, next, send, ws_open, Server, Ws};
+use common::{closed, next, send, within, ws_open, Server, Ws};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message};
@@ -232,4 +232,131 @@ async fn coalesced_sessions_deliver_every_event_in_order() {
     }
     // Two rounds waited for a window each.
     assert!(started.elapsed() >= window * 2, "{:?}", started.elapsed());
+}
+
+/// A reason longer than a control frame holds (an invalid topic of 100
+/// two-byte characters, named in it) is cut to 123 bytes at a character
+/// boundary: the client gets the code and the reason, not a protocol error.
+#[tokio::test]
+async fn a_long_close_reason_is_cut_to_the_protocol_limit() {
+    let server = server(SseLayer::new("/events")).await;
+    let mut ws = open(&server, "").await;
+    next(&mut ws).await;
+    let topic = "é".repeat(100);
+    send(&mut ws, json!({"type": "subscribe", "topics": [topic]})).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, CloseCode::Protocol, "{reason}");
+    assert!(reason.len() <= 123 && reason.len() >= 120, "{reason:?}");
+    assert!(
+        reason.starts_with("could not subscribe: invalid topic"),
+        "{reason}"
+    );
+    assert!(reason.ends_with('é'), "{reason}");
+}
+
+/// A session whose client takes nothing (it never reads: its socket
+/// fills) ends after `write_stall_timeout`, counted as lagging, while
+/// another session is served; the stalled one resumes with its id.
+#[tokio::test]
+async fn a_session_whose_client_never_reads_ends_after_the_stall_timeout() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let hub = Hub::builder().history(10_000).max_lag(10_000).build();
+    let layer = SseLayer::new("/events")
+        .hub(&hub)
+        .keep_alive(std::time::Duration::from_millis(100))
+        .write_stall_timeout(std::time::Duration::from_millis(300));
+    let server = server(layer).await;
+    let publisher = &server.publisher;
+    let mut count = publisher.watch_subscribers();
+
+    // A client with a small receive buffer that reads the handshake only.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    let request = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    let (stuck, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let mut reader = open(&server, "").await;
+    next(&mut reader).await;
+    within("both sessions", count.wait_for(|n| *n == 2))
+        .await
+        .unwrap();
+
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..100 {
+        publisher.publish(Event::default().data(&big)).unwrap();
+    }
+    for _ in 0..100 {
+        assert_eq!(
+            next(&mut reader).await["data"].as_str().unwrap().len(),
+            big.len()
+        );
+    }
+    within("the stalled session to end", count.wait_for(|n| *n == 1))
+        .await
+        .unwrap();
+    // The reader is still served, at once.
+    let sent = std::time::Instant::now();
+    publisher
+        .publish(Event::default().data("still here"))
+        .unwrap();
+    assert_eq!(next(&mut reader).await["data"], "still here");
+    assert!(sent.elapsed() < std::time::Duration::from_secs(1));
+    drop(stuck);
+}
+
+/// A message that changes nothing (a topic already followed, one not
+/// followed) is answered without re-opening the subscription: it goes on
+/// right after the last event sent, nothing replayed or lost.
+#[tokio::test]
+async fn a_message_that_changes_nothing_keeps_the_subscription() {
+    let server = server(SseLayer::new("/events")).await;
+    let publisher = &server.publisher;
+    let mut ws = open(&server, "?topic=a").await;
+    next(&mut ws).await;
+    let first = publisher
+        .publish_to("a", Event::default().data("1"))
+        .unwrap()
+        .id()
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "1");
+    for message in [
+        json!({"type": "subscribe", "topics": ["a"]}),
+        json!({"type": "unsubscribe", "topics": ["b"]}),
+    ] {
+        send(&mut ws, message).await;
+        let answer = next(&mut ws).await;
+        assert_eq!(answer["type"], "subscribed");
+        assert_eq!(answer["topics"], json!(["a"]));
+        assert_eq!(answer["after"], first.to_string());
+    }
+    publisher
+        .publish_to("a", Event::default().data("2"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "2");
+}
+
+/// A session at the subscriber limit still changes topics: the new
+/// subscription opens before the old one goes, and when that counts one
+/// too many, the old one goes first.
+#[tokio::test]
+async fn a_session_at_the_limit_still_changes_topics() {
+    let layer = SseLayer::new("/events").hub(&Hub::builder().max_subscribers(1).build());
+    let server = server(layer).await;
+    let mut ws = open(&server, "?topic=a").await;
+    next(&mut ws).await;
+    send(&mut ws, json!({"type": "subscribe", "topics": ["b"]})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["type"], "subscribed");
+    assert_eq!(answer["topics"], json!(["a", "b"]));
+    server
+        .publisher
+        .publish_to("b", Event::default().data("on b"))
+        .unwrap();
+    assert_eq!(next(&mut ws).await["data"], "on b");
+    assert_eq!(server.publisher.subscriber_count(), 1);
 }

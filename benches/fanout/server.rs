@@ -480,7 +480,12 @@ async fn ours(backplane: Option<(Engine, String)>, coalesce: Option<Duration>) -
     async fn count(publisher: Publisher) -> String {
         publisher.subscriber_count().to_string()
     }
-    let hub = Hub::builder().history(4096).max_lag(4096);
+    // Every client comes from 127.0.0.1, thousands of them: no stream limit.
+    let hub = Hub::builder()
+        .history(4096)
+        .max_lag(4096)
+        .max_subscribers(usize::MAX)
+        .max_streams_per_address(usize::MAX);
     let hub = match backplane {
         None => hub.build(),
         Some((Engine::Redis, url)) => {

@@ -534,8 +534,18 @@ class Connection {
       }
       this.#asked = asked;
       this.#wentLive();
+      // The server's reset is the first event of a stream, with no topic
+      // and no data; publishers cannot name an event `reset`, and one that
+      // came another way (written into an engine) is an ordinary event.
+      let first = true;
+      const genuine = (e) => first && e.event === RESET && e.topic == null && e.data === "";
       const parser = new Parser({
-        event: (e) => run === this.#run && (e.event === RESET ? this.#reset(e.id) : this.#dispatch(e)),
+        event: (e) => {
+          if (run !== this.#run) return;
+          if (genuine(e)) this.#reset(e.id);
+          else this.#dispatch(e);
+          first = false;
+        },
         id: (id) => run === this.#run && this.#at(id),
         retry: (ms) => (this.#retry = ms),
       }, this.lastId);

@@ -194,8 +194,10 @@ impl HubBuilder {
     }
 
     /// How many streams may be open at once; past it, new streams are
-    /// refused (`503 Service Unavailable` with `Retry-After`). Default: no
-    /// limit.
+    /// refused (`503 Service Unavailable` with `Retry-After`). Default:
+    /// 10,000 (about 210 MB of idle streams, and over HTTP/1.1 one
+    /// descriptor each: half of a 20,000-descriptor process). `usize::MAX`
+    /// for no limit.
     pub fn max_subscribers(mut self, streams: usize) -> Self {
         self.settings.max_subscribers = streams;
         self
@@ -215,7 +217,9 @@ impl HubBuilder {
     /// How many streams one user (as the authorization hook names it with
     /// [`Access::user`](crate::Access::user)) may have open at once on this
     /// instance; past it, new ones are refused with `429 Too Many Requests`
-    /// and `Retry-After`. Default: no limit.
+    /// and `Retry-After`. Default: no limit (`usize::MAX`): only a signed-in
+    /// client has a user, and [`max_streams_per_address`](Self::max_streams_per_address)
+    /// and [`max_subscribers`](Self::max_subscribers) bound it too.
     pub fn max_streams_per_user(mut self, streams: usize) -> Self {
         self.settings.max_streams_per_user = streams;
         self
@@ -226,7 +230,12 @@ impl HubBuilder {
     /// `ConnectInfo<SocketAddr>` (serve with
     /// `into_make_service_with_connect_info`), or a `SocketAddr` in the
     /// request's extensions; a request without one is not counted. Default:
-    /// no limit.
+    /// 100: one HTTP/2 connection's streams, or a NAT of a dozen users with
+    /// six tabs each, while one host takes at most 1% of
+    /// [`max_subscribers`](Self::max_subscribers). `usize::MAX` for no limit.
+    /// Behind a proxy, say where the client's address is
+    /// ([`SseLayer::client_address`](crate::SseLayer::client_address)), or
+    /// every client shares the proxy's.
     pub fn max_streams_per_address(mut self, streams: usize) -> Self {
         self.settings.max_streams_per_address = streams;
         self

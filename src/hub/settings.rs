@@ -29,9 +29,9 @@ impl Default for Settings {
             history_bytes: 32 * 1024 * 1024,
             max_lag: 1024,
             max_event_size: 1024 * 1024,
-            max_subscribers: usize::MAX,
+            max_subscribers: 10_000,
             max_streams_per_user: usize::MAX,
-            max_streams_per_address: usize::MAX,
+            max_streams_per_address: 100,
             presence_events: Vec::new(),
         }
     }

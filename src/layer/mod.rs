@@ -282,6 +282,17 @@ impl SseLayer {
         self
     }
 
+    /// How long a WebSocket session may wait for the client to take what it
+    /// writes (an event, a ping) before it ends, counted as having fallen
+    /// behind: the client resumes with `last_event_id`. It holds whether or
+    /// not the client still answers pings. Event streams served by
+    /// `tower_sse::serve` (feature `serve`) have the server's own,
+    /// `Serve::write_stall_timeout`. Default: 10 s.
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.config().write_stall = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Sends a comment when a stream has sent nothing for `interval`, so
     /// proxies and load balancers do not close it as idle (a WebSocket
     /// session sends a ping instead). Default: 15 s. Real traffic postpones

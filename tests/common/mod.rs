@@ -13,6 +13,8 @@ use std::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+#[cfg(feature = "serve")]
+pub mod served;
 pub mod services;
 use tower_sse::Publisher;
 

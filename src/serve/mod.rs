@@ -1,7 +1,6 @@
 //! [`serve`]: an HTTP/1.1 and HTTP/2 server (hyper's) with the settings a
 //! push server needs, for an axum router or any tower service.
 
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -22,14 +21,21 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
-    task::JoinSet,
 };
 use tower_service::Service;
 
 use crate::publisher::ServedHubs as Hubs;
+
+mod cap;
+mod preface;
+mod stall;
+
+use cap::Connections;
+use preface::{first_bytes, Rewind};
+use stall::{Stalls, Watched, Watching};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +58,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - HTTP/2 pings every 20 s, and a connection that does not answer one
 ///   within 20 s is closed.
 /// - `TCP_NODELAY`: events go out when published, not after Nagle's delay.
+/// - At most [`max_connections`](Serve::max_connections) connections: by
+///   default 7/8 of the process's descriptor limit (`RLIMIT_NOFILE`; at
+///   least 128 kept for the rest), so a flood of connections cannot take
+///   the descriptors the app, its database and its engine need; and 256
+///   per client address, so one host cannot take them all. One past either
+///   is answered `503` with `Retry-After` and closed at once.
+/// - HTTP/2: at most 100 streams per connection (as browsers expect).
+/// - An event stream (a `text/event-stream` response) that makes no write
+///   progress for 10 s (the client does not read: its socket stays full, or
+///   it never opens the stream's HTTP/2 flow-control window, pings answered
+///   or not) closes its connection; the streams on it resume from their
+///   ids, as after falling behind.
+/// - A 64 KiB socket send buffer and 64 KiB of hyper's buffer per HTTP/1.1
+///   connection: what a client that never reads holds is bounded (about
+///   200 KiB with the kernel's accounting); request heads up to 64 KiB.
 ///
 /// On graceful shutdown it stops accepting, [closes](crate::Publisher::close)
 /// the hub of every [`SseLayer`](crate::SseLayer) that served a request
@@ -111,6 +132,12 @@ struct Settings {
     user_timeout: Option<Duration>,
     ping: Option<Duration>,
     shutdown_timeout: Duration,
+    max_connections: usize,
+    max_connections_per_address: usize,
+    http2_max_streams: u32,
+    write_stall: Option<Duration>,
+    send_buffer: Option<usize>,
+    http1_buffer: usize,
     #[cfg(feature = "serve-tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -123,6 +150,12 @@ impl Default for Settings {
             user_timeout: Some(Duration::from_secs(30)),
             ping: Some(Duration::from_secs(20)),
             shutdown_timeout: Duration::from_secs(10),
+            max_connections: cap::default_max(),
+            max_connections_per_address: 256,
+            http2_max_streams: 100,
+            write_stall: Some(Duration::from_secs(10)),
+            send_buffer: Some(64 * 1024),
+            http1_buffer: 64 * 1024,
             #[cfg(feature = "serve-tls")]
             tls: None,
         }
@@ -138,6 +171,18 @@ impl<S> fmt::Debug for Serve<S> {
             .field("tcp_user_timeout", &self.settings.user_timeout)
             .field("http2_ping", &self.settings.ping)
             .field("shutdown_timeout", &self.settings.shutdown_timeout)
+            .field("max_connections", &self.settings.max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.settings.max_connections_per_address,
+            )
+            .field(
+                "http2_max_concurrent_streams",
+                &self.settings.http2_max_streams,
+            )
+            .field("write_stall_timeout", &self.settings.write_stall)
+            .field("send_buffer_size", &self.settings.send_buffer)
+            .field("http1_max_buf_size", &self.settings.http1_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +222,71 @@ impl<S> Serve<S> {
     /// drops the connections still open. Default 10 s.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How many connections may be open at once; one more is answered
+    /// `503 Service Unavailable` with `Retry-After: 5` and closed, without
+    /// reading its request. Default: 7/8 of the process's descriptor limit
+    /// (`RLIMIT_NOFILE`), keeping at least 128 descriptors for the rest of
+    /// the process (10,000 where the limit cannot be read), so descriptors
+    /// never run out. `usize::MAX` for no limit.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.settings.max_connections = connections.max(1);
+        self
+    }
+
+    /// How many connections one client address may have open at once;
+    /// one more is answered `503` and closed, as past
+    /// [`max_connections`](Serve::max_connections). Default 256: the hub's
+    /// default of 100 streams per address over HTTP/1.1, and the page loads
+    /// of a NAT's users beside them, while one host cannot fill the server.
+    /// `usize::MAX` for no limit. Behind a reverse proxy every connection
+    /// comes from the proxy: lift it there, and limit each client at the
+    /// proxy.
+    pub fn max_connections_per_address(mut self, connections: usize) -> Self {
+        self.settings.max_connections_per_address = connections.max(1);
+        self
+    }
+
+    /// How many streams one HTTP/2 connection may have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100: what browsers
+    /// expect, and what the hub's default per-address limit allows.
+    pub fn http2_max_concurrent_streams(mut self, streams: u32) -> Self {
+        self.settings.http2_max_streams = streams;
+        self
+    }
+
+    /// How long an event stream (a `text/event-stream` response) may have
+    /// something to send that the client does not take (an HTTP/1.1 socket
+    /// that stays full, an HTTP/2 stream whose flow-control window stays
+    /// shut) before its connection is closed, or never. The event streams
+    /// on it count as having fallen behind: their clients resume from their
+    /// ids. Other responses are not watched (a download to a slow client
+    /// may wait long between polls while it still reads). Default 10 s.
+    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.write_stall = timeout;
+        self
+    }
+
+    /// The socket send buffer of each connection (`SO_SNDBUF`; Linux
+    /// doubles it), which bounds what a client that does not read holds in
+    /// the kernel; or `None` for the kernel's autotuning (up to 4 MiB by
+    /// default on Linux), for large downloads over long links. Default
+    /// 64 KiB: an event stream's traffic fits many times over.
+    pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
+        self.settings.send_buffer = bytes;
+        self
+    }
+
+    /// How many bytes hyper buffers per HTTP/1.1 connection, each way: the
+    /// longest request head it reads (a longer one is refused), and what it
+    /// queues for a client before it stops taking more of the response.
+    /// Default 64 KiB (hyper's own is about 400 KiB): with the send buffer,
+    /// what a client that never reads holds. At least 8 KiB.
+    pub fn http1_max_buf_size(mut self, bytes: usize) -> Self {
+        // hyper panics below 8 KiB.
+        self.settings.http1_buffer = bytes.max(8 * 1024);
         self
     }
 
@@ -285,7 +395,10 @@ where
     let builder = Arc::new(builder(&settings));
     let hubs = Hubs::default();
     let (stop, stopping) = watch::channel(false);
-    let mut connections = JoinSet::new();
+    let mut connections = Connections::new(
+        settings.max_connections,
+        settings.max_connections_per_address,
+    );
     let mut signal = pin!(signal);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -305,34 +418,40 @@ where
             },
             () = &mut signal => break,
         };
-        while connections.try_join_next().is_some() {}
+        let Some(tcp) = connections.admit(tcp, peer) else {
+            continue;
+        };
         configure(&tcp, &settings);
         let service = WithPeer {
             inner: service.clone(),
             peer,
             hubs: hubs.clone(),
+            stalls: Stalls::new(settings.write_stall.unwrap_or(Duration::MAX)),
         };
-        connections.spawn(connection(
-            tcp,
-            service,
-            builder.clone(),
-            settings.clone(),
-            stopping.clone(),
-        ));
+        connections.spawn(
+            peer,
+            connection(
+                tcp,
+                service,
+                builder.clone(),
+                settings.clone(),
+                stopping.clone(),
+            ),
+        );
     }
     drop(listener);
     hubs.close();
     let _ = stop.send(true);
     let drained = tokio::time::timeout(settings.shutdown_timeout, async {
-        while connections.join_next().await.is_some() {}
+        while connections.tasks.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::debug!(
-            open = connections.len(),
+            open = connections.tasks.len(),
             "serve: dropping connections still open after the shutdown timeout"
         );
-        connections.shutdown().await;
+        connections.tasks.shutdown().await;
     }
     Ok(())
 }
@@ -342,12 +461,14 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.http1_buffer);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(settings.ping)
         .keep_alive_timeout(settings.ping.unwrap_or(Duration::from_secs(20)))
+        .max_concurrent_streams(settings.http2_max_streams)
         // WebSocket over HTTP/2 (RFC 8441), which `SseLayer::websocket` accepts.
         .enable_connect_protocol();
     builder
@@ -360,6 +481,11 @@ fn configure(tcp: &TcpStream, settings: &Settings) {
         tracing::debug!(error = %e, "serve: TCP_NODELAY");
     }
     let socket = socket2::SockRef::from(tcp);
+    if let Some(bytes) = settings.send_buffer {
+        if let Err(e) = socket.set_send_buffer_size(bytes) {
+            tracing::debug!(error = %e, "serve: SO_SNDBUF");
+        }
+    }
     if let Some(idle) = settings.keep_alive {
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(idle)
@@ -412,27 +538,6 @@ async fn connection<S, B>(
     drive(tcp, service, &builder, &settings, stopping).await;
 }
 
-/// The HTTP/2 connection preface, by which hyper-util's auto builder tells
-/// HTTP/2 from HTTP/1.1.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads the client's first bytes until they tell HTTP/1.1 from HTTP/2
-/// (the whole preface, a byte that differs from it, or the end), as the
-/// auto builder would, which waits for them without a timeout: a client
-/// that connected and sent nothing (or part of the preface) would hold its
-/// connection forever, hyper's header read timeout starting only after.
-async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Bytes> {
-    let mut buf = [0; H2_PREFACE.len()];
-    let mut filled = 0;
-    loop {
-        let n = io.read(&mut buf[filled..]).await?;
-        filled += n;
-        if n == 0 || filled == buf.len() || buf[..filled] != H2_PREFACE[..filled] {
-            return Ok(Bytes::copy_from_slice(&buf[..filled]));
-        }
-    }
-}
-
 async fn drive<I, S, B>(
     io: I,
     service: WithPeer<S>,
@@ -461,11 +566,20 @@ async fn drive<I, S, B>(
         Err(_) => return tracing::debug!("serve: the client sent no request in time"),
     };
     let io = Rewind { first, io };
+    let stalls = service.stalls.clone();
     let connection =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let mut connection = pin!(connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => Some(ended),
+        () = stalls.stalled(), if settings.write_stall.is_some() => {
+            // Dropping the connection ends its streams; their clients
+            // resume from their ids.
+            return tracing::debug!(
+                timeout = ?settings.write_stall,
+                "serve: a response made no write progress; the connection is closed"
+            );
+        }
         _ = stopping.wait_for(|stop| *stop) => None,
     };
     let ended = match ended {
@@ -477,57 +591,6 @@ async fn drive<I, S, B>(
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "serve: connection ended with an error");
-    }
-}
-
-/// A connection whose first bytes, read by [`first_bytes`], are read again.
-struct Rewind<I> {
-    first: Bytes,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -543,21 +606,23 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 /// The service of one connection: adds the client's address and the
-/// server's hubs to each request.
+/// server's hubs to each request, and watches each response's body for
+/// stalls.
 #[derive(Clone)]
 struct WithPeer<S> {
     inner: S,
     peer: SocketAddr,
     hubs: Hubs,
+    stalls: Arc<Stalls>,
 }
 
 impl<S, B> Service<Request<Incoming>> for WithPeer<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
 {
-    type Response = S::Response;
+    type Response = Response<Watched<B>>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Watching<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -569,7 +634,7 @@ where
         #[cfg(feature = "axum")]
         extensions.insert(axum::extract::ConnectInfo(self.peer));
         extensions.insert(self.hubs.clone());
-        self.inner.call(request)
+        Watching::new(self.inner.call(request), self.stalls.clone())
     }
 }
 
