@@ -36,7 +36,11 @@ use async_nats::{
 };
 use futures_util::{FutureExt, StreamExt};
 use std::{
-    sync::{Arc, Mutex},
+    hash::{BuildHasher, Hasher},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -62,6 +66,8 @@ const EVENT: &str = "Tower-Sse-Event";
 const ID: &str = "Tower-Sse-Id";
 const RETRY: &str = "Tower-Sse-Retry";
 const COMMENT: &str = "Tower-Sse-Comment";
+/// JetStream's de-duplication header.
+const MESSAGE_ID: &str = "Nats-Msg-Id";
 
 /// A NATS JetStream backplane: several instances of an app share one event
 /// stream, with the same ids, history and resume guarantees as a single
@@ -111,6 +117,10 @@ struct Inner {
     retention: Mutex<Option<Retention>>,
     /// The stream's epoch as last read, and the last sequence acknowledged.
     epoch: Mutex<(u64, u64)>,
+    /// This backplane's prefix of `Nats-Msg-Id`s (random), and how many
+    /// messages it sent.
+    instance: String,
+    sent: AtomicU64,
 }
 
 impl std::fmt::Debug for NatsBackplane {
@@ -223,6 +233,8 @@ impl NatsBuilder {
                 replicas: self.replicas,
                 retention: Mutex::new(None),
                 epoch: Mutex::new((0, 0)),
+                instance: instance_id(),
+                sent: AtomicU64::new(0),
             }),
         };
         backplane.ensure_stream().await.map_err(Error::Backplane)?;
@@ -276,8 +288,22 @@ impl NatsBackplane {
             config.max_age = retention.age.unwrap_or_default();
         }
         let context = &self.inner.context;
-        let mut stream = context.get_or_create_stream(config.clone()).await?;
+        let mut stream = match context.get_or_create_stream(config.clone()).await {
+            Ok(stream) => stream,
+            // Another instance made it between our look and our create (its
+            // description carries its own epoch): theirs is the one.
+            Err(e) if made_meanwhile(&e) => context.get_stream(&config.name).await?,
+            Err(e) => return Err(e.into()),
+        };
         let current = info(&mut stream).await?.config.clone();
+        if !config.subjects.iter().all(|s| current.subjects.contains(s)) {
+            return Err(format!(
+                "the stream {} exists with the subjects {:?}, not {:?}: every instance sharing \
+                 a stream must use the same subject prefix (`NatsBuilder::subject`)",
+                config.name, current.subjects, config.subjects
+            )
+            .into());
+        }
         self.set_epoch(epoch(&current));
         let mut update = current.clone();
         update.num_replicas = config.num_replicas;
@@ -312,6 +338,31 @@ impl NatsBackplane {
 }
 
 impl NatsBackplane {
+    /// Publishes `messages` in order on one connection, each with its
+    /// `Nats-Msg-Id` of `ids`, then awaits their acknowledgements.
+    async fn send(&self, messages: &[Message], ids: &[String]) -> Result<Vec<EventId>, BoxError> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (message, id) in messages.iter().zip(ids) {
+            let mut headers = headers(message);
+            headers.insert(MESSAGE_ID, id.as_str());
+            let ack = self
+                .inner
+                .context
+                .publish_with_headers(
+                    self.subject_of(message.topic()),
+                    headers,
+                    message.data().to_owned().into(),
+                )
+                .await?;
+            acks.push(ack);
+        }
+        let mut ids = Vec::with_capacity(acks.len());
+        for ack in acks {
+            ids.push(self.id_of(ack.await?.sequence).await?);
+        }
+        Ok(ids)
+    }
+
     fn set_epoch(&self, epoch: u64) {
         let mut current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
         if current.0 != epoch {
@@ -335,6 +386,28 @@ impl NatsBackplane {
         current.1 = current.1.max(sequence);
         Ok(EventId::new(current.0.saturating_add(sequence)))
     }
+}
+
+/// A prefix of message ids no other backplane uses: random, with the
+/// process and the time.
+fn instance_id() -> String {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{random:016x}{:x}{now:x}", std::process::id())
+}
+
+/// Whether creating the stream failed because another instance created it
+/// first.
+fn made_meanwhile(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+    )
 }
 
 /// How long a question about the stream may take: while a cluster elects
@@ -378,25 +451,27 @@ impl Backplane for NatsBackplane {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
-            // Sent in order on one connection, then their acks awaited.
-            let mut acks = Vec::with_capacity(messages.len());
-            for message in messages {
-                let ack = self
-                    .inner
-                    .context
-                    .publish_with_headers(
-                        self.subject_of(message.topic()),
-                        headers(message),
-                        message.data().to_owned().into(),
-                    )
-                    .await?;
-                acks.push(ack);
+            // Each message carries an id of its own (`Nats-Msg-Id`), so the
+            // batch can be sent again once after an error (a connection
+            // made again, an acknowledgement lost in an election):
+            // JetStream drops what it already holds and answers with its
+            // sequence, so nothing is held twice.
+            let first = self
+                .inner
+                .sent
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            let ids: Vec<String> = (first..)
+                .take(messages.len())
+                .map(|n| format!("{}-{n}", self.inner.instance))
+                .collect();
+            match self.send(messages, &ids).await {
+                Ok(ids) => Ok(ids),
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane: NATS did not acknowledge a batch; \
+                                    sending it once more (JetStream drops duplicates by id)");
+                    self.send(messages, &ids).await
+                }
             }
-            let mut ids = Vec::with_capacity(acks.len());
-            for ack in acks {
-                ids.push(self.id_of(ack.await?.sequence).await?);
-            }
-            Ok(ids)
         })
     }
 

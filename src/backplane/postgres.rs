@@ -646,17 +646,22 @@ impl BackplaneReader for Reader {
     fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
         Box::pin(async move {
             let limit = limit.max(1);
-            if self.drained {
-                // Asked once a second even without one, should a
-                // notification have been missed.
-                self.notified().await;
-            }
+            // Asked once a second even without one, should a notification
+            // have been missed.
+            let mut notified = self.drained && self.notified().await;
             let mut rows = self.rows_after(after, limit).await?;
             if rows.is_empty() && !self.drained {
                 if !self.notified().await {
                     return Ok(Read::records(Vec::new()));
                 }
+                notified = true;
                 rows = self.rows_after(after, limit).await?;
+            }
+            // A row came, and none after what was read: the table's ids went
+            // back (truncated with RESTART IDENTITY, made again, restored),
+            // so its new rows would never be read. `holds_now` raises them.
+            if rows.is_empty() && notified && after.as_u64() > 0 && !self.holds_now(after).await? {
+                return Ok(Read::Gap);
             }
             self.drained = rows.len() < limit;
             let first = rows.first().and_then(|row| row.get::<_, Option<i64>>(7));

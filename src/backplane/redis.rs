@@ -27,6 +27,7 @@ use std::{
         Arc,
     },
     time::Duration,
+    time::Instant,
 };
 
 use redis::{
@@ -47,6 +48,9 @@ use crate::{
 const DEFAULT_KEY: &str = "tower-sse:events";
 /// How long one `XREAD` blocks waiting for an entry.
 const BLOCK: Duration = Duration::from_secs(1);
+/// How long the publishing connection may stay unused before it is checked
+/// (`PING`) before use.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// A Redis backplane: several instances of an app share one event stream,
 /// with the same ids, history and resume guarantees as a single instance.
@@ -87,12 +91,18 @@ const BLOCK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct RedisBackplane {
     target: Target,
-    publish: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    publish: Arc<tokio::sync::Mutex<Option<Publishing>>>,
     key: Arc<str>,
     /// The `MAXLEN` of each `XADD`: the hub's history.
     max_len: Arc<AtomicUsize>,
     /// How many replicas must acknowledge a batch (`WAIT`), if any.
     replicas: usize,
+}
+
+/// The connection that publishes, and when it was last used.
+struct Publishing {
+    conn: MultiplexedConnection,
+    used: Instant,
 }
 
 /// Where the Redis primary is.
@@ -237,14 +247,34 @@ impl RedisBackplane {
         self
     }
 
-    /// The publishing connection, made again after an error.
+    /// The publishing connection, made again after an error. One idle for
+    /// [`IDLE`] is asked a `PING` first: a connection Redis dropped
+    /// meanwhile (it restarted) is made again before anything is sent on
+    /// it, where a failure would leave the events' fate unknown.
     async fn publisher(&self) -> redis::RedisResult<MultiplexedConnection> {
         let mut publish = self.publish.lock().await;
-        if let Some(conn) = publish.as_ref() {
-            return Ok(conn.clone());
+        if let Some(idle) = publish.as_mut() {
+            if idle.used.elapsed() < IDLE {
+                idle.used = Instant::now();
+                return Ok(idle.conn.clone());
+            }
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut idle.conn).await;
+            match pong {
+                Ok(_) => {
+                    idle.used = Instant::now();
+                    return Ok(idle.conn.clone());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane: the idle Redis connection is gone; connecting again");
+                }
+            }
         }
         let conn = self.target.connect(Duration::from_secs(2)).await?;
-        *publish = Some(conn.clone());
+        *publish = Some(Publishing {
+            conn: conn.clone(),
+            used: Instant::now(),
+        });
         Ok(conn)
     }
 
@@ -357,6 +387,10 @@ impl Backplane for RedisBackplane {
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
         Box::pin(async move {
             let conn = self.target.connect(BLOCK + Duration::from_secs(2)).await?;
+            // A reader is opened again after the log was lost (Redis
+            // restarted, a failover): the publishing connection, made
+            // before, is made again too before it is used.
+            *self.publish.lock().await = None;
             Ok(Box::new(Reader {
                 conn,
                 key: self.key.clone(),

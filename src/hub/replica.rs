@@ -27,8 +27,10 @@ use crate::{
 
 /// How long the engine's newest id, once asked, is reused.
 const NEWEST_FOR: Duration = Duration::from_millis(100);
-/// Records read in one call.
+/// Records read in one call, at most; and about how many bytes (at most
+/// this many of the hub's largest events, at least one).
 const READ_BATCH: usize = 1000;
+const READ_BYTES: usize = 16 * 1024 * 1024;
 /// How long a new subscription waits for the history to load or for the
 /// id it resumes from to arrive (the reader is normally milliseconds behind).
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -71,10 +73,10 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    pub(crate) fn new(backplane: Arc<dyn Backplane>) -> Arc<Replica> {
+    pub(crate) fn new(backplane: Arc<dyn Backplane>, backlog: usize) -> Arc<Replica> {
         Arc::new(Replica {
             backplane,
-            outbox: Outbox::default(),
+            outbox: Outbox::new(backlog),
             status: watch::Sender::new(BackplaneStatus::Connecting),
             loaded: watch::Sender::new(false),
             appender: Mutex::default(),
@@ -230,7 +232,7 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
         let mut reloaded = false;
         loop {
             let read = async {
-                match reader.read(last, READ_BATCH).await? {
+                match reader.read(last, read_batch(&core)).await? {
                     Read::Records { records, up_to } => {
                         reloaded &= records.is_empty() && up_to.is_none();
                         for record in records {
@@ -336,6 +338,13 @@ async fn catch_up(
     let count = tail.records.len();
     core.reload(known_after, tail.records);
     Ok(count)
+}
+
+/// How many records one read may return: [`READ_BATCH`], fewer when the
+/// hub's events may be so large that they would hold more than
+/// [`READ_BYTES`].
+fn read_batch(core: &Core) -> usize {
+    (READ_BYTES / core.settings.max_event_size.max(1)).clamp(1, READ_BATCH)
 }
 
 /// 100 ms doubling up to 5 s, times a random factor in [0.5, 1).

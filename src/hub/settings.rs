@@ -15,6 +15,8 @@ pub(crate) struct Settings {
     pub(crate) max_streams_per_address: usize,
     /// Topic prefixes whose streams announce their users' comings and goings.
     pub(crate) presence_events: Vec<String>,
+    /// Bytes of events that may wait for the engine.
+    pub(crate) backplane_backlog: usize,
 }
 
 impl Default for Settings {
@@ -29,6 +31,7 @@ impl Default for Settings {
             max_streams_per_user: usize::MAX,
             max_streams_per_address: usize::MAX,
             presence_events: Vec::new(),
+            backplane_backlog: 32 * 1024 * 1024,
         }
     }
 }

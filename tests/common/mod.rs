@@ -13,6 +13,8 @@ use std::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+pub mod faults;
+pub mod proxy;
 pub mod services;
 use tower_sse::Publisher;
 

@@ -1,0 +1,139 @@
+//! The fault contract (`tests/common/faults.rs`) for NATS JetStream, and
+//! instances starting together: an instance reaches NATS through a proxy
+//! that injects each fault, another directly.
+
+use super::{nats, NatsHarness};
+use crate::common::{
+    faults::{self, app},
+    proxy::{Fault, Proxy},
+    Server, Subscriber,
+};
+use std::time::Duration;
+use tower_sse::{Error, Hub, NatsBackplane, SseLayer, RESET_EVENT};
+
+async fn instance(url: &str) -> Server {
+    let backplane = NatsBackplane::connect(url).await.unwrap();
+    let layer =
+        SseLayer::new("/events").hub(&Hub::builder().history(100).backplane(backplane).build());
+    let publisher = layer.publisher();
+    Server::start(app(layer), publisher).await
+}
+
+async fn fault(what: &str, apply: impl FnOnce(&Proxy), heal: impl FnOnce(&Proxy)) {
+    let harness = NatsHarness::new();
+    let proxy = Proxy::start(([127, 0, 0, 1], harness.port).into()).await;
+    let direct = instance(&harness.url()).await;
+    let through = instance(&format!("nats://{}", proxy.addr)).await;
+    faults::contract(what, &proxy, &through, &direct, apply, heal).await;
+}
+
+#[tokio::test]
+async fn fault_latency() {
+    let latency = Fault::Latency(Duration::from_millis(300));
+    fault("nats: latency", |p| p.set(latency), |p| p.set(Fault::None)).await;
+}
+
+#[tokio::test]
+async fn fault_stall() {
+    fault(
+        "nats: stall",
+        |p| p.set(Fault::Stall),
+        |p| p.set(Fault::None),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn fault_half_open() {
+    fault(
+        "nats: half-open",
+        |p| p.set(Fault::HalfOpen),
+        |p| p.set(Fault::None),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn fault_connections_dropped() {
+    fault("nats: connections dropped", Proxy::drop_connections, |_| {}).await;
+}
+
+#[tokio::test]
+async fn fault_connections_reset() {
+    fault("nats: connections reset", Proxy::reset_connections, |_| {}).await;
+}
+
+#[tokio::test]
+async fn fault_engine_unreachable() {
+    fault(
+        "nats: unreachable",
+        |p| p.set(Fault::Refuse),
+        |p| p.set(Fault::None),
+    )
+    .await;
+}
+
+/// Deploys start replicas together: every one of them connects to a
+/// stream none of them found, whichever made it.
+#[tokio::test]
+async fn instances_starting_together_on_a_new_stream_all_connect() {
+    for _ in 0..3 {
+        let harness = NatsHarness::new();
+        let url = harness.url();
+        let starts = (0..8).map(|_| NatsBackplane::connect(&url));
+        for started in futures_util::future::join_all(starts).await {
+            started.expect("every instance connects");
+        }
+    }
+}
+
+/// An instance set up with another subject prefix for the same stream is
+/// refused at start, saying what must agree.
+#[tokio::test]
+async fn a_stream_of_another_subject_is_refused_clearly() {
+    let harness = NatsHarness::new();
+    NatsBackplane::connect(&harness.url()).await.unwrap();
+    let err = NatsBackplane::builder()
+        .servers(harness.url())
+        .subject("other.events")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backplane(_)), "{err:?}");
+    assert!(err.to_string().contains("same subject prefix"), "{err}");
+}
+
+/// NATS back within a second with an empty store: a stream open before
+/// ends, resuming it gets the reset, and it goes on live; publishing works
+/// again without restarting the app.
+#[tokio::test]
+async fn nats_back_empty_at_once_is_a_reset_then_live() {
+    let harness = NatsHarness::new();
+    let a = instance(&harness.url()).await;
+    let mut browser = Subscriber::connect(&a.url("/events")).await;
+    let before = faults::publish_when_up(&a.publisher, "before", "nats").await;
+    assert_eq!(browser.next().await.unwrap().id, before.to_string());
+    let seen = browser.last_event_id();
+    {
+        let mut server = harness.server.lock().unwrap();
+        server.kill();
+        std::fs::remove_dir_all(harness.dir.path()).unwrap();
+        std::fs::create_dir_all(harness.dir.path()).unwrap();
+        *server = nats(harness.port, harness.dir.path());
+    }
+    let after = faults::publish_when_up(&a.publisher, "after", "nats").await;
+    assert!(after > before, "ids go on above the lost stream's");
+    let mut resumed = loop {
+        match browser.next().await {
+            None => break Subscriber::resume(&a.url("/events"), seen.as_deref()).await,
+            Some(event) => panic!("the old stream got {event:?} after the loss"),
+        }
+    };
+    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT);
+    let live = faults::publish_when_up(&a.publisher, "live", "nats").await;
+    let mut next = resumed.next().await.unwrap();
+    if next.id == after.to_string() {
+        next = resumed.next().await.unwrap();
+    }
+    assert_eq!((next.data.as_str(), next.id), ("live", live.to_string()));
+}
