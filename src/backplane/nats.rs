@@ -341,6 +341,13 @@ impl NatsBackplane {
     /// Publishes `messages` in order on one connection, each with its
     /// `Nats-Msg-Id` of `ids`, then awaits their acknowledgements.
     async fn send(&self, messages: &[Message], ids: &[String]) -> Result<Vec<EventId>, BoxError> {
+        // While the client reconnects it would keep what is published and
+        // send it once back, after the caller was told the publish failed:
+        // refused here instead, so an error means not sent.
+        let state = self.inner.context.client().connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(format!("not connected to NATS ({state})").into());
+        }
         let mut acks = Vec::with_capacity(messages.len());
         for (message, id) in messages.iter().zip(ids) {
             let mut headers = headers(message);

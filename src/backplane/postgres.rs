@@ -217,6 +217,40 @@ impl PostgresBackplane {
         Ok(publishing)
     }
 
+    /// Inserts `messages` in one statement; their ids, in order.
+    async fn insert(&self, messages: &[Message]) -> Result<Vec<EventId>, BoxError> {
+        let client = self.client().await?;
+        let column = |f: &dyn Fn(&Message) -> Option<String>| -> Vec<Option<String>> {
+            messages.iter().map(f).collect()
+        };
+        let topics = column(&|m| m.topic().map(str::to_owned));
+        let events = column(&|m| m.event().map(str::to_owned));
+        let data: Vec<String> = messages.iter().map(|m| m.data().to_owned()).collect();
+        let app_ids = column(&|m| m.app_id().map(str::to_owned));
+        let comments = column(&|m| m.comment().map(str::to_owned));
+        let retries: Vec<Option<i64>> = messages
+            .iter()
+            .map(|m| {
+                m.retry()
+                    .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
+            })
+            .collect();
+        // One statement: the trigger's lock is held until it commits.
+        // Rows go in in the batch's order, so the ids, sorted, are theirs.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&topics, &events, &data, &app_ids, &retries, &comments];
+        let rows = client.client.query(&client.insert, &params).await?;
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        ids.sort_unstable();
+        // Trimming goes on apart, on the same connection, so the answer
+        // does not wait for it.
+        if let Some(retention) = self.trim_due(ids.len()) {
+            let backplane = self.clone();
+            tokio::spawn(async move { backplane.trim(&client.client, retention).await });
+        }
+        Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
+    }
+
     /// Whether the table is due a trim after `appended` more rows (once per
     /// [`TRIM_EVERY`], or sooner when a quarter of the history went in),
     /// and to what.
@@ -441,45 +475,17 @@ impl Backplane for PostgresBackplane {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let column = |f: &dyn Fn(&Message) -> Option<String>| -> Vec<Option<String>> {
-                messages.iter().map(f).collect()
-            };
-            let topics = column(&|m| m.topic().map(str::to_owned));
-            let events = column(&|m| m.event().map(str::to_owned));
-            let data: Vec<String> = messages.iter().map(|m| m.data().to_owned()).collect();
-            let app_ids = column(&|m| m.app_id().map(str::to_owned));
-            let comments = column(&|m| m.comment().map(str::to_owned));
-            let retries: Vec<Option<i64>> = messages
-                .iter()
-                .map(|m| {
-                    m.retry()
-                        .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
-                })
-                .collect();
-            // One statement: the trigger's lock is held until it commits.
-            // Rows go in in the batch's order, so the ids, sorted, are theirs.
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-                [&topics, &events, &data, &app_ids, &retries, &comments];
-            let insert = client.client.query(&client.insert, &params);
-            let rows = match tokio::time::timeout(STATEMENT, insert).await {
-                Ok(rows) => rows?,
+            // Connecting again included: a server that stalls mid-handshake
+            // (a half-open link) must not hold the publishers longer.
+            match tokio::time::timeout(STATEMENT, self.insert(messages)).await {
+                Ok(ids) => ids,
                 Err(_) => {
                     // Its answer may still come: the connection is not
                     // used again (the events may have been kept).
                     self.inner.publish.lock().await.take();
-                    return Err("PostgreSQL did not answer the insert within 10 s".into());
+                    Err("PostgreSQL did not answer the insert within 10 s".into())
                 }
-            };
-            let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-            ids.sort_unstable();
-            // Trimming goes on apart, on the same connection, so the
-            // answer does not wait for it.
-            if let Some(retention) = self.trim_due(ids.len()) {
-                let backplane = self.clone();
-                tokio::spawn(async move { backplane.trim(&client.client, retention).await });
             }
-            Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
         })
     }
 

@@ -25,6 +25,8 @@ const OUTBOX: usize = 16 * 1024;
 /// event): a batch is held until the engine answers it.
 const APPEND_BATCH: usize = 512;
 const APPEND_BYTES: usize = 4 * 1024 * 1024;
+/// How long one append may take before its publishers are told it failed.
+const APPEND_BOUND: Duration = Duration::from_secs(15);
 /// What an event costs in the outbox beyond its fields: the queue entry,
 /// the answer's channel, the strings' headers.
 const OVERHEAD: usize = 256;
@@ -190,7 +192,15 @@ impl Outbox {
             }
             let (messages, acks): (Vec<Message>, Vec<_>) =
                 batch.into_iter().map(|p| (p.message, p.ack)).unzip();
-            let appended = backplane.append(&messages).await;
+            // Bounded whatever the engine's own timeouts: the publishers
+            // are answered, and what the batch holds is given back.
+            let appended = match tokio::time::timeout(APPEND_BOUND, backplane.append(&messages)).await {
+                Ok(appended) => appended,
+                Err(_) => Err(format!(
+                    "the engine did not answer within {APPEND_BOUND:?} (it may still keep the events)"
+                )
+                .into()),
+            };
             // Answered either way: what the batch held leaves the bound.
             {
                 let mut queue = self.queue();
@@ -230,5 +240,56 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_logged_once_per_burst_with_their_count() {
+        let error = std::io::Error::other("down");
+        let mut lost = Lost::default();
+        lost.lost(3, &error);
+        assert!(lost.logged.is_some());
+        assert_eq!(
+            lost.unlogged, 0,
+            "the first loss of a burst is logged at once"
+        );
+        lost.lost(2, &error);
+        lost.lost(4, &error);
+        assert_eq!(
+            lost.unlogged, 6,
+            "the rest of the burst waits for the next line"
+        );
+        lost.logged = Instant::now().checked_sub(LOG_LOST_EVERY);
+        lost.lost(1, &error);
+        assert_eq!(lost.unlogged, 0, "a later loss logs the count since");
+    }
+
+    #[test]
+    fn the_outbox_refuses_past_its_bytes_but_always_takes_one_event() {
+        let message = |size: usize| {
+            Message::new(None, crate::event::Event::default().data("x".repeat(size))).unwrap()
+        };
+        let outbox = Outbox::new(10_000);
+        outbox
+            .push(message(50_000))
+            .expect("one event, whatever its size");
+        assert!(matches!(
+            outbox.push(message(10)),
+            Err(Error::Backlog {
+                events: 1,
+                limit: 10_000,
+                ..
+            })
+        ));
+        let outbox = Outbox::new(10_000);
+        let mut taken = 0;
+        while outbox.push(message(1_000)).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 10_000 / cost(&message(1_000)));
     }
 }

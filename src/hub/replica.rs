@@ -31,6 +31,9 @@ const NEWEST_FOR: Duration = Duration::from_millis(100);
 /// this many of the hub's largest events, at least one).
 const READ_BATCH: usize = 1000;
 const READ_BYTES: usize = 16 * 1024 * 1024;
+/// How long any call to the engine may take (connecting and loading the
+/// history, one read) before it counts as failed.
+const ENGINE_BOUND: Duration = Duration::from_secs(15);
 /// How long a new subscription waits for the history to load or for the
 /// id it resumes from to arrive (the reader is normally milliseconds behind).
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -196,6 +199,7 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
             let caught_up = catch_up(&core, &mut *reader, &mut last, from).await?;
             Ok::<_, BoxError>((reader, caught_up))
         };
+        let connect = bounded(connect, "connect and catch up");
         let connected = tokio::select! {
             connected = connect => connected,
             _ = core.closed() => return,
@@ -253,6 +257,7 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                 }
                 Ok::<_, BoxError>(())
             };
+            let read = bounded(read, "read its log");
             let read = tokio::select! {
                 read = read => read,
                 _ = core.closed() => return,
@@ -281,6 +286,19 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                 }
             }
         }
+    }
+}
+
+/// `call` to the engine, failing after [`ENGINE_BOUND`]: an engine that
+/// does not answer (a half-open link, a server stalled mid-handshake) is
+/// one that failed, whatever its own timeouts.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, BoxError>>,
+    what: &str,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(ENGINE_BOUND, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!("the engine did not {what} within {ENGINE_BOUND:?}").into()),
     }
 }
 
@@ -358,6 +376,25 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_holds_at_most_its_bytes_of_the_largest_events() {
+        let batch = |max_event_size| {
+            let settings = super::super::settings::Settings {
+                max_event_size,
+                ..Default::default()
+            };
+            read_batch(&Core::new(settings, true))
+        };
+        assert_eq!(
+            batch(1024 * 1024),
+            16,
+            "the default: 16 MiB of 1 MiB events"
+        );
+        assert_eq!(batch(1024), READ_BATCH);
+        assert_eq!(batch(usize::MAX), 1);
+        assert_eq!(batch(0), READ_BATCH);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_a_ceiling() {
