@@ -191,7 +191,16 @@ impl PostgresBackplane {
                 trimmed: Mutex::new((None, 0)),
             }),
         };
-        backplane.client().await.map_err(Error::Backplane)?;
+        // Bounded, handshake and schema included: a server that accepts and
+        // then stalls is an error at start, not a hang.
+        match tokio::time::timeout(STATEMENT, backplane.client()).await {
+            Ok(client) => client.map_err(Error::Backplane)?,
+            Err(_) => {
+                return Err(Error::Backplane(
+                    "PostgreSQL did not answer within 10 s (connecting, checking the table)".into(),
+                ))
+            }
+        };
         Ok(backplane)
     }
 
@@ -239,7 +248,16 @@ impl PostgresBackplane {
         // Rows go in in the batch's order, so the ids, sorted, are theirs.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&topics, &events, &data, &app_ids, &retries, &comments];
-        let rows = client.client.query(&client.insert, &params).await?;
+        let rows = match client.client.query(&client.insert, &params).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Made again on the next call: the table may have been
+                // dropped and made again, which its prepared insert never
+                // sees (it would fail on this connection for good).
+                self.inner.publish.lock().await.take();
+                return Err(e.into());
+            }
+        };
         let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         ids.sort_unstable();
         // Trimming goes on apart, on the same connection, so the answer

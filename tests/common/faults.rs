@@ -179,3 +179,141 @@ pub async fn publish_when_up(publisher: &Publisher, data: &str, what: &str) -> E
         }
     }
 }
+
+/// A loopback port whose listener accepts connections (the kernel does)
+/// and never says anything: an engine that hangs at the handshake.
+pub async fn silent_server() -> (tokio::net::TcpListener, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// `connect` to a silent server fails with `Error::Backplane` within
+/// `bound`: never a hang, never a panic.
+pub async fn connect_fails_within<T: std::fmt::Debug>(
+    what: &str,
+    bound: Duration,
+    connect: impl std::future::Future<Output = Result<T, Error>>,
+) {
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(bound + Duration::from_secs(2), connect)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: connect hung past {bound:?}"));
+    let err = result.expect_err("connect to a silent server");
+    assert!(matches!(err, Error::Backplane(_)), "{what}: {err:?}");
+    eprintln!("{what}: {err} (after {:?})", started.elapsed());
+}
+
+/// A stream on `server` that read `n` events published there: the stream,
+/// its `Last-Event-ID`, and the last event's id.
+pub async fn stream_that_read(
+    what: &str,
+    server: &Server,
+    n: usize,
+) -> (Subscriber, Option<String>, EventId) {
+    let mut browser = Subscriber::connect(&server.url("/events")).await;
+    let mut last = None;
+    for i in 0..n {
+        let id = publish_when_up(&server.publisher, &format!("before {i}"), what).await;
+        assert_eq!(browser.next().await.unwrap().id, id.to_string(), "{what}");
+        last = Some(id);
+    }
+    let seen = browser.last_event_id();
+    (browser, seen, last.expect("at least one event"))
+}
+
+/// The engine lost what `browser` (on `server`) read, up to `before`, whose
+/// `Last-Event-ID` is `seen`: the next event published ends the stream, not
+/// silently skipped; resuming gets the reset and then live events, under
+/// ids above every one read.
+pub async fn a_loss_is_a_reset_then_live(
+    what: &str,
+    server: &Server,
+    browser: &mut Subscriber,
+    seen: Option<String>,
+    before: EventId,
+) {
+    // Taken (maybe under an id below what was read, lost with the reset),
+    // or refused until the engine is back.
+    let after = publish_when_up(&server.publisher, "after", what).await;
+    let mut resumed = match browser.next().await {
+        None => Subscriber::resume(&server.url("/events"), seen.as_deref()).await,
+        Some(event) => panic!("{what}: the old stream got {event:?} after the loss"),
+    };
+    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT, "{what}");
+    let live = publish_when_up(&server.publisher, "live", what).await;
+    assert!(live > before, "{what}: ids go on above what was read");
+    let mut next = resumed.next().await.unwrap();
+    if next.id == after.to_string() {
+        next = resumed.next().await.unwrap();
+    }
+    assert_eq!((next.data.as_str(), next.id), ("live", live.to_string()));
+}
+
+/// One test per fault of the proxy, each calling `fault(what, apply,
+/// heal)` of the module it is used in, `$engine` naming the engine.
+#[allow(unused_macros)] // Used by the engines' test files only.
+macro_rules! fault_cases {
+    ($engine:literal) => {
+        #[tokio::test]
+        async fn fault_latency() {
+            let latency = Fault::Latency(std::time::Duration::from_millis(300));
+            fault(
+                concat!($engine, ": latency"),
+                |p| p.set(latency),
+                |p| p.set(Fault::None),
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn fault_stall() {
+            fault(
+                concat!($engine, ": stall"),
+                |p| p.set(Fault::Stall),
+                |p| p.set(Fault::None),
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn fault_half_open() {
+            let (apply, heal) = (
+                |p: &Proxy| p.set(Fault::HalfOpen),
+                |p: &Proxy| p.set(Fault::None),
+            );
+            fault(concat!($engine, ": half-open"), apply, heal).await;
+        }
+
+        #[tokio::test]
+        async fn fault_connections_dropped() {
+            fault(
+                concat!($engine, ": connections dropped"),
+                Proxy::drop_connections,
+                |_| {},
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn fault_connections_reset() {
+            fault(
+                concat!($engine, ": connections reset"),
+                Proxy::reset_connections,
+                |_| {},
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn fault_engine_unreachable() {
+            let (apply, heal) = (
+                |p: &Proxy| p.set(Fault::Refuse),
+                |p: &Proxy| p.set(Fault::None),
+            );
+            fault(concat!($engine, ": unreachable"), apply, heal).await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use fault_cases;

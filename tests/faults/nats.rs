@@ -6,10 +6,10 @@ use super::{nats, NatsHarness};
 use crate::common::{
     faults::{self, app},
     proxy::{Fault, Proxy},
-    Server, Subscriber,
+    Server,
 };
 use std::time::Duration;
-use tower_sse::{Error, Hub, NatsBackplane, SseLayer, RESET_EVENT};
+use tower_sse::{Error, Hub, NatsBackplane, SseLayer};
 
 async fn instance(url: &str) -> Server {
     let backplane = NatsBackplane::connect(url).await.unwrap();
@@ -27,51 +27,7 @@ async fn fault(what: &str, apply: impl FnOnce(&Proxy), heal: impl FnOnce(&Proxy)
     faults::contract(what, &proxy, &through, &direct, apply, heal).await;
 }
 
-#[tokio::test]
-async fn fault_latency() {
-    let latency = Fault::Latency(Duration::from_millis(300));
-    fault("nats: latency", |p| p.set(latency), |p| p.set(Fault::None)).await;
-}
-
-#[tokio::test]
-async fn fault_stall() {
-    fault(
-        "nats: stall",
-        |p| p.set(Fault::Stall),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_half_open() {
-    fault(
-        "nats: half-open",
-        |p| p.set(Fault::HalfOpen),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_connections_dropped() {
-    fault("nats: connections dropped", Proxy::drop_connections, |_| {}).await;
-}
-
-#[tokio::test]
-async fn fault_connections_reset() {
-    fault("nats: connections reset", Proxy::reset_connections, |_| {}).await;
-}
-
-#[tokio::test]
-async fn fault_engine_unreachable() {
-    fault(
-        "nats: unreachable",
-        |p| p.set(Fault::Refuse),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
+faults::fault_cases!("nats");
 
 /// Deploys start replicas together: every one of them connects to a
 /// stream none of them found, whichever made it.
@@ -110,10 +66,7 @@ async fn a_stream_of_another_subject_is_refused_clearly() {
 async fn nats_back_empty_at_once_is_a_reset_then_live() {
     let harness = NatsHarness::new();
     let a = instance(&harness.url()).await;
-    let mut browser = Subscriber::connect(&a.url("/events")).await;
-    let before = faults::publish_when_up(&a.publisher, "before", "nats").await;
-    assert_eq!(browser.next().await.unwrap().id, before.to_string());
-    let seen = browser.last_event_id();
+    let (mut browser, seen, before) = faults::stream_that_read("nats", &a, 1).await;
     {
         let mut server = harness.server.lock().unwrap();
         server.kill();
@@ -121,19 +74,14 @@ async fn nats_back_empty_at_once_is_a_reset_then_live() {
         std::fs::create_dir_all(harness.dir.path()).unwrap();
         *server = nats(harness.port, harness.dir.path());
     }
-    let after = faults::publish_when_up(&a.publisher, "after", "nats").await;
-    assert!(after > before, "ids go on above the lost stream's");
-    let mut resumed = loop {
-        match browser.next().await {
-            None => break Subscriber::resume(&a.url("/events"), seen.as_deref()).await,
-            Some(event) => panic!("the old stream got {event:?} after the loss"),
-        }
-    };
-    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT);
-    let live = faults::publish_when_up(&a.publisher, "live", "nats").await;
-    let mut next = resumed.next().await.unwrap();
-    if next.id == after.to_string() {
-        next = resumed.next().await.unwrap();
-    }
-    assert_eq!((next.data.as_str(), next.id), ("live", live.to_string()));
+    faults::a_loss_is_a_reset_then_live("nats", &a, &mut browser, seen, before).await;
+}
+
+/// A server that accepts and never answers: an error at start, in bounded time.
+#[tokio::test]
+async fn connect_to_a_silent_server_fails_in_bounded_time() {
+    let (_listener, port) = faults::silent_server().await;
+    let url = format!("nats://127.0.0.1:{port}");
+    faults::connect_fails_within("nats", Duration::from_secs(4), NatsBackplane::connect(&url))
+        .await;
 }

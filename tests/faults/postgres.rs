@@ -6,10 +6,10 @@ use super::{raw, Pg};
 use crate::common::{
     faults::{self, app},
     proxy::{Fault, Proxy},
-    Server, Subscriber,
+    Server,
 };
 use std::time::Duration;
-use tower_sse::{Hub, PostgresBackplane, SseLayer, RESET_EVENT};
+use tower_sse::{Hub, PostgresBackplane, SseLayer};
 
 async fn instance(config: &str) -> Server {
     let backplane = PostgresBackplane::connect(config).await.unwrap();
@@ -31,66 +31,7 @@ async fn fault(what: &str, apply: impl FnOnce(&Proxy), heal: impl FnOnce(&Proxy)
     faults::contract(what, &proxy, &through, &direct, apply, heal).await;
 }
 
-#[tokio::test]
-async fn fault_latency() {
-    let latency = Fault::Latency(Duration::from_millis(300));
-    fault(
-        "postgres: latency",
-        |p| p.set(latency),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_stall() {
-    fault(
-        "postgres: stall",
-        |p| p.set(Fault::Stall),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_half_open() {
-    fault(
-        "postgres: half-open",
-        |p| p.set(Fault::HalfOpen),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_connections_dropped() {
-    fault(
-        "postgres: connections dropped",
-        Proxy::drop_connections,
-        |_| {},
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_connections_reset() {
-    fault(
-        "postgres: connections reset",
-        Proxy::reset_connections,
-        |_| {},
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_engine_unreachable() {
-    fault(
-        "postgres: unreachable",
-        |p| p.set(Fault::Refuse),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
+faults::fault_cases!("postgres");
 
 /// The table truncated under a running instance, its ids restarted (an
 /// operator, a restore): the new rows would come under ids already read. A
@@ -100,33 +41,43 @@ async fn fault_engine_unreachable() {
 async fn a_table_truncated_with_its_ids_restarted_is_a_reset_then_live() {
     let pg = Pg::start();
     let a = instance(&pg.config()).await;
-    let mut browser = Subscriber::connect(&a.url("/events")).await;
     // Three rows: the new ones' ids then stay below the last one read
     // (with a single row read, the first new row would take its very id,
     // which the reader cannot tell from the row it read: not covered).
-    let mut before = None;
-    for i in 0..3 {
-        let id = faults::publish_when_up(&a.publisher, &format!("before {i}"), "postgres").await;
-        assert_eq!(browser.next().await.unwrap().id, id.to_string());
-        before = Some(id);
-    }
-    let before = before.unwrap();
-    let seen = browser.last_event_id();
+    let (mut browser, seen, before) = faults::stream_that_read("postgres", &a, 3).await;
     raw(&pg)
         .await
         .batch_execute("TRUNCATE tower_sse_events RESTART IDENTITY")
         .await
         .unwrap();
-    // Taken, under an id below what was read (lost with the reset), or
-    // refused; either way the stream must not stay silent.
-    let _ = faults::publish_when_up(&a.publisher, "after", "postgres").await;
-    let mut resumed = match browser.next().await {
-        None => Subscriber::resume(&a.url("/events"), seen.as_deref()).await,
-        Some(event) => panic!("the old stream got {event:?} after the loss"),
-    };
-    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT);
-    let live = faults::publish_when_up(&a.publisher, "live", "postgres").await;
-    assert!(live > before, "ids go on above what was read");
-    let next = resumed.next().await.unwrap();
-    assert_eq!((next.data.as_str(), next.id), ("live", live.to_string()));
+    faults::a_loss_is_a_reset_then_live("postgres", &a, &mut browser, seen, before).await;
+}
+
+/// A server that accepts and never answers: an error at start, in bounded time.
+#[tokio::test]
+async fn connect_to_a_silent_server_fails_in_bounded_time() {
+    let (_listener, port) = faults::silent_server().await;
+    let config = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    faults::connect_fails_within(
+        "postgres",
+        Duration::from_secs(10),
+        PostgresBackplane::connect(&config),
+    )
+    .await;
+}
+
+/// The table dropped under a running instance (and made again by it): a
+/// stream open before ends, resuming it gets the reset, it goes on live, and
+/// publishing works again without restarting the app.
+#[tokio::test]
+async fn a_table_dropped_is_made_again_and_is_a_reset_then_live() {
+    let pg = Pg::start();
+    let a = instance(&pg.config()).await;
+    let (mut browser, seen, before) = faults::stream_that_read("postgres", &a, 1).await;
+    raw(&pg)
+        .await
+        .batch_execute("DROP TABLE tower_sse_events")
+        .await
+        .unwrap();
+    faults::a_loss_is_a_reset_then_live("postgres", &a, &mut browser, seen, before).await;
 }

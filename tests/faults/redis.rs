@@ -6,10 +6,10 @@ use crate::common::{
     faults::{self, app},
     proxy::{Fault, Proxy},
     services::Scratch,
-    Server, Subscriber,
+    Server,
 };
 use std::time::Duration;
-use tower_sse::{Event, Hub, RedisBackplane, SseLayer, RESET_EVENT};
+use tower_sse::{Event, Hub, RedisBackplane, SseLayer};
 
 async fn instance(url: &str, key: &str) -> Server {
     let backplane = RedisBackplane::connect(url).await.unwrap().key(key);
@@ -28,56 +28,7 @@ async fn fault(what: &str, apply: impl FnOnce(&Proxy), heal: impl FnOnce(&Proxy)
     faults::contract(what, &proxy, &through, &direct, apply, heal).await;
 }
 
-#[tokio::test]
-async fn fault_latency() {
-    let latency = Fault::Latency(Duration::from_millis(300));
-    fault("redis: latency", |p| p.set(latency), |p| p.set(Fault::None)).await;
-}
-
-#[tokio::test]
-async fn fault_stall() {
-    fault(
-        "redis: stall",
-        |p| p.set(Fault::Stall),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_half_open() {
-    fault(
-        "redis: half-open",
-        |p| p.set(Fault::HalfOpen),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_connections_dropped() {
-    fault(
-        "redis: connections dropped",
-        Proxy::drop_connections,
-        |_| {},
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn fault_connections_reset() {
-    fault("redis: connections reset", Proxy::reset_connections, |_| {}).await;
-}
-
-#[tokio::test]
-async fn fault_engine_unreachable() {
-    fault(
-        "redis: unreachable",
-        |p| p.set(Fault::Refuse),
-        |p| p.set(Fault::None),
-    )
-    .await;
-}
+faults::fault_cases!("redis");
 
 /// The publishing connection made before Redis restarted is not used after:
 /// once the status says Up again, the first publish is taken.
@@ -116,28 +67,13 @@ async fn a_flushed_redis_is_a_reset_then_live() {
     let redis = Redis::start();
     let key = key();
     let a = instance(&redis.url(), &key).await;
-    let mut browser = Subscriber::connect(&a.url("/events")).await;
-    let before = faults::publish_when_up(&a.publisher, "before", "redis").await;
-    assert_eq!(browser.next().await.unwrap().id, before.to_string());
-    let seen = browser.last_event_id();
+    let (mut browser, seen, before) = faults::stream_that_read("redis", &a, 1).await;
     let flushed = std::process::Command::new("redis-cli")
         .args(["-p", &redis.port.to_string(), "FLUSHALL"])
         .output()
         .unwrap();
     assert!(flushed.status.success(), "{flushed:?}");
-    let after = faults::publish_when_up(&a.publisher, "after", "redis").await;
-    assert!(after > before, "ids go on above the lost ones");
-    let mut resumed = match browser.next().await {
-        None => Subscriber::resume(&a.url("/events"), seen.as_deref()).await,
-        Some(event) => panic!("the old stream got {event:?} after the loss"),
-    };
-    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT);
-    let live = faults::publish_when_up(&a.publisher, "live", "redis").await;
-    let mut next = resumed.next().await.unwrap();
-    if next.id == after.to_string() {
-        next = resumed.next().await.unwrap();
-    }
-    assert_eq!((next.data.as_str(), next.id), ("live", live.to_string()));
+    faults::a_loss_is_a_reset_then_live("redis", &a, &mut browser, seen, before).await;
 }
 
 /// Redis restarted empty within a moment, nothing published meanwhile:
@@ -147,24 +83,22 @@ async fn redis_back_empty_at_once_is_a_reset_then_live() {
     let mut redis = Redis::start();
     let key = key();
     let a = instance(&redis.url(), &key).await;
-    let mut browser = Subscriber::connect(&a.url("/events")).await;
-    let before = faults::publish_when_up(&a.publisher, "before", "redis").await;
-    assert_eq!(browser.next().await.unwrap().id, before.to_string());
-    let seen = browser.last_event_id();
+    let (mut browser, seen, before) = faults::stream_that_read("redis", &a, 1).await;
     let port = redis.port;
     redis.kill();
     let _redis = Redis::start_on(port, None);
-    let after = faults::publish_when_up(&a.publisher, "after", "redis").await;
-    assert!(after > before, "ids go on above the lost ones");
-    let mut resumed = match browser.next().await {
-        None => Subscriber::resume(&a.url("/events"), seen.as_deref()).await,
-        Some(event) => panic!("the old stream got {event:?} after the loss"),
-    };
-    assert_eq!(resumed.next().await.unwrap().event, RESET_EVENT);
-    let live = faults::publish_when_up(&a.publisher, "live", "redis").await;
-    let mut next = resumed.next().await.unwrap();
-    if next.id == after.to_string() {
-        next = resumed.next().await.unwrap();
-    }
-    assert_eq!((next.data.as_str(), next.id), ("live", live.to_string()));
+    faults::a_loss_is_a_reset_then_live("redis", &a, &mut browser, seen, before).await;
+}
+
+/// A server that accepts and never answers: an error at start, in bounded time.
+#[tokio::test]
+async fn connect_to_a_silent_server_fails_in_bounded_time() {
+    let (_listener, port) = faults::silent_server().await;
+    let url = format!("redis://127.0.0.1:{port}/");
+    faults::connect_fails_within(
+        "redis",
+        Duration::from_secs(4),
+        RedisBackplane::connect(&url),
+    )
+    .await;
 }
