@@ -294,8 +294,12 @@ impl NatsBackplane {
         let mut stream = match context.get_or_create_stream(config.clone()).await {
             Ok(stream) => stream,
             // Another instance made it between our look and our create (its
-            // description carries its own epoch): theirs is the one.
-            Err(e) if made_meanwhile(&e) => context.get_stream(&config.name).await?,
+            // description carries its own epoch): theirs is the one. (The
+            // subjects of another stream are the original error.)
+            Err(e) if made_meanwhile(&e) => match context.get_stream(&config.name).await {
+                Ok(stream) => stream,
+                Err(_) => return Err(e.into()),
+            },
             Err(e) => return Err(e.into()),
         };
         let current = info(&mut stream).await?.config.clone();
@@ -410,13 +414,17 @@ fn instance_id() -> String {
     format!("{random:016x}{:x}{now:x}", std::process::id())
 }
 
-/// Whether creating the stream failed because another instance created it
-/// first.
+/// Whether creating the stream failed because another instance may have
+/// created it first ("already in use with a different configuration", or
+/// "subjects overlap" with the one just made).
 fn made_meanwhile(error: &jetstream::context::CreateStreamError) -> bool {
     matches!(
         error.kind(),
         jetstream::context::CreateStreamErrorKind::JetStream(e)
-            if e.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+            if [
+                jetstream::ErrorCode::STREAM_NAME_EXIST,
+                jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP,
+            ].contains(&e.error_code())
     )
 }
 
