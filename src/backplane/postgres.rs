@@ -531,12 +531,14 @@ impl Backplane for PostgresBackplane {
             .await?;
             client.batch_execute(&format!("LISTEN {table}")).await?;
             // The rows after an id, each with the table's oldest id in the
-            // same snapshot: if that is at or before the id, nothing after
-            // it had been trimmed when these were read.
+            // same snapshot (if that is at or before the id, nothing after
+            // it had been trimmed when these were read), and the
+            // transaction that inserted it (to tell a row from another one
+            // under the same id, once ids went back).
             let after = client
                 .prepare(&format!(
                     "SELECT id, topic, event, data, app_id, retry_ms, comment, \
-                     (SELECT min(id) FROM {table}) FROM {table} \
+                     (SELECT min(id) FROM {table}), xmin::text::int8 FROM {table} \
                      WHERE id > $1 ORDER BY id LIMIT $2"
                 ))
                 .await?;

@@ -27,6 +27,10 @@ pub(super) struct Reader {
     /// notification before asking (one sent since that read is kept by
     /// `Notify`).
     drained: bool,
+    /// The id and the inserting transaction (`xmin`) of the last row read:
+    /// a row under that id from another transaction means the ids went
+    /// back to exactly it.
+    last_read: Option<(i64, i64)>,
 }
 
 impl Reader {
@@ -44,6 +48,7 @@ impl Reader {
             notify,
             after,
             drained: false,
+            last_read: None,
         }
     }
 
@@ -68,6 +73,30 @@ impl Reader {
                 _ => after.as_u64() == 0,
             },
         )
+    }
+
+    /// Whether the row under `after`, the last one read, is not that row
+    /// any more (the table's ids went back to exactly it, as after a
+    /// truncation with `RESTART IDENTITY` of a table that held one row);
+    /// then its ids are raised.
+    async fn replaced(&self, after: EventId) -> Result<bool, BoxError> {
+        let Some((id, xmin)) = self
+            .last_read
+            .filter(|(id, _)| *id as u64 == after.as_u64())
+        else {
+            return Ok(false);
+        };
+        let query = format!("SELECT xmin::text::int8 FROM {} WHERE id = $1", self.table);
+        let now: Option<i64> = self
+            .client
+            .query_opt(&query, &[&id])
+            .await?
+            .map(|row| row.get(0));
+        if now.is_some_and(|now| now != xmin) {
+            self.raise_ids(after).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Makes the table's next id come after `after` (ids never go back, even
@@ -161,10 +190,15 @@ impl BackplaneReader for Reader {
             // A row came, and none after what was read: the table's ids went
             // back (truncated with RESTART IDENTITY, made again, restored),
             // so its new rows would never be read. `holds_now` raises them.
-            if rows.is_empty() && notified && after.as_u64() > 0 && !self.holds_now(after).await? {
-                return Ok(Read::Gap);
+            if rows.is_empty() && notified && after.as_u64() > 0 {
+                if !self.holds_now(after).await? || self.replaced(after).await? {
+                    return Ok(Read::Gap);
+                }
             }
             self.drained = rows.len() < limit;
+            if let Some(last) = rows.last() {
+                self.last_read = Some((last.get(0), last.get(8)));
+            }
             let first = rows.first().and_then(|row| row.get::<_, Option<i64>>(7));
             if after.as_u64() > 0 && first.is_some_and(|first| first as u64 > after.as_u64()) {
                 return Ok(Read::Gap);
