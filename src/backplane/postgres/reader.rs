@@ -190,10 +190,12 @@ impl BackplaneReader for Reader {
             // A row came, and none after what was read: the table's ids went
             // back (truncated with RESTART IDENTITY, made again, restored),
             // so its new rows would never be read. `holds_now` raises them.
-            if rows.is_empty() && notified && after.as_u64() > 0 {
-                if !self.holds_now(after).await? || self.replaced(after).await? {
-                    return Ok(Read::Gap);
-                }
+            if rows.is_empty()
+                && notified
+                && after.as_u64() > 0
+                && (!self.holds_now(after).await? || self.replaced(after).await?)
+            {
+                return Ok(Read::Gap);
             }
             self.drained = rows.len() < limit;
             if let Some(last) = rows.last() {
