@@ -39,6 +39,19 @@ pub enum Error {
     /// The backplane did not take the event: it is unreachable, answered
     /// with an error, or is not keeping up. The source is the engine's error.
     Backplane(BoxError),
+    /// Too much waits for the backplane: the events accepted but not yet
+    /// taken by the engine (hung, slow or unreachable) reached the bound set
+    /// with [`HubBuilder::backplane_backlog`](crate::HubBuilder::backplane_backlog).
+    /// Nothing of this event was kept; publishing is accepted again as the
+    /// engine takes what waits.
+    Backlog {
+        /// Events waiting for the engine.
+        events: usize,
+        /// Their size, in bytes, as the bound counts it.
+        bytes: usize,
+        /// The bound, in bytes.
+        limit: usize,
+    },
     /// The hub was closed with [`Publisher::close`](crate::Publisher::close);
     /// no more events are accepted.
     Closed,
@@ -84,6 +97,16 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::Backlog {
+                events,
+                bytes,
+                limit,
+            } => write!(
+                f,
+                "the backplane is not keeping up (hung, slow or unreachable): {events} events \
+                 ({bytes} bytes) wait for it, at the bound of {limit} bytes; retry later, \
+                 or raise the bound with `HubBuilder::backplane_backlog`"
+            ),
             Error::Closed => f.write_str("the event hub is closed; no more events are accepted"),
         }
     }
@@ -102,14 +125,17 @@ impl std::error::Error for Error {
 
 /// With the `axum` feature a handler can return the error of `publish`:
 /// `400` for an invalid event or topic, `413` for one over the size limit,
-/// `503` when the hub is closed or its backplane did not take the event.
+/// `503` when the hub is closed, its backplane did not take the event, or
+/// too much waits for it.
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
         use http::StatusCode;
         let status = match self {
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Backplane(_) | Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Backplane(_) | Error::Backlog { .. } | Error::Closed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         (status, format!("{self}\n")).into_response()

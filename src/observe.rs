@@ -13,7 +13,12 @@
 //! * `tower_sse_resets_total` `[transport]`: streams that started with the reset;
 //! * `tower_sse_refusals_total` `[status]`: streams refused, by HTTP status;
 //! * `tower_sse_history_events`, `tower_sse_history_bytes` (gauges);
-//! * `tower_sse_backplane_up` (gauge, 1 or 0), `tower_sse_backplane_reconnects_total`.
+//! * `tower_sse_backplane_up` (gauge, 1 or 0), `tower_sse_backplane_reconnects_total`;
+//! * `tower_sse_backplane_backlog_events`, `tower_sse_backplane_backlog_bytes` (gauges):
+//!   what waits for the engine; `tower_sse_backplane_backlog_refused_total`: publishes
+//!   refused with `Error::Backlog`;
+//! * `tower_sse_backplane_lost_total`: events accepted (fire and forget) that the
+//!   engine did not take, whose publishers did not await the outcome.
 
 /// A stream's transport, as metrics and spans name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,4 +190,28 @@ pub(crate) fn backplane_up(up: bool) {
 pub(crate) fn backplane_reconnect() {
     #[cfg(feature = "metrics")]
     metrics::counter!("tower_sse_backplane_reconnects_total").increment(1);
+}
+
+/// What waits for the engine now.
+pub(crate) fn backlog(events: usize, bytes: usize) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::gauge!("tower_sse_backplane_backlog_events").set(events as f64);
+        metrics::gauge!("tower_sse_backplane_backlog_bytes").set(bytes as f64);
+    }
+    let _ = (events, bytes);
+}
+
+/// A publish was refused: too much waits for the engine.
+pub(crate) fn backlog_refused() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tower_sse_backplane_backlog_refused_total").increment(1);
+}
+
+/// `events` accepted without their publishers awaiting them were not taken
+/// by the engine.
+pub(crate) fn events_lost(events: usize) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tower_sse_backplane_lost_total").increment(events as u64);
+    let _ = events;
 }

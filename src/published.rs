@@ -11,13 +11,17 @@ use crate::{error::Error, event::EventId};
 
 /// An event the hub accepted. Await it for the event's id once it is
 /// stored: at once without a backplane, once the engine acknowledged it
-/// with one. Dropping it does not withdraw the event.
+/// with one. Dropping it does not withdraw the event; with a backplane it
+/// gives up the only word of its fate: an event the engine then refuses is
+/// lost, counted (`tower_sse_backplane_lost_total`, feature `metrics`) and
+/// logged at `error` level once per burst, and no stream is told.
 ///
 /// ```
 /// # async fn run(publisher: tower_sse::Publisher) -> Result<(), tower_sse::Error> {
 /// use tower_sse::Event;
 ///
-/// // Fire and forget: the event is on its way when `publish` returns.
+/// // Fire and forget: stored when `publish` returns without a backplane; with
+/// // one, on its way to the engine (lost, counted and logged, if it refuses).
 /// publisher.publish(Event::default().data("one"))?;
 /// // Or wait until it is stored (with a backplane: in the engine).
 /// let id = publisher.publish(Event::default().data("two"))?.await?;

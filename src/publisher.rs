@@ -87,14 +87,14 @@ impl Publisher {
     /// larger than
     /// [`HubBuilder::max_event_size`](crate::HubBuilder::max_event_size)
     /// ([`Error::TooLarge`]), the hub is closed ([`Error::Closed`]), or its
-    /// backplane is down or not keeping up ([`Error::Backplane`]). A refused
-    /// event reaches no one.
+    /// backplane is down ([`Error::Backplane`]) or not keeping up
+    /// ([`Error::Backlog`]). A refused event reaches no one.
     ///
     /// `Ok` when the hub took it: it reaches every subscriber that keeps up,
     /// and is in the history for those that reconnect. Without a backplane
     /// it is stored already; with one, await the [`Published`] to learn
     /// whether the engine took it (an event the engine then refuses whose
-    /// `Published` was dropped is logged as lost).
+    /// `Published` was dropped is counted and logged as lost).
     pub fn publish(&self, event: Event) -> Result<Published, Error> {
         self.hub.publish(Message::new(None, unreserved(event)?)?)
     }

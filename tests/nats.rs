@@ -4,6 +4,8 @@
 //! installs it if absent). Run with `cargo test --features axum,nats,testing --test nats`.
 
 mod common;
+#[path = "faults/nats.rs"]
+mod faults;
 
 use axum::Router;
 use common::{

@@ -6,6 +6,8 @@
 //! (`postgres` without the TLS test).
 
 mod common;
+#[path = "faults/postgres.rs"]
+mod faults;
 
 use axum::Router;
 use common::{

@@ -4,6 +4,8 @@
 //! Run with `cargo test --features axum,redis,ws,testing --test redis`.
 
 mod common;
+#[path = "faults/redis.rs"]
+mod faults;
 
 use axum::Router;
 use common::{

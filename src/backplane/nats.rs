@@ -28,25 +28,32 @@
 use async_nats::{
     jetstream::{
         self,
-        consumer::{pull, DeliverPolicy},
         stream::{self, Config, Stream},
         Context,
     },
     HeaderMap,
 };
-use futures_util::{FutureExt, StreamExt};
 use std::{
-    sync::{Arc, Mutex},
+    hash::{BuildHasher, Hasher},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
+mod reader;
+
+use reader::{last, Reader};
+
+use super::{Backplane, BackplaneReader, BoxFuture, Retention};
 
 use crate::{
     error::{BoxError, Error},
-    event::{Event, EventId},
-    record::{Message, Record},
+    event::EventId,
+    record::Message,
 };
+
 /// The client options [`NatsBuilder::options`] takes (credentials, NKeys,
 /// TLS, …), re-exported so the app needs no `async-nats` of its own.
 pub use async_nats::ConnectOptions;
@@ -62,6 +69,8 @@ const EVENT: &str = "Tower-Sse-Event";
 const ID: &str = "Tower-Sse-Id";
 const RETRY: &str = "Tower-Sse-Retry";
 const COMMENT: &str = "Tower-Sse-Comment";
+/// JetStream's de-duplication header.
+const MESSAGE_ID: &str = "Nats-Msg-Id";
 
 /// A NATS JetStream backplane: several instances of an app share one event
 /// stream, with the same ids, history and resume guarantees as a single
@@ -111,6 +120,10 @@ struct Inner {
     retention: Mutex<Option<Retention>>,
     /// The stream's epoch as last read, and the last sequence acknowledged.
     epoch: Mutex<(u64, u64)>,
+    /// This backplane's prefix of `Nats-Msg-Id`s (random), and how many
+    /// messages it sent.
+    instance: String,
+    sent: AtomicU64,
 }
 
 impl std::fmt::Debug for NatsBackplane {
@@ -223,6 +236,8 @@ impl NatsBuilder {
                 replicas: self.replicas,
                 retention: Mutex::new(None),
                 epoch: Mutex::new((0, 0)),
+                instance: instance_id(),
+                sent: AtomicU64::new(0),
             }),
         };
         backplane.ensure_stream().await.map_err(Error::Backplane)?;
@@ -276,8 +291,26 @@ impl NatsBackplane {
             config.max_age = retention.age.unwrap_or_default();
         }
         let context = &self.inner.context;
-        let mut stream = context.get_or_create_stream(config.clone()).await?;
+        let mut stream = match context.get_or_create_stream(config.clone()).await {
+            Ok(stream) => stream,
+            // Another instance made it between our look and our create (its
+            // description carries its own epoch): theirs is the one. (The
+            // subjects of another stream are the original error.)
+            Err(e) if made_meanwhile(&e) => match context.get_stream(&config.name).await {
+                Ok(stream) => stream,
+                Err(_) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
         let current = info(&mut stream).await?.config.clone();
+        if !config.subjects.iter().all(|s| current.subjects.contains(s)) {
+            return Err(format!(
+                "the stream {} exists with the subjects {:?}, not {:?}: every instance sharing \
+                 a stream must use the same subject prefix (`NatsBuilder::subject`)",
+                config.name, current.subjects, config.subjects
+            )
+            .into());
+        }
         self.set_epoch(epoch(&current));
         let mut update = current.clone();
         update.num_replicas = config.num_replicas;
@@ -312,6 +345,38 @@ impl NatsBackplane {
 }
 
 impl NatsBackplane {
+    /// Publishes `messages` in order on one connection, each with its
+    /// `Nats-Msg-Id` of `ids`, then awaits their acknowledgements.
+    async fn send(&self, messages: &[Message], ids: &[String]) -> Result<Vec<EventId>, BoxError> {
+        // While the client reconnects it would keep what is published and
+        // send it once back, after the caller was told the publish failed:
+        // refused here instead, so an error means not sent.
+        let state = self.inner.context.client().connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(format!("not connected to NATS ({state})").into());
+        }
+        let mut acks = Vec::with_capacity(messages.len());
+        for (message, id) in messages.iter().zip(ids) {
+            let mut headers = headers(message);
+            headers.insert(MESSAGE_ID, id.as_str());
+            let ack = self
+                .inner
+                .context
+                .publish_with_headers(
+                    self.subject_of(message.topic()),
+                    headers,
+                    message.data().to_owned().into(),
+                )
+                .await?;
+            acks.push(ack);
+        }
+        let mut ids = Vec::with_capacity(acks.len());
+        for ack in acks {
+            ids.push(self.id_of(ack.await?.sequence).await?);
+        }
+        Ok(ids)
+    }
+
     fn set_epoch(&self, epoch: u64) {
         let mut current = self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
         if current.0 != epoch {
@@ -335,6 +400,32 @@ impl NatsBackplane {
         current.1 = current.1.max(sequence);
         Ok(EventId::new(current.0.saturating_add(sequence)))
     }
+}
+
+/// A prefix of message ids no other backplane uses: random, with the
+/// process and the time.
+fn instance_id() -> String {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{random:016x}{:x}{now:x}", std::process::id())
+}
+
+/// Whether creating the stream failed because another instance may have
+/// created it first ("already in use with a different configuration", or
+/// "subjects overlap" with the one just made).
+fn made_meanwhile(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(e)
+            if [
+                jetstream::ErrorCode::STREAM_NAME_EXIST,
+                jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP,
+            ].contains(&e.error_code())
+    )
 }
 
 /// How long a question about the stream may take: while a cluster elects
@@ -378,25 +469,27 @@ impl Backplane for NatsBackplane {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
-            // Sent in order on one connection, then their acks awaited.
-            let mut acks = Vec::with_capacity(messages.len());
-            for message in messages {
-                let ack = self
-                    .inner
-                    .context
-                    .publish_with_headers(
-                        self.subject_of(message.topic()),
-                        headers(message),
-                        message.data().to_owned().into(),
-                    )
-                    .await?;
-                acks.push(ack);
+            // Each message carries an id of its own (`Nats-Msg-Id`), so the
+            // batch can be sent again once after an error (a connection
+            // made again, an acknowledgement lost in an election):
+            // JetStream drops what it already holds and answers with its
+            // sequence, so nothing is held twice.
+            let first = self
+                .inner
+                .sent
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            let ids: Vec<String> = (first..)
+                .take(messages.len())
+                .map(|n| format!("{}-{n}", self.inner.instance))
+                .collect();
+            match self.send(messages, &ids).await {
+                Ok(ids) => Ok(ids),
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane: NATS did not acknowledge a batch; \
+                                    sending it once more (JetStream drops duplicates by id)");
+                    self.send(messages, &ids).await
+                }
             }
-            let mut ids = Vec::with_capacity(acks.len());
-            for ack in acks {
-                ids.push(self.id_of(ack.await?.sequence).await?);
-            }
-            Ok(ids)
         })
     }
 
@@ -412,44 +505,11 @@ impl Backplane for NatsBackplane {
         Box::pin(async move {
             let mut stream = self.ensure_stream().await?;
             let epoch = epoch(&info(&mut stream).await?.config);
-            Ok(Box::new(Reader {
-                stream,
-                epoch,
-                subject: self.inner.subject.clone(),
-                messages: None,
-                checked: std::time::Instant::now(),
-            }) as Box<dyn BackplaneReader>)
+            Ok(
+                Box::new(Reader::new(stream, epoch, self.inner.subject.clone()))
+                    as Box<dyn BackplaneReader>,
+            )
         })
-    }
-}
-
-/// The id of the newest message the stream gave, if any.
-fn last(epoch: u64, state: &stream::State) -> Option<EventId> {
-    (state.last_sequence > 0).then(|| EventId::new(epoch.saturating_add(state.last_sequence)))
-}
-
-/// Whether the stream (of `epoch`) holds every message after the id `after`.
-fn holds(epoch: u64, state: &stream::State, after: u64) -> bool {
-    holds_seq(
-        epoch,
-        (state.messages, state.first_sequence, state.last_sequence),
-        after,
-    )
-}
-
-/// [`holds`], from the stream's message count, first and last sequence.
-fn holds_seq(epoch: u64, (messages, first, last): (u64, u64, u64), after: u64) -> bool {
-    if after == 0 {
-        return first <= 1 || messages == 0;
-    }
-    // An id of an earlier stream: this one was made after it.
-    let Some(after) = after.checked_sub(epoch) else {
-        return false;
-    };
-    if messages == 0 {
-        last <= after
-    } else {
-        first <= after + 1
     }
 }
 
@@ -469,318 +529,4 @@ fn headers(message: &Message) -> HeaderMap {
         headers.insert(COMMENT, escaped.as_str());
     }
     headers
-}
-
-/// An ordered consumer of the stream, and the sequence it delivers next.
-struct Reader {
-    stream: Stream,
-    epoch: u64,
-    /// The subject prefix.
-    subject: String,
-    messages: Option<(pull::Ordered, u64)>,
-    /// When the stream was last checked.
-    checked: std::time::Instant,
-}
-
-impl Reader {
-    /// Checks that the stream is the one this reader reads, expecting
-    /// sequence `start` next: the same epoch, and not holding less than what
-    /// was read. Returns its last sequence.
-    async fn check(&mut self, start: u64) -> Result<u64, BoxError> {
-        self.checked = std::time::Instant::now();
-        let info = info(&mut self.stream).await?;
-        if epoch(&info.config) != self.epoch {
-            return Err("the stream was made again (another epoch)".into());
-        }
-        let last = info.state.last_sequence;
-        if last.saturating_add(1) < start {
-            return Err(format!(
-                "the stream's last sequence is {last}, below what was read ({}): \
-                 made again or restored",
-                start - 1
-            )
-            .into());
-        }
-        Ok(last)
-    }
-
-    /// The consumer's messages from `start` on, made anew unless it is there.
-    async fn messages_from(&mut self, start: u64) -> Result<&mut pull::Ordered, BoxError> {
-        if self
-            .messages
-            .as_ref()
-            .is_none_or(|(_, next)| *next != start)
-        {
-            let consumer = self
-                .stream
-                .create_consumer(pull::OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start.max(1),
-                    },
-                    ..pull::OrderedConfig::default()
-                })
-                .await?;
-            self.messages = Some((consumer.messages().await?, start));
-        }
-        match &mut self.messages {
-            Some((messages, _)) => Ok(messages),
-            None => Err("no consumer".into()),
-        }
-    }
-}
-
-/// What one read of the consumer gave.
-enum Batch {
-    /// The message asked for first was dropped before it was read.
-    Gap,
-    /// Nothing within [`BLOCK`].
-    Nothing,
-    /// Consecutive messages, sequences `first..=last`.
-    Messages {
-        first: u64,
-        last: u64,
-        records: Vec<Record>,
-    },
-}
-
-impl Reader {
-    /// Reads up to `limit` consecutive messages from sequence `start` on.
-    /// `strict`: the first must be `start` (else it is a gap); otherwise
-    /// the first may come later (the oldest dropped meanwhile).
-    async fn batch(&mut self, start: u64, limit: usize, strict: bool) -> Result<Batch, BoxError> {
-        let messages = self.messages_from(start).await?;
-        let Ok(first) = tokio::time::timeout(BLOCK, messages.next()).await else {
-            // Nothing for a while: check the stream, and that the consumer
-            // did not miss what it holds (a consumer lost in a server
-            // restart is made anew).
-            if self.check(start).await? >= start {
-                self.messages = None;
-            }
-            return Ok(Batch::Nothing);
-        };
-        let mut batch = vec![first.ok_or("the consumer ended")??];
-        while batch.len() < limit {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => batch.push(message?),
-                _ => break,
-            }
-        }
-        let mut records = Vec::with_capacity(batch.len());
-        let mut span: Option<(u64, u64)> = None;
-        for message in &batch {
-            let sequence = message.info()?.stream_sequence;
-            match span {
-                None if strict && sequence != start => {
-                    // Dropped (purged, or deleted) before it was read.
-                    self.messages = None;
-                    return Ok(Batch::Gap);
-                }
-                Some((_, last)) if sequence != last + 1 => {
-                    // Dropped further in: what came before is returned, and
-                    // the next read, from a new consumer, starts at the jump.
-                    self.messages = None;
-                    break;
-                }
-                _ => {}
-            }
-            span = Some((span.map_or(sequence, |(first, _)| first), sequence));
-            records.extend(record(
-                self.epoch.saturating_add(sequence),
-                &self.subject,
-                message,
-            ));
-        }
-        let Some((first, last)) = span else {
-            return Ok(Batch::Nothing);
-        };
-        if let Some((_, next)) = &mut self.messages {
-            *next = last + 1;
-        }
-        Ok(Batch::Messages {
-            first,
-            last,
-            records,
-        })
-    }
-}
-
-impl BackplaneReader for Reader {
-    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
-        Box::pin(async move {
-            let state = info(&mut self.stream).await?.state.clone();
-            let last = last(self.epoch, &state);
-            if state.messages == 0 {
-                return Ok(Tail::new(Vec::new(), last));
-            }
-            let count = (state.messages).min(limit.max(1) as u64);
-            let mut next = state.last_sequence + 1 - count;
-            let mut records = Vec::with_capacity(count as usize);
-            // Up to the last message there was when asked. The stream may
-            // drop its oldest meanwhile (its limits, under a fast
-            // publisher): the tail then starts later, and stays one run of
-            // consecutive messages.
-            while next <= state.last_sequence {
-                let wanted = usize::try_from(state.last_sequence + 1 - next).unwrap_or(usize::MAX);
-                match self.batch(next, wanted, false).await? {
-                    Batch::Messages {
-                        first,
-                        last,
-                        records: batch,
-                    } => {
-                        if first != next {
-                            records.clear();
-                        }
-                        records.extend(batch);
-                        next = last + 1;
-                    }
-                    Batch::Gap | Batch::Nothing => {
-                        return Err("the stream's tail did not come within a second".into());
-                    }
-                }
-            }
-            Ok(Tail::new(records, last))
-        })
-    }
-
-    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
-        Box::pin(async move {
-            let state = &info(&mut self.stream).await?.state;
-            Ok(holds(self.epoch, state, after.as_u64()))
-        })
-    }
-
-    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
-        Box::pin(async move {
-            // The sequence to read from: after 0, the first; after an id of
-            // an earlier stream, what this one holds is past a gap.
-            let start = match after.as_u64() {
-                0 => 1,
-                id if id < self.epoch => return Ok(Read::Gap),
-                id => id - self.epoch + 1,
-            };
-            // Once a second, busy or not: the stream is still the one read
-            // (not made again with another epoch, not holding less than was
-            // read, as after a restore); an error makes the hub reconnect,
-            // which makes it again and reloads.
-            if self.checked.elapsed() >= CHECK_EVERY {
-                self.check(start).await?;
-            }
-            Ok(
-                match self.batch(start, limit.max(1), after.as_u64() > 0).await? {
-                    Batch::Gap => Read::Gap,
-                    Batch::Nothing => Read::records(Vec::new()),
-                    Batch::Messages { last, records, .. } => Read::Records {
-                        records,
-                        up_to: Some(EventId::new(self.epoch.saturating_add(last))),
-                    },
-                },
-            )
-        })
-    }
-}
-
-/// One message as a record; one that is not a valid event is logged and
-/// skipped.
-fn record(id: u64, prefix: &str, message: &async_nats::jetstream::Message) -> Option<Record> {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
-    let mut event = Event::default();
-    if let Some(name) = header(EVENT) {
-        event = event.event(name);
-    }
-    match std::str::from_utf8(&message.payload) {
-        Ok(data) => event = event.data(data),
-        Err(_) => {
-            tracing::warn!(id, "backplane: skipping a message whose data is not UTF-8");
-            return None;
-        }
-    }
-    if let Some(id) = header(ID) {
-        event = event.id(id);
-    }
-    if let Some(retry) = header(RETRY).and_then(|ms| ms.parse().ok()) {
-        event = event.retry(Duration::from_millis(retry));
-    }
-    if let Some(comment) = header(COMMENT) {
-        event = event.comment(unescape(&comment));
-    }
-    let topic = match topic_of(prefix, &message.subject) {
-        Ok(topic) => topic,
-        Err(()) => {
-            tracing::warn!(id, subject = %message.subject, "backplane: skipping a message on another subject");
-            return None;
-        }
-    };
-    match Message::new(topic.as_deref(), event) {
-        Ok(message) => Some(Record::new(EventId::new(id), message)),
-        Err(e) => {
-            tracing::warn!(id, error = %e, "backplane: skipping a message that is not a valid event");
-            None
-        }
-    }
-}
-
-/// The topic of a message on `subject` (`None`: every subscriber's); an
-/// error when the subject is not the prefix's.
-fn topic_of(prefix: &str, subject: &str) -> Result<Option<String>, ()> {
-    if subject == prefix {
-        return Ok(None);
-    }
-    match subject
-        .strip_prefix(prefix)
-        .and_then(|s| s.strip_prefix('.'))
-    {
-        Some(topic) => Ok(Some(topic.replace("%2E", "."))),
-        None => Err(()),
-    }
-}
-
-/// `\n` back to a line break, `\\` to a backslash.
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(other) => out.push(other),
-                None => out.push('\\'),
-            },
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn comments_cross_headers_with_their_line_breaks() {
-        let comment = "one\ntwo \\n three\\";
-        let escaped = comment.replace('\\', "\\\\").replace('\n', "\\n");
-        assert!(!escaped.contains('\n'));
-        assert_eq!(unescape(&escaped), comment);
-    }
-
-    #[test]
-    fn a_stream_holds_what_follows_its_first_message() {
-        let epoch = 1_000;
-        assert!(holds_seq(epoch, (3, 10, 12), 1_009));
-        assert!(holds_seq(epoch, (3, 10, 12), 1_012));
-        assert!(!holds_seq(epoch, (3, 10, 12), 1_008), "9 was purged");
-        assert!(holds_seq(epoch, (0, 13, 12), 1_012));
-        assert!(!holds_seq(epoch, (0, 13, 12), 1_011));
-        assert!(holds_seq(epoch, (0, 0, 0), 0));
-        assert!(
-            !holds_seq(epoch, (2, 1, 2), 999),
-            "an id of an earlier stream"
-        );
-    }
 }

@@ -49,14 +49,18 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 use tokio_postgres::{
     tls::{MakeTlsConnect, TlsConnect},
-    AsyncMessage, Client, NoTls, Row, Socket, Statement,
+    AsyncMessage, Client, NoTls, Socket, Statement,
 };
 
-use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
+mod reader;
+
+use reader::Reader;
+
+use super::{Backplane, BackplaneReader, BoxFuture, Retention};
 use crate::{
     error::{BoxError, Error},
-    event::{Event, EventId},
-    record::{Message, Record},
+    event::EventId,
+    record::Message,
 };
 
 /// The table used unless [`PostgresBackplane::table`] names another.
@@ -191,7 +195,16 @@ impl PostgresBackplane {
                 trimmed: Mutex::new((None, 0)),
             }),
         };
-        backplane.client().await.map_err(Error::Backplane)?;
+        // Bounded, handshake and schema included: a server that accepts and
+        // then stalls is an error at start, not a hang.
+        match tokio::time::timeout(STATEMENT, backplane.client()).await {
+            Ok(client) => client.map_err(Error::Backplane)?,
+            Err(_) => {
+                return Err(Error::Backplane(
+                    "PostgreSQL did not answer within 10 s (connecting, checking the table)".into(),
+                ))
+            }
+        };
         Ok(backplane)
     }
 
@@ -215,6 +228,49 @@ impl PostgresBackplane {
         let publishing = Arc::new(Publishing { client, insert });
         *publish = Some(publishing.clone());
         Ok(publishing)
+    }
+
+    /// Inserts `messages` in one statement; their ids, in order.
+    async fn insert(&self, messages: &[Message]) -> Result<Vec<EventId>, BoxError> {
+        let client = self.client().await?;
+        let column = |f: &dyn Fn(&Message) -> Option<String>| -> Vec<Option<String>> {
+            messages.iter().map(f).collect()
+        };
+        let topics = column(&|m| m.topic().map(str::to_owned));
+        let events = column(&|m| m.event().map(str::to_owned));
+        let data: Vec<String> = messages.iter().map(|m| m.data().to_owned()).collect();
+        let app_ids = column(&|m| m.app_id().map(str::to_owned));
+        let comments = column(&|m| m.comment().map(str::to_owned));
+        let retries: Vec<Option<i64>> = messages
+            .iter()
+            .map(|m| {
+                m.retry()
+                    .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
+            })
+            .collect();
+        // One statement: the trigger's lock is held until it commits.
+        // Rows go in in the batch's order, so the ids, sorted, are theirs.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&topics, &events, &data, &app_ids, &retries, &comments];
+        let rows = match client.client.query(&client.insert, &params).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Made again on the next call: the table may have been
+                // dropped and made again, which its prepared insert never
+                // sees (it would fail on this connection for good).
+                self.inner.publish.lock().await.take();
+                return Err(e.into());
+            }
+        };
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        ids.sort_unstable();
+        // Trimming goes on apart, on the same connection, so the answer
+        // does not wait for it.
+        if let Some(retention) = self.trim_due(ids.len()) {
+            let backplane = self.clone();
+            tokio::spawn(async move { backplane.trim(&client.client, retention).await });
+        }
+        Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
     }
 
     /// Whether the table is due a trim after `appended` more rows (once per
@@ -441,45 +497,17 @@ impl Backplane for PostgresBackplane {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let column = |f: &dyn Fn(&Message) -> Option<String>| -> Vec<Option<String>> {
-                messages.iter().map(f).collect()
-            };
-            let topics = column(&|m| m.topic().map(str::to_owned));
-            let events = column(&|m| m.event().map(str::to_owned));
-            let data: Vec<String> = messages.iter().map(|m| m.data().to_owned()).collect();
-            let app_ids = column(&|m| m.app_id().map(str::to_owned));
-            let comments = column(&|m| m.comment().map(str::to_owned));
-            let retries: Vec<Option<i64>> = messages
-                .iter()
-                .map(|m| {
-                    m.retry()
-                        .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
-                })
-                .collect();
-            // One statement: the trigger's lock is held until it commits.
-            // Rows go in in the batch's order, so the ids, sorted, are theirs.
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-                [&topics, &events, &data, &app_ids, &retries, &comments];
-            let insert = client.client.query(&client.insert, &params);
-            let rows = match tokio::time::timeout(STATEMENT, insert).await {
-                Ok(rows) => rows?,
+            // Connecting again included: a server that stalls mid-handshake
+            // (a half-open link) must not hold the publishers longer.
+            match tokio::time::timeout(STATEMENT, self.insert(messages)).await {
+                Ok(ids) => ids,
                 Err(_) => {
                     // Its answer may still come: the connection is not
                     // used again (the events may have been kept).
                     self.inner.publish.lock().await.take();
-                    return Err("PostgreSQL did not answer the insert within 10 s".into());
+                    Err("PostgreSQL did not answer the insert within 10 s".into())
                 }
-            };
-            let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-            ids.sort_unstable();
-            // Trimming goes on apart, on the same connection, so the
-            // answer does not wait for it.
-            if let Some(retention) = self.trim_due(ids.len()) {
-                let backplane = self.clone();
-                tokio::spawn(async move { backplane.trim(&client.client, retention).await });
             }
-            Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
         })
     }
 
@@ -503,22 +531,18 @@ impl Backplane for PostgresBackplane {
             .await?;
             client.batch_execute(&format!("LISTEN {table}")).await?;
             // The rows after an id, each with the table's oldest id in the
-            // same snapshot: if that is at or before the id, nothing after
-            // it had been trimmed when these were read.
+            // same snapshot (if that is at or before the id, nothing after
+            // it had been trimmed when these were read), and the
+            // transaction that inserted it (to tell a row from another one
+            // under the same id, once ids went back).
             let after = client
                 .prepare(&format!(
                     "SELECT id, topic, event, data, app_id, retry_ms, comment, \
-                     (SELECT min(id) FROM {table}) FROM {table} \
+                     (SELECT min(id) FROM {table}), xmin::text::int8 FROM {table} \
                      WHERE id > $1 ORDER BY id LIMIT $2"
                 ))
                 .await?;
-            Ok(Box::new(Reader {
-                client,
-                table,
-                notify,
-                after,
-                drained: false,
-            }) as Box<dyn BackplaneReader>)
+            Ok(Box::new(Reader::new(client, table, notify, after)) as Box<dyn BackplaneReader>)
         })
     }
 }
@@ -530,173 +554,4 @@ async fn last_id(client: &Client, table: &str) -> Result<Option<EventId>, BoxErr
     Ok(row
         .get::<_, Option<i64>>(0)
         .map(|id| EventId::new(id as u64)))
-}
-
-/// One connection that reads the table and listens for new rows.
-struct Reader {
-    client: Client,
-    table: String,
-    notify: Arc<Notify>,
-    /// See [`PostgresBackplane::reader`].
-    after: Statement,
-    /// The last read returned every row there was: the next waits for a
-    /// notification before asking (one sent since that read is kept by
-    /// `Notify`).
-    drained: bool,
-}
-
-impl Reader {
-    /// Whether the table still has a row at or before `after` (it is trimmed
-    /// from its oldest end, so then it has every row after it) and one at or
-    /// after it; with no row at all, whether nothing was read yet.
-    async fn holds_now(&self, after: EventId) -> Result<bool, BoxError> {
-        let row = self
-            .client
-            .query_one(&format!("SELECT min(id), max(id) FROM {}", self.table), &[])
-            .await?;
-        // And not less than was read: the newest row (which trimming keeps)
-        // at or after it, else the table was restored to an earlier state,
-        // and its sequence would give ids already given: raised first.
-        Ok(
-            match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
-                (Some(_), Some(newest)) if (newest as u64) < after.as_u64() => {
-                    self.raise_ids(after).await?;
-                    false
-                }
-                (Some(first), Some(_)) => first as u64 <= after.as_u64(),
-                _ => after.as_u64() == 0,
-            },
-        )
-    }
-
-    /// Makes the table's next id come after `after` (ids never go back, even
-    /// after a restore). Needs `UPDATE` on the id's sequence; without it,
-    /// an error saying what to run.
-    async fn raise_ids(&self, after: EventId) -> Result<(), BoxError> {
-        // Past `after + 1`: the hub counts the id after the last one read
-        // as possibly lost, so the next must be above it to be read.
-        let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX - 1) + 1;
-        let raised = self
-            .client
-            .query_one(
-                "SELECT setval(pg_get_serial_sequence($1, 'id'), $2::int8)",
-                &[&self.table, &after],
-            )
-            .await;
-        match raised {
-            Ok(_) => {
-                tracing::warn!(
-                    table = %self.table,
-                    after,
-                    "backplane: the table holds less than was read (restored?); its ids now go on after the last one read"
-                );
-                Ok(())
-            }
-            Err(e) => Err(format!(
-                "the table {table} holds less than was read (restored?) and its ids would \
-                 repeat; raise them: ALTER TABLE {table} ALTER COLUMN id RESTART WITH {next} \
-                 ({e})",
-                table = self.table,
-                next = after.saturating_add(1)
-            )
-            .into()),
-        }
-    }
-
-    async fn rows_after(&self, after: EventId, limit: usize) -> Result<Vec<Row>, BoxError> {
-        let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &limit];
-        let query = self.client.query(&self.after, &params);
-        match tokio::time::timeout(STATEMENT, query).await {
-            Ok(rows) => Ok(rows?),
-            Err(_) => Err("PostgreSQL did not answer a read within 10 s".into()),
-        }
-    }
-
-    /// Waits (at most [`BLOCK`]) for a notification; whether one came.
-    async fn notified(&self) -> bool {
-        tokio::time::timeout(BLOCK, self.notify.notified())
-            .await
-            .is_ok()
-    }
-}
-
-impl BackplaneReader for Reader {
-    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
-        Box::pin(async move {
-            // The newest id first: a row added after it is in the range read
-            // next, or is read later (it is above `last`).
-            let last = last_id(&self.client, &self.table).await?;
-            let query = format!(
-                "SELECT id, topic, event, data, app_id, retry_ms, comment FROM \
-                 (SELECT * FROM {} ORDER BY id DESC LIMIT $1) newest ORDER BY id",
-                self.table
-            );
-            let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-            let rows = self.client.query(&query, &[&limit]).await?;
-            Ok(Tail::new(rows.iter().filter_map(record).collect(), last))
-        })
-    }
-
-    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
-        Box::pin(async move { self.holds_now(after).await })
-    }
-
-    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
-        Box::pin(async move {
-            let limit = limit.max(1);
-            if self.drained {
-                // Asked once a second even without one, should a
-                // notification have been missed.
-                self.notified().await;
-            }
-            let mut rows = self.rows_after(after, limit).await?;
-            if rows.is_empty() && !self.drained {
-                if !self.notified().await {
-                    return Ok(Read::records(Vec::new()));
-                }
-                rows = self.rows_after(after, limit).await?;
-            }
-            self.drained = rows.len() < limit;
-            let first = rows.first().and_then(|row| row.get::<_, Option<i64>>(7));
-            if after.as_u64() > 0 && first.is_some_and(|first| first as u64 > after.as_u64()) {
-                return Ok(Read::Gap);
-            }
-            let up_to = rows
-                .last()
-                .map(|row| EventId::new(row.get::<_, i64>(0) as u64));
-            let records = rows.iter().filter_map(record).collect();
-            Ok(Read::Records { records, up_to })
-        })
-    }
-}
-
-/// One row as a record; a row that is not a valid event is logged and
-/// skipped.
-fn record(row: &Row) -> Option<Record> {
-    let id: i64 = row.get(0);
-    let text = |i: usize| row.get::<_, Option<String>>(i);
-    let mut event = Event::default();
-    if let Some(name) = text(2) {
-        event = event.event(name);
-    }
-    event = event.data(row.get::<_, String>(3));
-    if let Some(app_id) = text(4) {
-        event = event.id(app_id);
-    }
-    if let Some(retry) = row.get::<_, Option<i64>>(5) {
-        event = event.retry(Duration::from_millis(u64::try_from(retry).unwrap_or(0)));
-    }
-    if let Some(comment) = text(6) {
-        event = event.comment(comment);
-    }
-    let topic = text(1);
-    match Message::new(topic.as_deref(), event) {
-        Ok(message) => Some(Record::new(EventId::new(id as u64), message)),
-        Err(e) => {
-            tracing::warn!(id, error = %e, "backplane: skipping a row that is not a valid event");
-            None
-        }
-    }
 }

@@ -21,32 +21,38 @@
 //! `comment`. An entry that is not a valid event is skipped and logged.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redis::{
     aio::MultiplexedConnection,
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
-    streams::{StreamId, StreamRangeReply, StreamReadReply},
-    AsyncConnectionConfig, Client, Value,
+    streams::StreamRangeReply,
+    AsyncConnectionConfig, Client,
 };
 
-use super::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail};
+mod reader;
+
+use reader::Reader;
+
+use super::{Backplane, BackplaneReader, BoxFuture, Retention};
 use crate::{
     error::{BoxError, Error},
-    event::{Event, EventId},
-    record::{Message, Record},
+    event::EventId,
+    record::Message,
 };
 
 /// The stream key used unless [`RedisBackplane::key`] sets another.
 const DEFAULT_KEY: &str = "tower-sse:events";
 /// How long one `XREAD` blocks waiting for an entry.
 const BLOCK: Duration = Duration::from_secs(1);
+/// How long the publishing connection may stay unused before it is checked
+/// (`PING`) before use.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// A Redis backplane: several instances of an app share one event stream,
 /// with the same ids, history and resume guarantees as a single instance.
@@ -87,12 +93,18 @@ const BLOCK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct RedisBackplane {
     target: Target,
-    publish: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    publish: Arc<tokio::sync::Mutex<Option<Publishing>>>,
     key: Arc<str>,
     /// The `MAXLEN` of each `XADD`: the hub's history.
     max_len: Arc<AtomicUsize>,
     /// How many replicas must acknowledge a batch (`WAIT`), if any.
     replicas: usize,
+}
+
+/// The connection that publishes, and when it was last used.
+struct Publishing {
+    conn: MultiplexedConnection,
+    used: Instant,
 }
 
 /// Where the Redis primary is.
@@ -237,14 +249,34 @@ impl RedisBackplane {
         self
     }
 
-    /// The publishing connection, made again after an error.
+    /// The publishing connection, made again after an error. One idle for
+    /// [`IDLE`] is asked a `PING` first: a connection Redis dropped
+    /// meanwhile (it restarted) is made again before anything is sent on
+    /// it, where a failure would leave the events' fate unknown.
     async fn publisher(&self) -> redis::RedisResult<MultiplexedConnection> {
         let mut publish = self.publish.lock().await;
-        if let Some(conn) = publish.as_ref() {
-            return Ok(conn.clone());
+        if let Some(idle) = publish.as_mut() {
+            if idle.used.elapsed() < IDLE {
+                idle.used = Instant::now();
+                return Ok(idle.conn.clone());
+            }
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut idle.conn).await;
+            match pong {
+                Ok(_) => {
+                    idle.used = Instant::now();
+                    return Ok(idle.conn.clone());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane: the idle Redis connection is gone; connecting again");
+                }
+            }
         }
         let conn = self.target.connect(Duration::from_secs(2)).await?;
-        *publish = Some(conn.clone());
+        *publish = Some(Publishing {
+            conn: conn.clone(),
+            used: Instant::now(),
+        });
         Ok(conn)
     }
 
@@ -357,10 +389,11 @@ impl Backplane for RedisBackplane {
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
         Box::pin(async move {
             let conn = self.target.connect(BLOCK + Duration::from_secs(2)).await?;
-            Ok(Box::new(Reader {
-                conn,
-                key: self.key.clone(),
-            }) as Box<dyn BackplaneReader>)
+            // A reader is opened again after the log was lost (Redis
+            // restarted, a failover): the publishing connection, made
+            // before, is made again too before it is used.
+            *self.publish.lock().await = None;
+            Ok(Box::new(Reader::new(conn, self.key.clone())) as Box<dyn BackplaneReader>)
         })
     }
 }
@@ -392,188 +425,6 @@ fn xadd(pipe: &mut redis::Pipeline, key: &str, max_len: usize, message: &Message
     }
 }
 
-/// One connection that reads the stream.
-struct Reader {
-    conn: MultiplexedConnection,
-    key: Arc<str>,
-}
-
-impl Reader {
-    /// The newest entry id the stream ever gave (`XINFO STREAM`), or `None`
-    /// when there is no stream.
-    async fn last_generated(&mut self) -> Result<Option<u64>, BoxError> {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&*self.key)
-            .query_async(&mut self.conn)
-            .await?;
-        if !exists {
-            return Ok(None);
-        }
-        let info: HashMap<String, Value> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&*self.key)
-            .query_async(&mut self.conn)
-            .await?;
-        let id = info.get("last-generated-id").and_then(|v| match v {
-            Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(pack),
-            Value::SimpleString(s) => pack(s),
-            _ => None,
-        });
-        Ok(id)
-    }
-}
-
-impl BackplaneReader for Reader {
-    fn tail(&mut self, limit: usize) -> BoxFuture<'_, Result<Tail, BoxError>> {
-        Box::pin(async move {
-            // The newest id first: an entry added after it is in the range
-            // read next, or is read later (it is above `last`).
-            let last = self.last_generated().await?.map(EventId::new);
-            let tail: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&*self.key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit.max(1))
-                .query_async(&mut self.conn)
-                .await?;
-            let records = tail.ids.iter().rev().filter_map(record).collect();
-            Ok(Tail::new(records, last))
-        })
-    }
-
-    fn holds(&mut self, after: EventId) -> BoxFuture<'_, Result<bool, BoxError>> {
-        Box::pin(async move {
-            // The stream is trimmed from its oldest end only: if it still has
-            // an entry at or before `after`, it has everything after it.
-            let first: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&*self.key)
-                .arg("-")
-                .arg(unpack(after.as_u64()))
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.conn)
-                .await?;
-            if !first.ids.is_empty() {
-                // And it must not hold less than was read: a failover to a
-                // replica that had not the newest entries, or a restore.
-                let last = self.last_generated().await?;
-                return Ok(last.is_some_and(|last| last >= after.as_u64()));
-            }
-            let len: usize = redis::cmd("XLEN")
-                .arg(&*self.key)
-                .query_async(&mut self.conn)
-                .await?;
-            if len > 0 {
-                // Its oldest entry is after `after`: something in between may be gone.
-                return Ok(false);
-            }
-            // Empty: nothing was lost if nothing was added after `after`.
-            let last = self.last_generated().await?;
-            Ok(last.map_or(after.as_u64() == 0, |last| last <= after.as_u64()))
-        })
-    }
-
-    fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>> {
-        Box::pin(async move {
-            let from = unpack(after.as_u64());
-            // Pipelined on this connection, so `XRANGE` runs right after the
-            // `XREAD` returns: if the stream then still has an entry at or
-            // before `after`, it had everything after it when it was read
-            // (trimming takes the oldest first). If it has none, something
-            // may have been trimmed before the read: said as a gap (also,
-            // rarely, when the trim came just after it).
-            let (reply, held): (Option<StreamReadReply>, StreamRangeReply) = redis::pipe()
-                .cmd("XREAD")
-                .arg("COUNT")
-                .arg(limit.max(1))
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&*self.key)
-                .arg(&from)
-                .cmd("XRANGE")
-                .arg(&*self.key)
-                .arg("-")
-                .arg(&from)
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.conn)
-                .await?;
-            let entries: Vec<StreamId> = reply
-                .map(|r| r.keys)
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|key| key.ids)
-                .collect();
-            if !entries.is_empty() && after.as_u64() > 0 && held.ids.is_empty() {
-                return Ok(Read::Gap);
-            }
-            let up_to = match entries.last() {
-                None => None,
-                Some(entry) => match pack(&entry.id) {
-                    Some(id) => Some(EventId::new(id)),
-                    // Reading on after it is impossible: said, not looped on.
-                    None => {
-                        return Err(format!(
-                            "stream entry id {} does not fit an event id (milliseconds \
-                             below 2^43, sequence below 2^20): was it added with an \
-                             explicit id?",
-                            entry.id
-                        )
-                        .into())
-                    }
-                },
-            };
-            let records = entries.iter().filter_map(record).collect();
-            Ok(Read::Records { records, up_to })
-        })
-    }
-}
-
-/// One stream entry as a record; an entry that is not a valid event is
-/// logged and skipped.
-fn record(entry: &StreamId) -> Option<Record> {
-    let Some(id) = pack(&entry.id) else {
-        tracing::warn!(id = %entry.id, "backplane: skipping an entry with an unexpected id");
-        return None;
-    };
-    let field = |name| text(&entry.map, name);
-    let mut event = Event::default();
-    if let Some(name) = field("event") {
-        event = event.event(name);
-    }
-    if let Some(data) = field("data") {
-        event = event.data(data);
-    }
-    if let Some(app_id) = field("id") {
-        event = event.id(app_id);
-    }
-    if let Some(retry) = field("retry").and_then(|ms| ms.parse().ok()) {
-        event = event.retry(Duration::from_millis(retry));
-    }
-    if let Some(comment) = field("comment") {
-        event = event.comment(comment);
-    }
-    let topic = field("topic");
-    match Message::new(topic.as_deref(), event) {
-        Ok(message) => Some(Record::new(EventId::new(id), message)),
-        Err(e) => {
-            tracing::warn!(id = %entry.id, error = %e, "backplane: skipping an entry that is not a valid event");
-            None
-        }
-    }
-}
-
-fn text(map: &HashMap<String, Value>, field: &str) -> Option<String> {
-    let bytes = match map.get(field)? {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.clone().into_bytes(),
-        _ => return None,
-    };
-    String::from_utf8(bytes).ok()
-}
-
 /// `<ms>-<seq>` → `ms << 20 | seq`.
 fn pack(id: &str) -> Option<u64> {
     let (ms, seq) = id.split_once('-')?;
@@ -587,7 +438,8 @@ fn unpack(id: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{reader::record, *};
+    use redis::{streams::StreamId, Value};
 
     #[test]
     fn ids_pack_in_order_and_back() {

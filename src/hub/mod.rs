@@ -254,6 +254,18 @@ impl HubBuilder {
         self
     }
 
+    /// How many bytes of events may wait for the backplane (accepted by
+    /// `publish`, not yet taken by the engine: it is slow, hung or
+    /// unreachable); past it `publish` is refused with [`Error::Backlog`]
+    /// rather than holding more. Counted as [`max_event_size`](Self::max_event_size)
+    /// counts an event, plus its topic and about 256 bytes; one event is
+    /// always accepted, whatever its size. At most 16,384 events wait, too.
+    /// Default: 32 MiB.
+    pub fn backplane_backlog(mut self, bytes: usize) -> Self {
+        self.settings.backplane_backlog = bytes;
+        self
+    }
+
     /// The hub. Its tasks (waking large topics, dropping aged events,
     /// reading the backplane) start on the Tokio runtime at hand, now or
     /// with its first subscriber.
@@ -278,7 +290,7 @@ impl HubBuilder {
         self.settings.rules.check()?;
         let replica = self.backplane.map(|backplane| {
             backplane.retain(self.settings.engine_retention());
-            Replica::new(backplane)
+            Replica::new(backplane, self.settings.backplane_backlog)
         });
         let hub = Hub {
             inner: Arc::new(Inner {

@@ -27,8 +27,13 @@ use crate::{
 
 /// How long the engine's newest id, once asked, is reused.
 const NEWEST_FOR: Duration = Duration::from_millis(100);
-/// Records read in one call.
+/// Records read in one call, at most; and about how many bytes (at most
+/// this many of the hub's largest events, at least one).
 const READ_BATCH: usize = 1000;
+const READ_BYTES: usize = 16 * 1024 * 1024;
+/// How long any call to the engine may take (connecting and loading the
+/// history, one read) before it counts as failed.
+const ENGINE_BOUND: Duration = Duration::from_secs(15);
 /// How long a new subscription waits for the history to load or for the
 /// id it resumes from to arrive (the reader is normally milliseconds behind).
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -71,10 +76,10 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    pub(crate) fn new(backplane: Arc<dyn Backplane>) -> Arc<Replica> {
+    pub(crate) fn new(backplane: Arc<dyn Backplane>, backlog: usize) -> Arc<Replica> {
         Arc::new(Replica {
             backplane,
-            outbox: Outbox::default(),
+            outbox: Outbox::new(backlog),
             status: watch::Sender::new(BackplaneStatus::Connecting),
             loaded: watch::Sender::new(false),
             appender: Mutex::default(),
@@ -194,6 +199,7 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
             let caught_up = catch_up(&core, &mut *reader, &mut last, from).await?;
             Ok::<_, BoxError>((reader, caught_up))
         };
+        let connect = bounded(connect, "connect and catch up");
         let connected = tokio::select! {
             connected = connect => connected,
             _ = core.closed() => return,
@@ -230,7 +236,7 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
         let mut reloaded = false;
         loop {
             let read = async {
-                match reader.read(last, READ_BATCH).await? {
+                match reader.read(last, read_batch(&core)).await? {
                     Read::Records { records, up_to } => {
                         reloaded &= records.is_empty() && up_to.is_none();
                         for record in records {
@@ -251,6 +257,7 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                 }
                 Ok::<_, BoxError>(())
             };
+            let read = bounded(read, "read its log");
             let read = tokio::select! {
                 read = read => read,
                 _ = core.closed() => return,
@@ -279,6 +286,19 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                 }
             }
         }
+    }
+}
+
+/// `call` to the engine, failing after [`ENGINE_BOUND`]: an engine that
+/// does not answer (a half-open link, a server stalled mid-handshake) is
+/// one that failed, whatever its own timeouts.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, BoxError>>,
+    what: &str,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(ENGINE_BOUND, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!("the engine did not {what} within {ENGINE_BOUND:?}").into()),
     }
 }
 
@@ -338,6 +358,13 @@ async fn catch_up(
     Ok(count)
 }
 
+/// How many records one read may return: [`READ_BATCH`], fewer when the
+/// hub's events may be so large that they would hold more than
+/// [`READ_BYTES`].
+fn read_batch(core: &Core) -> usize {
+    (READ_BYTES / core.settings.max_event_size.max(1)).clamp(1, READ_BATCH)
+}
+
 /// 100 ms doubling up to 5 s, times a random factor in [0.5, 1).
 fn backoff(failures: u32) -> Duration {
     let base = Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6));
@@ -349,6 +376,25 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_holds_at_most_its_bytes_of_the_largest_events() {
+        let batch = |max_event_size| {
+            let settings = super::super::settings::Settings {
+                max_event_size,
+                ..Default::default()
+            };
+            read_batch(&Core::new(settings, true))
+        };
+        assert_eq!(
+            batch(1024 * 1024),
+            16,
+            "the default: 16 MiB of 1 MiB events"
+        );
+        assert_eq!(batch(1024), READ_BATCH);
+        assert_eq!(batch(usize::MAX), 1);
+        assert_eq!(batch(0), READ_BATCH);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_a_ceiling() {

@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub(crate) max_streams_per_address: usize,
     /// Topic prefixes whose streams announce their users' comings and goings.
     pub(crate) presence_events: Vec<String>,
+    /// Bytes of events that may wait for the engine.
+    pub(crate) backplane_backlog: usize,
 }
 
 impl Default for Settings {
@@ -33,6 +35,7 @@ impl Default for Settings {
             max_streams_per_user: usize::MAX,
             max_streams_per_address: 100,
             presence_events: Vec::new(),
+            backplane_backlog: 32 * 1024 * 1024,
         }
     }
 }

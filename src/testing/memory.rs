@@ -62,6 +62,8 @@ struct State {
     down: bool,
     /// Readers get nothing new while set (as when stalled on the network).
     stalled: bool,
+    /// Appends wait, unanswered, while set (a hung server).
+    hung: bool,
     /// Bumped when the engine goes down or loses its log: readers opened
     /// before lose their "connection", as with a real server.
     epoch: u64,
@@ -120,6 +122,14 @@ impl MemoryBackplane {
         self.changed();
     }
 
+    /// Hangs the engine for appends (`true`: every append waits,
+    /// unanswered, as with a server stopped by `SIGSTOP`) or lets them go
+    /// on. Readers are not affected (see [`stall_readers`](Self::stall_readers)).
+    pub fn hang_appends(&self, hung: bool) {
+        self.state().hung = hung;
+        self.changed();
+    }
+
     /// Loses the whole log, as Redis restarting without persistence does;
     /// ids go on above every id given before, with a gap.
     pub fn lose_data(&self) {
@@ -154,6 +164,10 @@ impl Backplane for MemoryBackplane {
         messages: &'a [Message],
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
+            let mut changed = self.log.changed.subscribe();
+            while self.state().hung {
+                changed.changed().await.ok();
+            }
             let mut state = self.state();
             if state.down {
                 return Err(Down.into());

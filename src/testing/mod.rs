@@ -150,10 +150,10 @@ async fn publish_to(publisher: &Publisher, topic: Option<&str>, event: Event) ->
             match published {
                 Ok(published) => match published.await {
                     Ok(id) => return id,
-                    Err(Error::Backplane(_)) => {}
+                    Err(Error::Backplane(_) | Error::Backlog { .. }) => {}
                     Err(e) => panic!("conformance: publish failed: {e}"),
                 },
-                Err(Error::Backplane(_)) => {}
+                Err(Error::Backplane(_) | Error::Backlog { .. }) => {}
                 Err(e) => panic!("conformance: publish refused: {e}"),
             }
             // A retry, bounded by the timeout: the engine decides when it is back.

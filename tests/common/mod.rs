@@ -13,6 +13,8 @@ use std::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+pub mod faults;
+pub mod proxy;
 #[cfg(feature = "serve")]
 pub mod served;
 pub mod services;
