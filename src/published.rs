@@ -14,7 +14,8 @@ use crate::{error::Error, event::EventId};
 /// with one. Dropping it does not withdraw the event; with a backplane it
 /// gives up the only word of its fate: an event the engine then refuses is
 /// lost, counted (`tower_sse_backplane_lost_total`, feature `metrics`) and
-/// logged at `error` level once per burst, and no stream is told.
+/// logged at `error` level once per burst, and the streams of its topic on
+/// this instance end: resuming from before it gets the `reset`.
 ///
 /// ```
 /// # async fn run(publisher: tower_sse::Publisher) -> Result<(), tower_sse::Error> {

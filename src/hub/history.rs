@@ -113,6 +113,13 @@ impl Topic {
             && self.ring().entries.is_empty()
     }
 
+    /// Events of this topic up to `id` may be missing: a client that saw
+    /// less than it must get the reset.
+    pub(crate) fn lost_up_to(&self, id: u64) {
+        let mut ring = self.ring_mut();
+        ring.evicted_up_to = ring.evicted_up_to.max(id);
+    }
+
     /// Where a subscription starting after `after` begins reading this
     /// topic: after that id, except that a state topic with nothing newer
     /// to replay starts at its newest record (the current value) — unless

@@ -192,6 +192,9 @@ impl Outbox {
             }
             let (messages, acks): (Vec<Message>, Vec<_>) =
                 batch.into_iter().map(|p| (p.message, p.ack)).unzip();
+            // Kept past the batch: the topics a lost event would have reached.
+            let topics: Vec<Option<Arc<str>>> =
+                messages.iter().map(|m| m.topic_name().cloned()).collect();
             // Bounded whatever the engine's own timeouts: the publishers
             // are answered, and what the batch holds is given back.
             let appended = match tokio::time::timeout(APPEND_BOUND, backplane.append(&messages)).await {
@@ -229,13 +232,18 @@ impl Outbox {
                     let error: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
                     // Each publisher hears of it; the status is the reader's to set.
                     tracing::warn!(%error, events = acks.len(), "backplane: the engine did not take events");
-                    let unheard = acks
+                    let unheard: Vec<Option<Arc<str>>> = acks
                         .into_iter()
-                        .map(|ack| ack.send(Err(shared(&error))).is_err())
-                        .filter(|unheard| *unheard)
-                        .count();
-                    if unheard > 0 {
-                        lost.lost(unheard, &*error);
+                        .zip(topics)
+                        .filter_map(|(ack, topic)| {
+                            ack.send(Err(shared(&error))).is_err().then_some(topic)
+                        })
+                        .collect();
+                    if !unheard.is_empty() {
+                        lost.lost(unheard.len(), &*error);
+                        // Nobody will get them, and no publisher heard: the
+                        // streams they would have reached are told (a reset).
+                        core.lost(&unheard);
                     }
                 }
             }

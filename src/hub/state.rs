@@ -305,6 +305,33 @@ impl Core {
         page
     }
 
+    /// Events of `topics` (`None`: the default topic) that this hub accepted
+    /// were lost before the engine took them, and no publisher heard: every
+    /// stream of those topics here ends, and resuming from any id before
+    /// now gets the reset (a client is told, never silently short).
+    pub(crate) fn lost(&self, topics: &[Option<Arc<str>>]) {
+        let ended: Vec<Arc<Topic>> = {
+            let mut state = self.state();
+            let after = self.published() + 1;
+            topics
+                .iter()
+                .map(|name| {
+                    let topic = match name {
+                        None => self.default_topic.clone(),
+                        Some(name) => state.topic(name, Some(name), &self.settings),
+                    };
+                    topic.lost_up_to(after);
+                    topic
+                })
+                .collect()
+        };
+        for topic in ended {
+            if let Some(followers) = topic.followed_by() {
+                followers.end(None, Ended::Disconnected);
+            }
+        }
+    }
+
     /// Drops what is older than its topic's age limit (for the hub's sweep).
     pub(crate) fn expire(&self) {
         let mut state = self.state();
