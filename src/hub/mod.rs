@@ -10,12 +10,14 @@
 pub(crate) mod control;
 mod history;
 mod outbox;
+mod presence;
 mod registry;
 mod replica;
 mod rule;
 mod settings;
 mod start;
 mod state;
+mod store;
 mod subscription;
 
 use std::{
@@ -87,14 +89,11 @@ struct Inner {
     fan_out: Mutex<Option<JoinHandle<()>>>,
     /// Open streams per user and announced topic: only a user's first
     /// stream on a topic announces `join`, and its last `leave`.
-    present: Mutex<HashMap<UserTopic, usize>>,
+    present: Mutex<HashMap<presence::UserTopic, usize>>,
     /// Who decides what a stream may follow: set once (by the builder, or
     /// the layer that serves the hub), read by every transport's admission.
     policy: OnceLock<Policy>,
 }
-
-/// A user, and a topic it follows.
-type UserTopic = (Arc<str>, Arc<str>);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -417,8 +416,8 @@ impl Hub {
                 .collect();
             if !announced.is_empty() {
                 let first = self.inner.present(&user, &announced, true);
-                announce(self, &user, &first, "join");
-                subscription.on_drop(Box::new(Leave {
+                presence::announce(self, &user, &first, "join");
+                subscription.on_drop(Box::new(presence::Leave {
                     hub: Arc::downgrade(&self.inner),
                     user,
                     topics: announced,
@@ -549,68 +548,6 @@ impl Hub {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.core.is_closed()
-    }
-}
-
-/// Publishes a `join` or `leave` event (`name`) of `user` to `topics`.
-fn announce(hub: &Hub, user: &str, topics: &[Arc<str>], name: &str) {
-    for topic in topics {
-        let event = crate::event::Event::default().event(name).data(user);
-        let published = Message::new(Some(topic), event).and_then(|m| hub.publish(m));
-        if let Err(e) = published {
-            tracing::debug!(error = %e, topic = &**topic, "presence event not published");
-        }
-    }
-}
-
-/// Announces that a user left, when the subscription that joined goes.
-struct Leave {
-    /// Weak: a subscription does not keep the hub open.
-    hub: std::sync::Weak<Inner>,
-    user: Arc<str>,
-    topics: Vec<Arc<str>>,
-}
-
-impl Drop for Leave {
-    fn drop(&mut self) {
-        if let Some(inner) = self.hub.upgrade() {
-            let last = inner.present(&self.user, &self.topics, false);
-            announce(&Hub { inner }, &self.user, &last, "leave");
-        }
-    }
-}
-
-impl Inner {
-    /// Counts a stream of `user` on `topics` in (`joined`) or out; returns
-    /// the topics where it is the user's first (or last) stream, which alone
-    /// are announced: a user with many tabs, or a client churning its
-    /// subscription, makes no more presence events than one arrival.
-    fn present(&self, user: &Arc<str>, topics: &[Arc<str>], joined: bool) -> Vec<Arc<str>> {
-        let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        topics
-            .iter()
-            .filter(|topic| {
-                let key = (user.clone(), (*topic).clone());
-                if joined {
-                    let count = present.entry(key).or_default();
-                    *count += 1;
-                    *count == 1
-                } else {
-                    match present.get_mut(&key) {
-                        Some(count) if *count > 1 => {
-                            *count -= 1;
-                            false
-                        }
-                        Some(_) => {
-                            present.remove(&key);
-                            true
-                        }
-                        None => false,
-                    }
-                }
-            })
-            .cloned()
-            .collect()
     }
 }
 

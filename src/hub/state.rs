@@ -17,10 +17,11 @@ use tokio::sync::watch;
 
 use super::{
     control::Control,
-    history::{Follow, Page, Store, Topic, Topics},
+    history::{Follow, Topic, Topics},
     registry::{Ended, FanOut, Reader},
     settings::Settings,
     start::{Owner, Resume, Start, StartKind, SubscribeError},
+    store::{Page, Store},
 };
 use crate::{
     error::Error,
