@@ -314,17 +314,23 @@ impl Core {
         let ended: Vec<Arc<Topic>> = {
             let mut state = self.state();
             let after = self.published() + 1;
-            topics
-                .iter()
-                .map(|name| {
-                    let topic = match name {
-                        None => self.default_topic.clone(),
-                        Some(name) => state.topic(name, Some(name), &self.settings),
-                    };
-                    topic.lost_up_to(after);
-                    topic
-                })
-                .collect()
+            let mut ended = Vec::new();
+            for name in topics {
+                let topic = match name {
+                    None => Some(self.default_topic.clone()),
+                    Some(name) => state.topics.get(name).cloned(),
+                };
+                match (topic, name) {
+                    (Some(topic), _) => {
+                        topic.lost_up_to(after);
+                        ended.push(topic);
+                    }
+                    // Held nowhere here: remembered as a topic that went.
+                    (None, Some(name)) => state.store.remember(name.clone(), after),
+                    (None, None) => {}
+                }
+            }
+            ended
         };
         for topic in ended {
             if let Some(followers) = topic.followed_by() {

@@ -92,11 +92,17 @@ impl Store {
     /// Remembers the last id of `topic`, which goes.
     pub(crate) fn forget(&mut self, topic: &Topic) {
         let up_to = topic.ring().evicted_up_to;
-        if up_to <= self.floor {
+        self.remember(topic.name.clone(), up_to);
+    }
+
+    /// Remembers that events of `name`, a topic it does not hold, up to
+    /// `up_to` may be missing.
+    pub(crate) fn remember(&mut self, name: Arc<str>, up_to: u64) {
+        if up_to <= self.known_after(&name) {
             return;
         }
-        self.forgotten.insert(topic.name.clone(), up_to);
-        self.forgotten_order.push_back((topic.name.clone(), up_to));
+        self.forgotten.insert(name.clone(), up_to);
+        self.forgotten_order.push_back((name, up_to));
         while self.forgotten_order.len() > FORGOTTEN {
             let Some((name, id)) = self.forgotten_order.pop_front() else {
                 break;
