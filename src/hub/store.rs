@@ -475,6 +475,10 @@ mod tests {
                 .evicted_up_to,
             5
         );
+        // A topic it never held, whose events were lost on the way.
+        store.remember("lost".into(), 9);
+        let lost = topic(&mut store, "lost", HistoryRule::nothing());
+        assert_eq!(lost.ring().evicted_up_to, 9);
         for i in 0..=FORGOTTEN as u64 {
             let t = topic(&mut store, &format!("n{i}"), HistoryRule::nothing());
             store.push(&t, record(10 + i, None), None);
