@@ -266,13 +266,8 @@ impl Core {
     /// id `since` stands for (a `Last-Event-ID`), else the newest.
     pub(crate) fn history(&self, topic: &str, since: Option<&str>, limit: usize) -> Page {
         let mut state = self.state();
-        let (name, topic) = (
-            topic,
-            match topic {
-                DEFAULT_TOPIC => Some(self.default_topic.clone()),
-                name => state.topics.get(name).cloned(),
-            },
-        );
+        // The default topic is among them, never forgotten.
+        let (name, topic) = (topic, state.topics.get(topic).cloned());
         let Some(topic) = topic else {
             // Nothing held: events after `since` may have been, and left.
             let known_after = state.store.known_after(name);

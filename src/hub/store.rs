@@ -195,12 +195,16 @@ impl Store {
             return Vec::new();
         }
         let target = self.byte_limit - self.byte_limit / 16;
-        let candidates: Vec<Arc<Topic>> = topics.filter(|t| t.ring().bytes > 0).cloned().collect();
-        let mut heap: BinaryHeap<(usize, Reverse<usize>)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.ring().bytes, Reverse(i)))
-            .collect();
+        // Each ring's size read once, under its lock once.
+        let mut candidates = Vec::new();
+        let mut heap = BinaryHeap::new();
+        for topic in topics {
+            let bytes = topic.ring().bytes;
+            if bytes > 0 {
+                heap.push((bytes, Reverse(candidates.len())));
+                candidates.push(topic.clone());
+            }
+        }
         let mut shed = Vec::new();
         while self.bytes > target {
             let Some((_, Reverse(i))) = heap.pop() else {
