@@ -2,8 +2,10 @@
 //! `cargo bench --bench stream_memory --features axum,serve`.
 //!
 //! The bench runs a tower-sse server in a child process under dhat's heap
-//! profiler, once per server (`axum::serve`, `tower_sse::serve`, and
-//! `tower_sse::serve` with the streams over one HTTP/2 connection), opens
+//! profiler, once per server (`axum::serve`; `tower_sse::serve` with its
+//! HTTP/1.1 streams kept by hyper, `lean_streams(false)`, and by default,
+//! where they leave hyper; and `tower_sse::serve` with the streams over
+//! HTTP/2 connections), opens
 //! `STREAM_MEMORY_N` streams (default 2,000) that then sit idle, and stops
 //! the child while they are open: the bytes still allocated then, less
 //! those of a run with no stream, divided by the streams, are each stream's
@@ -15,9 +17,9 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -37,7 +39,13 @@ fn main() {
         .unwrap_or(2000);
     println!("heap per idle stream, {n} streams, by owner (bytes)\n");
     let mut table: Vec<(&str, BTreeMap<String, f64>, f64)> = Vec::new();
-    for kind in ["axum-serve", "tower-serve", "tower-serve-h2"] {
+    for kind in [
+        "axum-serve",
+        "tower-serve-hyper",
+        "tower-serve-hyper-8k",
+        "tower-serve",
+        "tower-serve-h2",
+    ] {
         let base = profile(kind, 0);
         let with = profile(kind, n);
         let mut groups: BTreeMap<String, f64> = BTreeMap::new();
@@ -83,17 +91,12 @@ fn main() {
 fn profile(kind: &str, n: usize) -> BTreeMap<String, u64> {
     let dir = std::env::temp_dir().join(format!("stream-memory-{}-{kind}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("STREAM_MEMORY_SERVER", kind)
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut port = String::new();
-    out.read_line(&mut port).unwrap();
-    let addr = format!("127.0.0.1:{}", port.trim());
+    let (mut child, port) = common::start_server(
+        Command::new(std::env::current_exe().unwrap())
+            .env("STREAM_MEMORY_SERVER", kind)
+            .current_dir(&dir),
+    );
+    let addr = format!("127.0.0.1:{port}");
     let streams: Vec<Box<dyn std::any::Any>> = if kind.ends_with("-h2") {
         h2_streams(&addr, n)
     } else {
@@ -130,11 +133,7 @@ fn h1_stream(addr: &str) -> TcpStream {
 /// `n` streams over HTTP/2 connections (prior knowledge, no TLS: the
 /// server tells the protocols apart by the preface), 100 per connection.
 fn h2_streams(addr: &str, n: usize) -> Vec<Box<dyn std::any::Any>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime(1);
     let addr = addr.to_owned();
     let held = runtime.block_on(async move {
         use http_body_util::Empty;
@@ -170,11 +169,7 @@ fn h2_streams(addr: &str, n: usize) -> Vec<Box<dyn std::any::Any>> {
 /// until its stdin closes.
 fn server(kind: &str) {
     let profiler = dhat::Profiler::new_heap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime(2);
     runtime.block_on(async {
         use tower_sse::{Hub, SseLayer};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -199,6 +194,14 @@ fn server(kind: &str) {
                     // Thousands of connections from 127.0.0.1: no per-address cap.
                     _ = tower_sse::serve(listener, app)
                         .max_connections_per_address(usize::MAX)
+                        // `tower-serve-hyper*`: the streams stay with hyper;
+                        // `-8k` with hyper's smallest read buffer limit.
+                        .lean_streams(!kind.starts_with("tower-serve-hyper"))
+                        .http1_max_buf_size(if kind == "tower-serve-hyper-8k" {
+                            8192
+                        } else {
+                            64 * 1024
+                        })
                         .into_future() => {}
                     () = common::stdin_closed() => {}
                 }

@@ -9,7 +9,7 @@ use http::{header, request::Parts, HeaderMap, HeaderValue, Method, Response, Sta
 use crate::body::{only_get_and_head, OwnBody};
 
 /// The module as written, without the defaults.
-const SOURCE: &str = include_str!("client/tower-sse.js");
+const SOURCE: &str = include_str!("../client/tower-sse.js");
 
 /// The module of one layer: its path, its exact bytes and their `ETag`,
 /// made once when the layer is configured.

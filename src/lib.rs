@@ -178,6 +178,7 @@ mod service;
 mod sse;
 mod stream;
 mod subscribe;
+mod sync;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

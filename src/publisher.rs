@@ -187,7 +187,7 @@ impl Publisher {
     /// The recent events of the default topic the history holds: the
     /// newest few, or those after an id. See [`history_of`](Self::history_of).
     pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, Error> {
-        Ok(self.hub.history(None, query))
+        Ok(self.hub.history(None, query).await)
     }
 
     /// The recent events of `topic` the history holds, oldest first: the
@@ -195,8 +195,9 @@ impl Publisher {
     /// last saw ([`HistoryQuery::since`]) — what a stream resuming there
     /// would replay. For a page's first render, an API or a gRPC method.
     ///
-    /// Reads this instance's history (with a backplane, the events it has
-    /// read from the engine). At most
+    /// Reads this instance's history; with a backplane, from the engine
+    /// when the memory does not cover the query (a freshly started
+    /// instance, a quiet topic's events the byte budget dropped). At most
     /// [`MAX_HISTORY_READ`](crate::MAX_HISTORY_READ) events; the page
     /// says when it was cut ([`HistoryPage::clipped`]) and when events after
     /// the id may be gone ([`HistoryPage::reset`]). An invalid topic is
@@ -205,7 +206,7 @@ impl Publisher {
         if !topic::is_valid(topic) {
             return Err(Error::InvalidTopic);
         }
-        Ok(self.hub.history(Some(topic), query))
+        Ok(self.hub.history(Some(topic), query).await)
     }
 
     /// How many events the history holds now, and about how many bytes (as

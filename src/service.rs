@@ -82,7 +82,7 @@ type Answer = Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>;
 /// Answers a request on the stream path: admit, then subscribe — at once
 /// when nothing needs awaiting (no hook, no backplane: no future to
 /// allocate per stream), else through a future.
-fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFuture<F> {
+fn stream<F>(mut parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFuture<F> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
         let what = format!(
             "the event stream at {}",
@@ -96,6 +96,7 @@ fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFut
         Err(refusal) => return ResponseFuture::ready(refused(refusal)),
     };
     let head = parts.method == Method::HEAD;
+    let offer = lean::offer(&mut parts);
     let hub = publisher.hub();
     let admission = match admission::admit_now(hub, config, Credentials::Request(Box::new(parts))) {
         Ok(admission) => admission,
@@ -104,16 +105,19 @@ fn stream<F>(parts: Parts, publisher: Publisher, routes: &Routes) -> ResponseFut
     if !admission::may_wait(hub) {
         if let Admission::Admitted(admitted) = admission {
             let opened = open_now(&admitted, &request, head);
-            return ResponseFuture::ready(respond(opened));
+            return ResponseFuture::ready(respond(opened, offer));
         }
     }
     ResponseFuture::own(Box::pin(async move {
         let opened = async {
             let admitted = admission.finish().await?;
-            admitted.caught_up(&request.resume).await;
+            let topics = admitted.grant(request.topics.iter().map(String::as_str));
+            admitted
+                .caught_up(&topics.unwrap_or_default(), &request.resume)
+                .await;
             open_now(&admitted, &request, head)
         };
-        respond(opened.await)
+        respond(opened.await, offer)
     }))
 }
 
@@ -136,13 +140,18 @@ fn open_now(
     )))
 }
 
-fn respond(opened: Result<Option<EventStream>, Refusal>) -> Response<OwnBody> {
+fn respond(opened: Result<Option<EventStream>, Refusal>, offer: lean::Offer) -> Response<OwnBody> {
     match opened {
         Ok(stream) => {
-            let mut response = Response::new(match stream {
-                Some(stream) => OwnBody::Stream(Box::new(stream)),
-                None => OwnBody::full(Bytes::new()),
-            });
+            let mut response = Response::new(OwnBody::full(Bytes::new()));
+            if let Some(stream) = stream {
+                match lean::hand(offer, stream) {
+                    Ok(handed) => {
+                        response.extensions_mut().insert(handed);
+                    }
+                    Err(stream) => *response.body_mut() = OwnBody::Stream(Box::new(stream)),
+                }
+            }
             sse::headers(&mut response);
             response
         }
@@ -252,6 +261,48 @@ where
                 .as_mut()
                 .poll(cx)
                 .map(|response| Ok(response.map(SseBody::own))),
+        }
+    }
+}
+
+/// `tower_sse::serve`'s lean path for HTTP/1.x streams: the stream of a
+/// request that carries its offer leaves hyper (see `serve::lean`).
+mod lean {
+    use http::request::Parts;
+
+    use crate::sse::EventStream;
+
+    #[cfg(feature = "serve")]
+    pub(super) type Offer = Option<crate::serve::Offer>;
+    #[cfg(not(feature = "serve"))]
+    pub(super) type Offer = ();
+
+    #[cfg(feature = "serve")]
+    pub(super) type Handed = crate::serve::Handed;
+    #[cfg(not(feature = "serve"))]
+    #[derive(Clone, Copy)]
+    pub(super) enum Handed {}
+
+    /// The request's offer, taken out (a handler further in never sees it).
+    pub(super) fn offer(parts: &mut Parts) -> Offer {
+        #[cfg(feature = "serve")]
+        return parts.extensions.remove::<crate::serve::Offer>();
+        #[cfg(not(feature = "serve"))]
+        let _ = parts;
+    }
+
+    /// Hands `stream` over when offered; gives it back otherwise.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn hand(offer: Offer, stream: EventStream) -> Result<Handed, EventStream> {
+        #[cfg(feature = "serve")]
+        return match offer {
+            Some(offer) => Ok(offer.take(stream)),
+            None => Err(stream),
+        };
+        #[cfg(not(feature = "serve"))]
+        {
+            let () = offer;
+            Err(stream)
         }
     }
 }

@@ -32,6 +32,14 @@ pub const RESET_EVENT: &str = "reset";
 /// so a burst costs one write per connection rather than one per event.
 const FRAME_CAP: usize = 64 * 1024;
 
+/// A write of at least this many events comes from a stream that batches
+/// by itself (it is behind a burst: the events waited for it, not it for
+/// them), so its next read does not wait out the coalescing window. Only
+/// a stream writing one event or a few at a time is held back: there the
+/// window saves writes; under a burst it would only add a timer per stream
+/// and write more often than the stream's own pace.
+const BATCHED: usize = 4;
+
 /// A record as a `text/event-stream` block: built once per event (when it
 /// is published, on a hub a layer serves) and shared by every stream.
 pub(crate) const ENCODING: Encoding = Encoding { slot: 0, encode };
@@ -109,8 +117,8 @@ struct Coalesce {
     sleep: Pin<Box<Sleep>>,
     /// When the last write went out, if any did.
     written: Option<Instant>,
-    /// The last write was cut at [`FRAME_CAP`] with more to send: the next
-    /// does not wait.
+    /// The last write was cut at [`FRAME_CAP`] with more to send, or
+    /// carried [`BATCHED`] events or more: the next does not wait.
     backlog: bool,
 }
 
@@ -176,14 +184,14 @@ impl EventStream {
         }
     }
 
-    fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn send(&mut self, bytes: Bytes) -> Poll<Option<Bytes>> {
         if self.keep_alive.is_some() {
             self.last_sent = Instant::now();
         }
         if let Some(coalesce) = &mut self.coalesce {
             coalesce.written = Some(Instant::now());
         }
-        Poll::Ready(Some(Ok(Frame::data(bytes))))
+        Poll::Ready(Some(bytes))
     }
 
     /// Whether the stream is inside its coalescing window: then it waits
@@ -210,64 +218,109 @@ impl EventStream {
         true
     }
 
-    /// Takes what is unread, up to [`FRAME_CAP`], into the buffer; a lone
-    /// event into an empty buffer comes back as its shared bytes instead.
-    /// `Err` when the subscriber lags too far.
-    fn read(&mut self) -> Result<Option<Bytes>, ()> {
-        let (buf, encoding) = (&mut self.buf, self.encoding);
+    /// Hands what is unread to `take`, each event's shared bytes, up to
+    /// [`FRAME_CAP`] with the `already` bytes before them (and at least
+    /// one event); then, when a state topic's current value (older than
+    /// where the stream starts) was among them, the id the stream starts
+    /// after. `Err` when the subscriber lags too far.
+    fn read_with(&mut self, already: usize, mut take: impl FnMut(&Bytes)) -> Result<(), ()> {
+        let encoding = self.encoding;
         let after = self.subscription.start().after;
-        let mut first: Option<Bytes> = None;
+        let mut size = already;
         let mut taken = 0;
         let mut full = false;
         let mut current = false;
         let read = self.subscription.read(|record| {
             let bytes = record.encoded(encoding);
-            // A state topic's current value, older than where the stream
-            // starts.
-            current |= record.id().as_u64() <= after;
-            taken += 1;
-            if buf.is_empty() && first.is_none() {
-                // Maybe the only one: share it rather than copy it.
-                first = Some(bytes.clone());
-                return true;
-            }
-            if let Some(first) = first.take() {
-                buf.extend_from_slice(&first);
-            }
-            if !buf.is_empty() && buf.len() + bytes.len() > FRAME_CAP {
-                taken -= 1;
+            if size > 0 && size + bytes.len() > FRAME_CAP {
                 full = true;
                 return false;
             }
-            buf.extend_from_slice(bytes);
+            current |= record.id().as_u64() <= after;
+            size += bytes.len();
+            taken += 1;
+            take(bytes);
             true
         });
-        if let Some(coalesce) = &mut self.coalesce {
-            coalesce.backlog = full;
+        // What the last write carried: a read that found nothing (the lean
+        // writer asks again before it writes) changes nothing.
+        if let Some(coalesce) = self.coalesce.as_mut().filter(|_| taken > 0) {
+            coalesce.backlog = full || taken >= BATCHED;
         }
         self.life.delivered(taken);
         if current && read.is_ok() {
             // The browser took that older event's id as its last: give it
             // back the one the stream starts after, or a resume from there
             // would replay other topics' events from before the stream.
+            take(&wire::encode_id(wire::Id::Number(after)));
+        }
+        read.map_err(drop)
+    }
+
+    /// Takes what is unread into the buffer; a lone event into an empty
+    /// buffer comes back as its shared bytes instead.
+    fn read(&mut self) -> Result<Option<Bytes>, ()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut first: Option<Bytes> = None;
+        let read = self.read_with(buf.len(), |bytes| {
+            if buf.is_empty() && first.is_none() {
+                // Maybe the only one: share it rather than copy it.
+                first = Some(bytes.clone());
+                return;
+            }
             if let Some(first) = first.take() {
                 buf.extend_from_slice(&first);
             }
-            buf.extend_from_slice(&wire::encode_id(wire::Id::Number(after)));
+            buf.extend_from_slice(bytes);
+        });
+        self.buf = buf;
+        read.map(|()| first)
+    }
+
+    /// Takes what is unread into `pieces`, uncopied, after what the stream
+    /// has to send first; whether it took anything.
+    fn read_pieces(&mut self, pieces: &mut Vec<Bytes>) -> Result<bool, ()> {
+        let before = pieces.len();
+        let already = self.buf.len();
+        if already > 0 {
+            // Taken whole, so the stream keeps no share of it.
+            pieces.push(std::mem::take(&mut self.buf).freeze());
         }
-        read.map(|()| first).map_err(drop)
+        self.read_with(already, |bytes| pieces.push(bytes.clone()))?;
+        Ok(pieces.len() > before)
     }
 }
 
-impl Body for EventStream {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+impl EventStream {
+    /// Like [`Body::poll_frame`], but the events go into `pieces`
+    /// uncopied: `Ready(Some(()))` when it pushed some, `Ready(None)` when
+    /// the stream has ended.
+    #[cfg(feature = "serve")]
+    pub(crate) fn poll_pieces(
+        &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
+        pieces: &mut Vec<Bytes>,
+    ) -> Poll<Option<()>> {
+        self.poll_out(cx, Some(&mut *pieces)).map(|sent| {
+            sent.map(|bytes| {
+                if !bytes.is_empty() {
+                    pieces.push(bytes);
+                }
+            })
+        })
+    }
+
+    /// What there is to send: one frame, the events joined (hyper's body),
+    /// or with `pieces`, the events' shared bytes put there, one piece
+    /// each, none copied, for a writer that sends them with one vectored
+    /// write (`tower_sse::serve`'s lean HTTP/1.1 path); what it returns
+    /// then (a keep-alive comment, or nothing) goes after them.
+    fn poll_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        pieces: Option<&mut Vec<Bytes>>,
+    ) -> Poll<Option<Bytes>> {
+        let this = self;
         if this.done {
             return Poll::Ready(None);
         }
@@ -286,7 +339,12 @@ impl Body for EventStream {
             this.life.end(why.into());
         }
         if !ending {
-            match this.read() {
+            let read = match pieces {
+                None => this.read(),
+                // The pieces are sent; the buffer, drained into them.
+                Some(pieces) => this.read_pieces(pieces).map(|some| some.then(Bytes::new)),
+            };
+            match read {
                 Ok(Some(bytes)) => return this.send(bytes),
                 Ok(None) => {}
                 Err(()) => {
@@ -318,12 +376,26 @@ impl Body for EventStream {
                 if now >= due {
                     keep_alive.sleep.as_mut().reset(now + keep_alive.interval);
                     this.last_sent = now;
-                    return Poll::Ready(Some(Ok(Frame::data(keep_alive.comment.clone()))));
+                    return Poll::Ready(Some(keep_alive.comment.clone()));
                 }
                 keep_alive.sleep.as_mut().reset(due);
             }
         }
         Poll::Pending
+    }
+}
+
+impl Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .poll_out(cx, None)
+            .map(|sent| sent.map(|bytes| Ok(Frame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {

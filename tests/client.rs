@@ -5,7 +5,10 @@
 //! tab holding it closing while events are published (with a SharedWorker,
 //! and with an elected tab), topics changing under a flow of events (SSE and
 //! WebSocket), a 503 with Retry-After, a server restart, the app's own
-//! ids (not above the hub's), a stream that ends at once (backs off).
+//! ids (not above the hub's), a stream that ends at once (backs off), and
+//! a fresh token at each expiry against a hub that admits by JWT (through
+//! the SharedWorker, an elected tab, and over WebSocket). Its parser runs
+//! the npm package's tests (client/test/parser.test.mjs) on the served bytes.
 //!
 //! Needs `chromium` (or `CHROMIUM`), Node.js and `npm ci --prefix
 //! tests/browser`, as tests/browser.rs; `.ci/run` installs them.
@@ -234,10 +237,22 @@ async fn the_served_module_revalidates_and_parses_as_the_standard_says() {
     assert_eq!(again.status(), 304);
     assert!(again.bytes().await.unwrap().is_empty());
 
-    // The parser of the bytes a browser gets.
+    // The parser of the bytes a browser gets: the npm package's parser
+    // tests (client/test/parser.test.mjs) on the served module.
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tower-sse.mjs");
     std::fs::write(&file, &module).unwrap();
-    node::run("parser.mjs", [file]).await;
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/client/test/parser.test.mjs");
+    let run = tokio::process::Command::new("node")
+        .args(["--test", tests])
+        .env("TOWER_SSE_MODULE", &file)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the parser tests took over a minute")
+        .expect("could not run node: install Node.js");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && out.contains("# fail 0"), "{out}");
 }
 
 /// `POST /test/publish?topic=…&data=…[&id=…]`: an event with the app's own
@@ -312,4 +327,129 @@ async fn a_stream_that_ends_at_once_is_asked_again_later_and_later() {
         waits[3] >= Duration::from_millis(500),
         "waited {waits:?} between attempts"
     );
+}
+
+/// A stream request of the token test: its answer, where its token came,
+/// and where it resumed from.
+#[derive(Debug)]
+struct Asked {
+    status: u16,
+    bearer: bool,
+    query_token: bool,
+    resume: Option<String>,
+}
+
+/// In front of the token test's app: records each request of the stream
+/// path or the WebSocket's.
+async fn record(
+    State(asked): State<Arc<Mutex<Vec<Asked>>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path != "/events" && path != "/ws" {
+        return next.run(request).await;
+    }
+    let query =
+        Query::<Vec<(String, String)>>::try_from_uri(request.uri()).map_or(Vec::new(), |q| q.0);
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let header = request.headers().get("last-event-id");
+    let resume = header
+        .map(|id| id.to_str().unwrap().to_owned())
+        .or_else(|| param("lastEventId"));
+    let bearer = request.headers().contains_key(header::AUTHORIZATION);
+    let query_token = param("token").is_some();
+    let response = next.run(request).await;
+    asked.lock().unwrap().push(Asked {
+        status: response.status().as_u16(),
+        bearer,
+        query_token,
+        resume,
+    });
+    response
+}
+
+/// The JS client with `getToken`, against a hub that admits by JSON Web
+/// Token (feature `jwt`): the page's first token is already expired (`401`,
+/// then a fresh one at once), the next ones live two seconds, so the server
+/// ends the stream at each expiry while events flow; the page gets each
+/// event once, in order, each new stream resuming after the last id.
+async fn tokens(mode: &str) {
+    use jsonwebtoken::{EncodingKey, Header};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tower_sse::{Hub, Jwt, JwtKey};
+
+    const SECRET: &[u8] = b"the browser test's secret, 32 bytes+";
+    let _browser = node::BROWSER.lock().await;
+    let jwt = Jwt::new().key(JwtKey::hmac(SECRET).unwrap());
+    let hub = Hub::builder().authorize_jwt(jwt).build();
+    let layer = SseLayer::new("/events")
+        .hub(&hub)
+        .websocket("/ws")
+        .client_script("/events.js");
+    // `GET /token?ttl=s`: Alice's token, for the `public/` topics.
+    let issued = Arc::new(Mutex::new(0));
+    let counted = issued.clone();
+    let token = move |Query(q): Query<std::collections::HashMap<String, String>>| {
+        *counted.lock().unwrap() += 1;
+        let ttl: i64 = q.get("ttl").and_then(|t| t.parse().ok()).unwrap_or(2);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "sub": "alice",
+            "exp": now as i64 + ttl,
+            "sse": {"prefixes": ["public/"]},
+        });
+        let key = EncodingKey::from_secret(SECRET).unwrap();
+        async move { jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap() }
+    };
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let page = "<!doctype html><meta charset=utf-8><title>tokens</title>";
+    let app = Router::new()
+        .route("/", get(move || async move { axum::response::Html(page) }))
+        .route("/token", get(token));
+    let app = with_app_ids(app, &hub.publisher())
+        .layer(layer)
+        .layer(middleware::from_fn_with_state(asked.clone(), record));
+    let server = Server::start(app, hub.publisher()).await;
+    node::run("client.mjs", ["tokens", mode, &server.url("/")]).await;
+
+    let asked = std::mem::take(&mut *asked.lock().unwrap());
+    let issued = *issued.lock().unwrap();
+    // The expired token refused, then one stream per token, each resuming.
+    let ok = if mode == "websocket" { 101 } else { 200 };
+    assert_eq!(asked[0].status, 401, "{asked:?}");
+    assert!(asked[1..].iter().all(|a| a.status == ok), "{asked:?}");
+    assert!(asked.len() >= 4, "{} streams: {asked:?}", asked.len());
+    assert!(asked[2..].iter().all(|a| a.resume.is_some()), "{asked:?}");
+    let (header, query) = (mode != "websocket", mode == "websocket");
+    assert!(
+        asked
+            .iter()
+            .all(|a| a.bearer == header && a.query_token == query),
+        "{asked:?}"
+    );
+    assert_eq!(issued, asked.len(), "one token per request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_at_each_expiry_through_the_shared_worker() {
+    tokens("worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_at_each_expiry_in_the_elected_tab() {
+    tokens("leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_at_each_expiry_over_websocket() {
+    tokens("websocket").await;
 }

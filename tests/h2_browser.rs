@@ -43,11 +43,15 @@ async fn ten_tabs_share_one_http2_connection_over_tls() {
             Ok::<_, http::Response<String>>(Access::all())
         }
     });
+    // How many streams were open when the last tab asked to publish.
+    let open_then = Arc::new(Mutex::new(None::<usize>));
+    let counted = open_then.clone();
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route(
             "/publish",
-            post(|publisher: Publisher| async move {
+            post(move |publisher: Publisher| async move {
+                *counted.lock().unwrap() = Some(publisher.subscriber_count());
                 publisher
                     .publish(Event::default().data("to every tab"))
                     .unwrap();
@@ -76,9 +80,20 @@ async fn ten_tabs_share_one_http2_connection_over_tls() {
     .await;
     assert!(stdout.starts_with("ok: 10 tabs live over h2"), "{stdout}");
 
-    // The server side: ten streams, all on one connection.
+    // The server side: ten streams open, all on one connection. (Once in
+    // CI, Chromium's first connection went away after three tabs: those
+    // resumed on the second, which carried all ten. Told, not failed: what
+    // this test is about is where the ten open streams are.)
     let peers = peers.lock().unwrap().clone();
-    assert_eq!(peers.len(), 10, "{peers:?}");
-    let connections: BTreeSet<SocketAddr> = peers.into_iter().collect();
-    assert_eq!(connections.len(), 1, "streams over {connections:?}");
+    assert_eq!(*open_then.lock().unwrap(), Some(10), "{peers:?}");
+    if peers.len() > 10 {
+        eprintln!("streams made again on another connection: {peers:?}");
+    }
+    let open = &peers[peers.len().saturating_sub(10)..];
+    let connections: BTreeSet<SocketAddr> = open.iter().copied().collect();
+    assert_eq!(
+        connections.len(),
+        1,
+        "the ten open streams over {connections:?}"
+    );
 }

@@ -85,11 +85,18 @@ async fn ten_thousand_topics_get_a_400() {
     let seen = raw(&server, request.as_bytes(), "too many topics").await;
     assert!(seen.starts_with("HTTP/1.1 400"), "{seen}");
 
-    // Longer than hyper takes: hyper answers 414 before the layer sees it.
+    // Longer than hyper takes: hyper answers before the layer sees it,
+    // 414 under `axum::serve`, or 431 under `tower_sse::serve`, whose
+    // request heads are at most 64 KiB.
     let query = vec!["topic=abcdefgh"; 10_000].join("&");
     let request = format!("GET /events?{query} HTTP/1.1\r\nhost: x\r\n\r\n");
     let seen = raw(&server, request.as_bytes(), "\r\n\r\n").await;
-    assert!(seen.starts_with("HTTP/1.1 414"), "{seen}");
+    let expected = if common::lean_path() {
+        "HTTP/1.1 431"
+    } else {
+        "HTTP/1.1 414"
+    };
+    assert!(seen.starts_with(expected), "{seen}");
 }
 
 #[tokio::test]

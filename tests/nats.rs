@@ -115,17 +115,25 @@ async fn a_plain_nats_publish_reaches_a_browser_with_its_id() {
 }
 
 #[tokio::test]
-async fn the_stream_keeps_the_hubs_history() {
+async fn the_stream_keeps_each_topics_history_apart() {
     let harness = NatsHarness::new();
-    let hub = Hub::builder()
-        .history(5)
-        .max_lag(5)
-        .backplane(NatsBackplane::connect(&harness.url()).await.unwrap())
-        .build();
-    let publisher = hub.publisher();
+    let build = |events: usize, backplane: NatsBackplane| {
+        Hub::builder()
+            .history(events)
+            .max_lag(events)
+            .backplane(backplane)
+            .build()
+            .publisher()
+    };
+    let publisher = build(5, NatsBackplane::connect(&harness.url()).await.unwrap());
+    publisher
+        .publish_to("quiet", Event::default().data("kept"))
+        .unwrap()
+        .await
+        .unwrap();
     for i in 0..60 {
         publisher
-            .publish(Event::default().data(format!("{i}")))
+            .publish_to("busy", Event::default().data(format!("{i}")))
             .unwrap()
             .await
             .unwrap();
@@ -134,16 +142,25 @@ async fn the_stream_keeps_the_hubs_history() {
     let jetstream = async_nats::jetstream::new(client);
     let mut stream = jetstream.get_stream("TOWER_SSE").await.unwrap();
     let info = stream.info().await.unwrap();
-    // Eight topics' worth of the hub's largest count, all topics together.
     assert_eq!(
-        info.state.messages, 40,
-        "max_messages follows the hub's history"
+        info.state.messages, 6,
+        "each subject keeps the hub's largest count: busy 5, and quiet its one"
     );
-    assert_eq!(info.config.max_messages, 40);
     assert_eq!(
-        info.config.max_bytes,
-        2 * 32 * 1024 * 1024,
-        "max_bytes is twice the hub's bytes (32 MiB by default)"
+        (
+            info.config.max_messages_per_subject,
+            info.config.max_messages,
+            info.config.max_bytes
+        ),
+        (5, -1, -1),
+        "limits per subject, none on the whole stream"
+    );
+    // Another instance that keeps another count is refused, clearly.
+    let other = build(7, NatsBackplane::connect(&harness.url()).await.unwrap());
+    let error = common::refusal(&other).await;
+    assert!(
+        error.contains("keeps 5 events of each topic") && error.contains("keeps 7"),
+        "{error}"
     );
 }
 

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 use tower_sse::{testing::Harness, Event, EventId, Hub, PostgresBackplane, SseLayer};
 
@@ -353,7 +354,8 @@ async fn a_role_that_may_only_read_insert_and_delete_is_enough_once_the_schema_e
     admin
         .batch_execute(
             "CREATE ROLE app LOGIN; \
-             GRANT SELECT, INSERT, DELETE ON tower_sse_events TO app;",
+             GRANT SELECT, INSERT, DELETE ON tower_sse_events TO app; \
+             GRANT SELECT, INSERT, UPDATE ON tower_sse_events_trimmed TO app;",
         )
         .await
         .unwrap();
@@ -396,7 +398,7 @@ async fn a_row_inserted_by_plain_sql_reaches_a_browser_with_its_id() {
 }
 
 #[tokio::test]
-async fn the_table_is_trimmed_to_the_history_and_keeps_the_newest() {
+async fn each_topic_is_trimmed_to_its_count_and_a_quiet_one_keeps_its_rows() {
     let pg = Pg::start();
     let hub = Hub::builder()
         .history(5)
@@ -404,26 +406,78 @@ async fn the_table_is_trimmed_to_the_history_and_keeps_the_newest() {
         .backplane(PostgresBackplane::connect(&pg.config()).await.unwrap())
         .build();
     let publisher = hub.publisher();
+    let quiet = publisher
+        .publish_to("quiet", Event::default().data("kept"))
+        .unwrap()
+        .await
+        .unwrap();
     let mut last = EventId::new(0);
-    // The table keeps eight topics' worth of the hub's largest count (40).
     for i in 0..60 {
         last = publisher
-            .publish(Event::default().data(format!("{i}")))
+            .publish_to("busy", Event::default().data(format!("{i}")))
             .unwrap()
             .await
             .unwrap();
     }
     let client = raw(&pg).await;
-    let (count, newest): (i64, i64) = {
-        let row = client
-            .query_one("SELECT count(*), max(id) FROM tower_sse_events", &[])
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
+    let count = |topic: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*), max(id) FROM tower_sse_events WHERE topic = $1",
+                    &[&topic],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, i64>(1) as u64)
+        }
     };
-    assert!(count < 60, "trimmed: {count} rows");
-    assert!(count >= 40, "kept the history: {count} rows");
-    assert_eq!(newest as u64, last.as_u64());
+    let (busy, newest) = count("busy").await;
+    // Trimmed at least every 5 / 4 rows, so at most one trim's worth over.
+    assert!((5..=6).contains(&busy), "busy keeps its count: {busy} rows");
+    assert_eq!(newest, last.as_u64(), "the newest stays");
+    assert_eq!(
+        count("quiet").await,
+        (1, quiet.as_u64()),
+        "a flood elsewhere takes nothing"
+    );
+    let mark: i64 = client
+        .query_one(
+            "SELECT up_to FROM tower_sse_events_trimmed WHERE topic = 'busy'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(mark as u64 > quiet.as_u64() && (mark as u64) < last.as_u64());
+}
+
+#[tokio::test]
+async fn instances_that_keep_a_different_history_are_refused_clearly() {
+    let pg = Pg::start();
+    let build = |events: usize, backplane: PostgresBackplane| {
+        Hub::builder()
+            .history(events)
+            .max_lag(events)
+            .backplane(backplane)
+            .build()
+            .publisher()
+    };
+    let a = build(5, PostgresBackplane::connect(&pg.config()).await.unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        a.watch_backplane().wait_for(|s| s.is_up()),
+    )
+    .await
+    .expect("A reads the table")
+    .unwrap();
+    let b = build(7, PostgresBackplane::connect(&pg.config()).await.unwrap());
+    let error = common::refusal(&b).await;
+    assert!(
+        error.contains("keeps 5 events of each topic") && error.contains("keeps 7"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -67,8 +67,14 @@ async fn node(redis: &Redis, key: &str) -> Server {
         .await
         .unwrap()
         .key(key);
-    let layer =
-        SseLayer::new("/events").hub(&Hub::builder().history(100).backplane(backplane).build());
+    // A thousand test streams from 127.0.0.1: no per-address limit (under
+    // `tower_sse::serve` the hub knows the client's address).
+    let hub = Hub::builder()
+        .history(100)
+        .max_streams_per_address(usize::MAX)
+        .backplane(backplane)
+        .build();
+    let layer = SseLayer::new("/events").hub(&hub);
     #[cfg(feature = "ws")]
     let layer = layer.websocket("/ws");
     let publisher = layer.publisher();

@@ -94,6 +94,16 @@ async fn a_user_with_only_the_commands_the_engine_needs_is_enough() {
             "+@stream",
             "+@connection",
             "+exists",
+            // Each topic's stream beside the log (issue 22): the scripts
+            // that append and read it, the first id kept, and the
+            // retention the instances agree on.
+            "+eval",
+            "+get",
+            "+set",
+            "+del",
+            "+time",
+            "+hsetnx",
+            "+hmget",
         ],
         READY,
     );

@@ -376,14 +376,53 @@ async fn coalesced_events_go_out_in_one_write_after_the_window() {
         .collect();
     assert_eq!(String::from_utf8_lossy(&chunk), expected);
     // A later event still arrives (after its own window at most).
-    let id = publisher
-        .publish(Event::default().data("later"))
-        .unwrap()
-        .id()
-        .unwrap();
-    let later = read_until(&mut body, b"\n\n", "the later event").await;
+    publish_and_read(&publisher, &mut body, "later", "the later event").await;
+}
+
+/// Publishes an event of `data` and reads it as the stream's next.
+async fn publish_and_read(
+    publisher: &Publisher,
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    data: &str,
+    what: &str,
+) {
+    let event = Event::default().data(data);
+    let id = publisher.publish(event).unwrap().id().unwrap();
+    let got = read_until(body, b"\n\n", what).await;
     assert_eq!(
-        String::from_utf8_lossy(&later),
-        format!("data: later\nid: {id}\n\n")
+        String::from_utf8_lossy(&got),
+        format!("data: {data}\nid: {id}\n\n")
     );
+}
+
+/// `coalesce` holds back only a stream that writes an event or a few at a
+/// time: one whose last write carried several (it is behind a burst, and
+/// batches by itself) writes the next event without waiting out the
+/// window, here a minute long.
+#[tokio::test]
+async fn a_stream_that_batches_by_itself_does_not_wait_out_the_window() {
+    let layer = SseLayer::new("/events")
+        .without_keep_alive()
+        .coalesce(Duration::from_secs(60));
+    let publisher = layer.publisher();
+    let server = Server::start(Router::new().layer(layer), publisher.clone()).await;
+    let published: Vec<_> = (0..6)
+        .map(|i| {
+            let event = Event::default().data(format!("e{i}"));
+            publisher.publish(event).unwrap().id().unwrap()
+        })
+        .collect();
+    // Resumed after the first: the first write carries the other five.
+    let response = client()
+        .get(server.url("/events"))
+        .header("last-event-id", published[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let last = format!("id: {}\n\n", published[5]);
+    let first = read_until(&mut body, last.as_bytes(), "the five events").await;
+    assert!(String::from_utf8_lossy(&first).starts_with("data: e1\n"));
+    let what = "the next event, before the window ends";
+    publish_and_read(&publisher, &mut body, "next", what).await;
 }

@@ -2,7 +2,7 @@
 //! hand-rolled axum way (`axum::response::Sse` over `tokio::sync::broadcast`,
 //! an `Event` built per subscriber) and Nchan (the nginx pub/sub module).
 //!
-//! `cargo bench --bench fanout --features axum,redis,ws,postgres,nats`
+//! `cargo bench --bench fanout --features axum,serve,redis,ws,postgres,nats`
 //! (installs nginx + Nchan, redis-server, PostgreSQL and nats-server from
 //! Debian's packages when missing: run as root, or leave them out with
 //! `FANOUT_SKIP=nchan,redis,postgres,nats`).
@@ -54,11 +54,17 @@
 //! A full run (none of the variables above set) rewrites the generated part
 //! of `BENCHMARKS.md` and `docs/fanout.svg`.
 
+#[path = "../common/app.rs"]
+mod app;
 mod client;
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/engine.rs"]
+mod engine;
 mod report;
 mod server;
+#[path = "../common/usage.rs"]
+mod usage;
 
 use client::{Control, Sub, WsSub};
 
@@ -86,11 +92,7 @@ fn main() {
         .collect();
     let wants = |name: &str| scenarios.split(',').any(|s| s == name);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime(2);
     // Only a full run (every scenario, every server, full size) rewrites
     // BENCHMARKS.md and the chart.
     let full = !quick
@@ -101,6 +103,11 @@ fn main() {
     if wants("burst") {
         let (n, m) = (scale(5000), 300);
         println!("\n== burst: {n} subscribers × {m} events, {repeat} repetitions");
+        // And tower-sse with `coalesce(20 ms)` (issue 23's target).
+        let mut kinds = kinds.clone();
+        if !skip.split(',').any(|s| s == Kind::TowerSseCoalesce.name()) {
+            kinds.push(Kind::TowerSseCoalesce);
+        }
         let runs = repeated(repeat, &kinds, |kind| {
             runtime.block_on(run(kind, &Load::burst(n, m)))
         });

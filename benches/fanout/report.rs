@@ -200,13 +200,24 @@ impl Report {
         write!(self.text, "\n### {text}\n\n").unwrap();
     }
 
+    /// A sentence of the report, after the last table.
+    fn line(&mut self, text: String) {
+        println!("{text}");
+        write!(self.text, "\n{text}\n").unwrap();
+    }
+
     fn target(&mut self, what: String, met: bool) {
         println!("target {}: {what}", if met { "met" } else { "MISSED" });
         self.targets.push((what, met));
     }
 
     fn ratio_of(runs: &[Vec<Figures>], peer: Kind, get: Get) -> Option<f64> {
-        let o = runs[0].iter().position(|f| f.kind == Kind::TowerSse)?;
+        Self::ratio(runs, Kind::TowerSse, peer, get)
+    }
+
+    /// The median over the repetitions of `ours`' figure over `peer`'s.
+    fn ratio(runs: &[Vec<Figures>], ours: Kind, peer: Kind, get: Get) -> Option<f64> {
+        let o = runs[0].iter().position(|f| f.kind == ours)?;
         let p = runs[0].iter().position(|f| f.kind == peer)?;
         Some(median(
             runs.iter().map(|r| get(&r[o]) / get(&r[p])).collect(),
@@ -229,6 +240,18 @@ impl Report {
             self.target(
                 format!("burst CPU per delivery ≤ 0.2× nchan: {r:.2}×"),
                 r <= 0.2,
+            );
+        }
+        // Issue 23: the same burst with `coalesce(20 ms)`.
+        let coalesced = Self::ratio(&runs, Kind::TowerSseCoalesce, Kind::AxumBroadcast, |f| {
+            f.cpu_ns
+        });
+        if let Some(r) = coalesced {
+            self.target(
+                format!(
+                    "burst CPU per delivery with coalesce(20 ms) ≤ 0.35× axum-broadcast: {r:.2}×"
+                ),
+                r <= 0.35,
             );
         }
         // The chart's point at n: the median figures.
@@ -266,6 +289,13 @@ impl Report {
             ),
             ("`GET /health` p99", |f| f.health_p99_us, true, 1.0),
         ];
+        // Issue 23: an idle HTTP/1.1 stream at half of Nchan's memory.
+        if let Some(r) = Self::ratio_of(&runs, Kind::Nchan, |f| f.idle_bytes) {
+            self.target(
+                format!("idle memory per subscriber ≤ 0.5× nchan's: {r:.2}×"),
+                r <= 0.5,
+            );
+        }
         for (what, get, lower, bound) in checks {
             if let Some(r) = Self::ratio_of(&runs, Kind::AxumBroadcast, get) {
                 let (sign, met) = if lower {
@@ -292,11 +322,12 @@ impl Report {
             of(Kind::TowerSseCoalesce, |f| f.cpu_ns),
             of(Kind::AxumBroadcast, |f| f.cpu_ns),
         );
+        // Below saturation a 20 ms window holds about two events: the CPU
+        // is told, not held to the burst's target (see `burst`).
         let cpu = median(ours.iter().zip(&peer).map(|(o, p)| o / p).collect());
-        self.target(
-            format!("with coalesce(20 ms), CPU per delivery ≤ 0.5× axum-broadcast: {cpu:.2}×"),
-            cpu <= 0.5,
-        );
+        self.line(format!(
+            "With coalesce(20 ms) at 100 events/s, CPU per delivery: {cpu:.2}× axum-broadcast's."
+        ));
         let (ours, peer) = (
             of(Kind::TowerSseCoalesce, |f| f.p99_us),
             of(Kind::AxumBroadcast, |f| f.p99_us),

@@ -9,11 +9,14 @@
 //! stream of one topic, `POST /pub/<topic>` to publish the body as one
 //! event's data, and a count of connected subscribers.
 
+pub use crate::engine::{Engine, EngineProcess};
+use crate::{
+    app,
+    engine::{apt_install, free_port, which, TempDir},
+    usage::{cpu_of, memory, stat_fields},
+};
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::Duration,
 };
 
@@ -33,14 +36,18 @@ pub enum Kind {
     TowerSseWs,
     /// tower-sse with `SseLayer::coalesce(20 ms)` (the `coalesce` scenario).
     TowerSseCoalesce,
+    /// The same app as `TowerSse`, served by `axum::serve` rather than
+    /// `tower_sse::serve`: what a user who keeps axum's server pays.
+    TowerSseAxumServe,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::TowerSse,
         Kind::AxumBroadcast,
         Kind::Nchan,
         Kind::TowerSseWs,
+        Kind::TowerSseAxumServe,
     ];
 
     /// Where a subscriber to `topic` connects.
@@ -50,7 +57,8 @@ impl Kind {
             | Kind::TowerSseRedis
             | Kind::TowerSsePostgres
             | Kind::TowerSseNats
-            | Kind::TowerSseCoalesce => {
+            | Kind::TowerSseCoalesce
+            | Kind::TowerSseAxumServe => {
                 format!("/events?topic={topic}")
             }
             Kind::TowerSseWs => format!("/ws?topic={topic}"),
@@ -82,6 +90,7 @@ impl Kind {
             Kind::TowerSseNats => "tower-sse+nats",
             Kind::TowerSseWs => "tower-sse-ws",
             Kind::TowerSseCoalesce => "tower-sse-coalesce",
+            Kind::TowerSseAxumServe => "tower-sse-axum-serve",
         }
     }
 }
@@ -109,17 +118,8 @@ impl ServerProcess {
                 if let Some(engine) = kind.engine() {
                     command.env(engine.env(), backplane);
                 }
-                let mut child = command
-                    .env("FANOUT_SERVER", kind.name())
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let mut line = String::new();
-                BufReader::new(child.stdout.take().unwrap())
-                    .read_line(&mut line)
-                    .unwrap();
-                let port = line.trim().parse().expect("the server prints its port");
+                let (child, port) =
+                    crate::common::start_server(command.env("FANOUT_SERVER", kind.name()));
                 ServerProcess {
                     child,
                     port,
@@ -173,72 +173,7 @@ impl ServerProcess {
 
 /// Proportional set size of processes `pids`, in bytes.
 fn pss(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .sum::<u64>()
-        * 1024
-}
-
-/// User + system CPU time of process `pid` so far (zero once it is gone).
-fn cpu_of(pid: u32) -> Duration {
-    stat_fields(pid).map_or(Duration::ZERO, |f| ticks(&f[11..13]))
-}
-
-/// Clock ticks (`/proc/<pid>/stat` fields) as a duration.
-fn ticks(fields: &[String]) -> Duration {
-    let ticks: u64 = fields.iter().map(|t| t.parse::<u64>().unwrap()).sum();
-    // The clock tick is 100 Hz on Linux x86_64 and arm64.
-    Duration::from_millis(ticks * 10)
-}
-
-/// User + system CPU time so far of process `root` and all its descendants
-/// (PostgreSQL's postmaster and its backends and background workers): each
-/// live process's own time plus that of the children it has waited for
-/// (`cutime` + `cstime`), so a backend that exited still counts, once.
-fn tree_cpu(root: u32) -> Duration {
-    let mut processes = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(f) = stat_fields(pid) {
-            processes.push((pid, f[1].parse::<u32>().unwrap_or(0), ticks(&f[11..15])));
-        }
-    }
-    let mut tree = vec![root];
-    let mut total = Duration::ZERO;
-    while let Some(pid) = tree.pop() {
-        for (child, parent, cpu) in &processes {
-            if *child == pid {
-                total += *cpu;
-            }
-            if *parent == pid {
-                tree.push(*child);
-            }
-        }
-    }
-    total
-}
-
-/// Fields of `/proc/<pid>/stat` after the command name.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect(),
-    )
+    pids.iter().map(|&pid| memory(pid).pss).sum()
 }
 
 impl Drop for ServerProcess {
@@ -252,32 +187,6 @@ impl Drop for ServerProcess {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-impl TempDir {
-    /// A new empty directory under the system's temporary directory.
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("fanout-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 /// Installs nginx and Nchan from Debian's packages when missing.
@@ -286,32 +195,6 @@ pub fn ensure_nchan() {
         return;
     }
     apt_install("nginx-light libnginx-mod-nchan", "or set FANOUT_SKIP=nchan");
-}
-
-/// Installs Debian `packages` (the bench runs as root on CI machines);
-/// fails saying how to do it by hand, or `otherwise`.
-fn apt_install(packages: &str, otherwise: &str) {
-    eprintln!("installing {packages} (apt-get)…");
-    let ok = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {packages} >/dev/null"
-            ),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "could not install {packages}: run `apt-get install {packages}` as root, {otherwise}"
-    );
-}
-
-fn which(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// nginx with Nchan, 2 worker processes (one per core), on loopback.
@@ -385,11 +268,7 @@ http {{
 
 /// Runs the in-process server `kind` (the child side of [`ServerProcess`]).
 pub fn serve(kind: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = crate::common::runtime(2);
     if std::env::var_os("FANOUT_QUEUE_DEPTH").is_some() {
         queue_depth(runtime.handle().clone());
     }
@@ -401,25 +280,39 @@ pub fn serve(kind: &str) {
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let listener = socket.listen(4096).unwrap();
         let app = match kind {
-            "tower-sse" | "tower-sse-ws" => ours(None, None).await,
-            "tower-sse-coalesce" => ours(None, Some(COALESCE)).await,
-            "axum-broadcast" => hand_rolled(),
+            "tower-sse" | "tower-sse-ws" | "tower-sse-axum-serve" => {
+                app::tower_sse(None, None).await
+            }
+            "tower-sse-coalesce" => app::tower_sse(None, Some(COALESCE)).await,
+            "axum-broadcast" => app::hand_rolled(),
             other => {
                 let engine = Engine::ALL
                     .into_iter()
                     .find(|e| e.kind().name() == other)
                     .unwrap_or_else(|| panic!("unknown server {other}"));
                 let url = std::env::var(engine.env()).expect("the engine's URL");
-                ours(Some((engine, url)), None).await
+                app::tower_sse(Some((engine, url)), None).await
             }
         };
         // Ready (and connected to the engine, if any): the parent waits for
         // this line before it starts the next node.
         println!("{}", listener.local_addr().unwrap().port());
-        // Ends when the client closes our stdin or sends SIGTERM.
-        tokio::select! {
-            _ = axum::serve(listener, app) => {}
-            () = crate::common::stdin_closed() => {}
+        // tower-sse runs on its own server, as its README shows (HTTP/1.1
+        // streams leave hyper for the lean writer); the hand-rolled peer
+        // and `tower-sse-axum-serve` on axum's. Ends when the client closes
+        // our stdin or sends SIGTERM.
+        if matches!(kind, "axum-broadcast" | "tower-sse-axum-serve") {
+            tokio::select! {
+                _ = axum::serve(listener, app) => {}
+                () = crate::common::stdin_closed() => {}
+            }
+        } else {
+            // Every client comes from 127.0.0.1, thousands of them.
+            let server = tower_sse::serve(listener, app).max_connections_per_address(usize::MAX);
+            tokio::select! {
+                _ = server => {}
+                () = crate::common::stdin_closed() => {}
+            }
         }
     });
 }
@@ -449,118 +342,13 @@ fn queue_depth(runtime: tokio::runtime::Handle) {
 
 /// The window of `tower-sse-coalesce`.
 pub const COALESCE: Duration = Duration::from_millis(20);
-
-/// tower-sse: the layer serves `/events?topic=…`; handlers publish (through
-/// the engine's backplane when `backplane` names one and its URL), with
-/// `SseLayer::coalesce(window)` when `coalesce` is given.
-async fn ours(backplane: Option<(Engine, String)>, coalesce: Option<Duration>) -> axum::Router {
-    use axum::extract::Path;
-    use tower_sse::{
-        Event, Hub, NatsBackplane, PostgresBackplane, Publisher, RedisBackplane, SseLayer,
-    };
-
-    async fn publish(
-        publisher: Publisher,
-        Path(topic): Path<String>,
-        body: String,
-    ) -> (axum::http::StatusCode, String) {
-        use axum::http::StatusCode;
-        // A refusal says why (the client shows the body when it fails).
-        match publisher.publish_to(&topic, Event::default().data(body)) {
-            Ok(published) => match published.await {
-                Ok(_) => (StatusCode::ACCEPTED, String::new()),
-                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}")),
-            },
-            Err(e @ tower_sse::Error::Backplane(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, format!("{e:?}"))
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, format!("{e:?}")),
-        }
-    }
-    async fn count(publisher: Publisher) -> String {
-        publisher.subscriber_count().to_string()
-    }
-    // Every client comes from 127.0.0.1, thousands of them: no stream limit.
-    let hub = Hub::builder()
-        .history(4096)
-        .max_lag(4096)
-        .max_subscribers(usize::MAX)
-        .max_streams_per_address(usize::MAX);
-    let hub = match backplane {
-        None => hub.build(),
-        Some((Engine::Redis, url)) => {
-            let backplane = RedisBackplane::connect(&url).await.expect("Redis is up");
-            hub.backplane(backplane.key("fanout")).build()
-        }
-        Some((Engine::Postgres, config)) => {
-            let backplane = PostgresBackplane::connect(&config)
-                .await
-                .expect("PostgreSQL is up");
-            hub.backplane(backplane).build()
-        }
-        Some((Engine::Nats, url)) => {
-            let backplane = NatsBackplane::connect(&url).await.expect("NATS is up");
-            hub.backplane(backplane).build()
-        }
-    };
-    let mut layer = SseLayer::new("/events").hub(&hub).websocket("/ws");
-    if let Some(window) = coalesce {
-        layer = layer.coalesce(window);
-    }
-    // Ready once the hub reads the engine's log: publishing is refused
-    // before.
-    let publisher = layer.publisher();
-    let mut status = publisher.watch_backplane();
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.is_up()))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "the backplane is not up: {:?}",
-                publisher.backplane_status()
-            )
-        })
-        .expect("the hub is open");
-    axum::Router::new()
-        .route("/pub/{topic}", axum::routing::post(publish))
-        .route("/count", axum::routing::get(count))
-        .route("/health", axum::routing::get(|| async { "ok" }))
-        .layer(layer)
-}
-
-/// An engine a backplane shares events through, for the cross-node scenario.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Engine {
-    Redis,
-    Postgres,
-    Nats,
-}
-
 impl Engine {
-    pub const ALL: [Engine; 3] = [Engine::Redis, Engine::Postgres, Engine::Nats];
-
     /// The tower-sse server with this engine's backplane.
     pub fn kind(self) -> Kind {
         match self {
             Engine::Redis => Kind::TowerSseRedis,
             Engine::Postgres => Kind::TowerSsePostgres,
             Engine::Nats => Kind::TowerSseNats,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Engine::Redis => "Redis",
-            Engine::Postgres => "PostgreSQL",
-            Engine::Nats => "NATS JetStream",
-        }
-    }
-
-    /// Its name in `FANOUT_SKIP`.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Engine::Redis => "redis",
-            Engine::Postgres => "postgres",
-            Engine::Nats => "nats",
         }
     }
 
@@ -573,307 +361,4 @@ impl Engine {
             Engine::Nats => "FANOUT_NATS",
         }
     }
-}
-
-/// An engine's server, started by the bench on a free port (its binaries
-/// installed from Debian's packages when missing) and stopped when dropped:
-/// `redis-server` without persistence; `nats-server -js`, its storage in a
-/// temporary directory; PostgreSQL (`initdb` + `pg_ctl`) in a temporary
-/// directory, as the `postgres` user when we are root.
-pub struct EngineProcess {
-    url: String,
-    running: Running,
-    /// Removed after the server stopped (fields drop after `Drop::drop`).
-    _dir: Option<TempDir>,
-}
-
-enum Running {
-    /// redis-server or nats-server, our child.
-    Child(Child),
-    /// The postmaster `pg_ctl` started in the data directory `data`.
-    Postgres {
-        pg_ctl: PathBuf,
-        data: String,
-        postmaster: u32,
-    },
-}
-
-impl EngineProcess {
-    pub fn start(engine: Engine) -> EngineProcess {
-        match engine {
-            Engine::Redis => start_redis(),
-            Engine::Postgres => start_postgres(),
-            Engine::Nats => start_nats(),
-        }
-    }
-
-    /// The backplane's URL (connection string for PostgreSQL).
-    pub fn url(&self) -> String {
-        self.url.clone()
-    }
-
-    /// User + system CPU time the engine's processes used so far: the
-    /// server's process (all its threads), and for PostgreSQL the postmaster
-    /// with all its children (backends, WAL writer, checkpointer, …).
-    pub fn cpu(&self) -> Duration {
-        match &self.running {
-            Running::Child(child) => tree_cpu(child.id()),
-            Running::Postgres { postmaster, .. } => tree_cpu(*postmaster),
-        }
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        match &mut self.running {
-            Running::Child(child) => {
-                child.kill().ok();
-                child.wait().ok();
-            }
-            Running::Postgres { pg_ctl, data, .. } => {
-                as_postgres(pg_ctl)
-                    .args(["-D", data, "-m", "immediate", "-w", "stop"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .ok();
-            }
-        }
-    }
-}
-
-/// Waits for the line containing `ready` on a server's output, then keeps
-/// draining it; fails (and `engine`, dropped, stops the server) when the
-/// output ends first.
-fn wait_ready(
-    engine: EngineProcess,
-    output: impl std::io::Read + Send + 'static,
-    ready: &str,
-) -> EngineProcess {
-    let mut lines = BufReader::new(output).lines();
-    let found = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|line| line.contains(ready));
-    assert!(
-        found,
-        "{}: the server exited before it was ready",
-        engine.url
-    );
-    std::thread::spawn(move || lines.for_each(drop));
-    engine
-}
-
-fn start_redis() -> EngineProcess {
-    if !which("redis-server") {
-        apt_install("redis-server", "or set FANOUT_SKIP=redis");
-    }
-    let port = free_port();
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("redis-server starts");
-    let output = child.stdout.take().unwrap();
-    let engine = EngineProcess {
-        url: format!("redis://127.0.0.1:{port}/"),
-        running: Running::Child(child),
-        _dir: None,
-    };
-    wait_ready(engine, output, "Ready to accept connections")
-}
-
-fn start_nats() -> EngineProcess {
-    if !which("nats-server") {
-        apt_install("nats-server", "or set FANOUT_SKIP=nats");
-    }
-    let dir = TempDir::new("nats");
-    let port = free_port();
-    let mut child = Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(&dir.0)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nats-server starts");
-    let output = child.stderr.take().unwrap();
-    let engine = EngineProcess {
-        url: format!("nats://127.0.0.1:{port}"),
-        running: Running::Child(child),
-        _dir: Some(dir),
-    };
-    wait_ready(engine, output, "Server is ready")
-}
-
-/// A PostgreSQL binary: on the `PATH`, or in Debian's versioned directory
-/// (the newest).
-fn postgres_binary(name: &str) -> Option<PathBuf> {
-    let on_path = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    on_path.or_else(|| {
-        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| Some(e.ok()?.path().join("bin").join(name)))
-            .filter(|p| p.exists())
-            .collect();
-        found.sort();
-        found.pop()
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A command running `binary` as `postgres` when we are root (PostgreSQL
-/// refuses to run as root).
-fn as_postgres(binary: &Path) -> Command {
-    if is_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(binary);
-        command
-    } else {
-        Command::new(binary)
-    }
-}
-
-/// Runs a PostgreSQL command to its end; fails with its output.
-fn run_postgres(binary: &Path, args: &[&str]) {
-    let out = as_postgres(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {}: {e}", binary.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}{}",
-        binary.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// PostgreSQL's default settings (durable commits), a cluster made by
-/// `initdb` in a temporary directory, listening on loopback only.
-fn start_postgres() -> EngineProcess {
-    if postgres_binary("initdb").is_none() || postgres_binary("pg_ctl").is_none() {
-        apt_install("postgresql", "or set FANOUT_SKIP=postgres");
-    }
-    let initdb = postgres_binary("initdb").expect("initdb installed");
-    let pg_ctl = postgres_binary("pg_ctl").expect("pg_ctl installed");
-    let dir = TempDir::new("postgres");
-    if is_root() {
-        let ok = Command::new("chown")
-            .arg("postgres:")
-            .arg(&dir.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "could not give {} to the postgres user",
-            dir.0.display()
-        );
-    }
-    let data = dir.0.join("data").display().to_string();
-    // (`--no-sync` spares initdb's own writes; the server keeps `fsync` on.)
-    run_postgres(
-        &initdb,
-        &[
-            "-D",
-            &data,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-    );
-    let port = free_port();
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1",
-        dir.0.display()
-    );
-    let log = dir.0.join("log").display().to_string();
-    // `-w`: returns once the server accepts connections.
-    let started = as_postgres(&pg_ctl)
-        .args(["-D", &data, "-l", &log, "-o", &options, "-w", "start"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let postmaster = std::fs::read_to_string(format!("{data}/postmaster.pid"))
-        .ok()
-        .and_then(|text| text.lines().next()?.trim().parse().ok());
-    let engine = EngineProcess {
-        url: format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
-        running: Running::Postgres {
-            pg_ctl,
-            data,
-            postmaster: postmaster.unwrap_or(0),
-        },
-        _dir: Some(dir),
-    };
-    if !started || postmaster.is_none() {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("PostgreSQL did not start:\n{log}");
-    }
-    engine
-}
-/// What axum's documentation leads to: `Sse` over a `broadcast` receiver
-/// (one channel per topic, in a map), an `Event` built per subscriber.
-fn hand_rolled() -> axum::Router {
-    use axum::{
-        extract::{Path, State},
-        response::sse::{Event, KeepAlive, Sse},
-    };
-    use futures_util::StreamExt;
-    use std::{collections::HashMap, sync::Mutex};
-    use tokio::sync::broadcast;
-    use tokio_stream::wrappers::BroadcastStream;
-
-    type Topics = Arc<Mutex<HashMap<String, broadcast::Sender<String>>>>;
-    fn sender(topics: &Topics, topic: String) -> broadcast::Sender<String> {
-        topics
-            .lock()
-            .unwrap()
-            .entry(topic)
-            .or_insert_with(|| broadcast::channel(4096).0)
-            .clone()
-    }
-    async fn events(
-        State(topics): State<Topics>,
-        Path(topic): Path<String>,
-    ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-        let stream = BroadcastStream::new(sender(&topics, topic).subscribe()).filter_map(
-            |message| async move { message.ok().map(|m| Ok(Event::default().data(m))) },
-        );
-        Sse::new(stream).keep_alive(KeepAlive::default())
-    }
-    async fn publish(
-        State(topics): State<Topics>,
-        Path(topic): Path<String>,
-        body: String,
-    ) -> axum::http::StatusCode {
-        sender(&topics, topic).send(body).ok();
-        axum::http::StatusCode::ACCEPTED
-    }
-    async fn count(State(topics): State<Topics>) -> String {
-        let topics = topics.lock().unwrap();
-        let n: usize = topics.values().map(|tx| tx.receiver_count()).sum();
-        n.to_string()
-    }
-    axum::Router::new()
-        .route("/sub/{topic}", axum::routing::get(events))
-        .route("/pub/{topic}", axum::routing::post(publish))
-        .route("/count", axum::routing::get(count))
-        .route("/health", axum::routing::get(|| async { "ok" }))
-        .with_state(Topics::default())
 }

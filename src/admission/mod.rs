@@ -217,15 +217,16 @@ impl Admitted {
         topics: &[&str],
         resume: &Resume,
     ) -> Result<Subscription, Refusal> {
-        self.caught_up(resume).await;
+        self.caught_up(topics, resume).await;
         self.subscribe_now(topics, resume)
     }
 
-    /// Waits (briefly) until this instance has what a subscription resuming
-    /// at `resume` needs from the engine; at once without one. Then
+    /// Waits (briefly) until this instance has what a subscription to
+    /// `topics` resuming at `resume` needs from the engine (replaying from
+    /// it what the memory no longer holds); at once without one. Then
     /// [`subscribe_now`](Admitted::subscribe_now) opens it.
-    pub(crate) async fn caught_up(&self, resume: &Resume) {
-        self.hub.caught_up(resume).await;
+    pub(crate) async fn caught_up(&self, topics: &[&str], resume: &Resume) {
+        self.hub.caught_up(topics, resume).await;
     }
 
     /// The settings of the layer it was admitted through.

@@ -23,10 +23,22 @@
 //! * **Read** returns the events after an id, oldest first, and may wait a
 //!   bounded time (about a second) for one to arrive; an empty batch is fine.
 //!   It never skips an event silently: when the engine dropped any event
-//!   after that id before the reader got it (a trim past a reader that fell
-//!   behind), it says so ([`Read::Gap`]); entries it skips because they are
-//!   not valid events still move the read position ([`Read::Records`]'s
-//!   `up_to`), so they are not read again.
+//!   after that id before the reader got it, it says so. When it can tell
+//!   the topics the dropped events belonged to (a topic trimmed to its own
+//!   count or age past a reader that fell behind), it names them
+//!   ([`Read::Trimmed`]), once, before returning any later event of theirs:
+//!   the hub then forgets what it holds of those topics alone and ends their
+//!   streams. When it cannot tell (the log truncated, lost, its ids gone
+//!   back), it says the whole log has a gap ([`Read::Gap`]). Entries it
+//!   skips because they are not valid events still move the read position
+//!   ([`Read::Records`]'s `up_to`), so they are not read again.
+//! * **Topics** are kept each by itself: an engine keeps each topic's newest
+//!   events ([`Retention::per_topic`], and for [`Retention::age`]) however
+//!   busy another topic is, and reads them back by topic
+//!   ([`read_topic`](Backplane::read_topic)), saying whether it still holds
+//!   every one after the id asked for. A hub replays from there a resume
+//!   point its memory no longer covers (a freshly started instance, a quiet
+//!   topic's events the memory's byte budget dropped).
 //! * **Loss** is allowed — an engine may trim its log to the
 //!   [`Retention`] it is given, or lose it in a restart — but never silently:
 //!   after every (re)connection the hub asks [`holds`](BackplaneReader::holds)
@@ -71,11 +83,20 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How much history the hub keeps; an engine keeps at least as much (more is
 /// fine) so that every instance can load it.
+///
+/// An engine keeps each topic by itself: its newest [`per_topic`](Self::per_topic)
+/// events, and none older than [`age`](Self::age), whatever other topics
+/// hold. Instances sharing an engine must ask for the same `per_topic` and
+/// `age` (an engine that keeps one setting for all refuses a mismatch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Retention {
-    /// Events of all topics together.
+    /// Events of all topics together: what the log read by every instance
+    /// keeps at least (an engine that keeps each topic apart may keep more).
     pub events: usize,
+    /// Events of each topic: the largest count any of the hub's rules keeps
+    /// (and at least what a subscriber may lag).
+    pub per_topic: usize,
     /// Bytes, about, as the hub counts them (an engine that cannot trim by
     /// bytes keeps the count; the hub trims its own copy).
     pub bytes: usize,
@@ -85,7 +106,20 @@ pub struct Retention {
 
 impl Retention {
     pub(crate) fn new(events: usize, bytes: usize, age: Option<Duration>) -> Self {
-        Retention { events, bytes, age }
+        Retention {
+            events,
+            per_topic: events,
+            bytes,
+            age,
+        }
+    }
+
+    /// The same, keeping `events` of each topic.
+    pub(crate) fn with_per_topic(self, events: usize) -> Self {
+        Retention {
+            per_topic: events,
+            ..self
+        }
     }
 
     /// The least retention that keeps what both ask for (hubs sharing one
@@ -94,6 +128,7 @@ impl Retention {
     pub fn covering(self, other: Retention) -> Retention {
         Retention {
             events: self.events.max(other.events),
+            per_topic: self.per_topic.max(other.per_topic),
             bytes: self.bytes.max(other.bytes),
             age: self.age.zip(other.age).map(|(a, b)| a.max(b)),
         }
@@ -129,6 +164,42 @@ pub trait Backplane: Send + Sync + 'static {
     /// Opens a reader of the log: the hub keeps one, and opens another
     /// after an error.
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>>;
+
+    /// The events of `topic` (`None`: those to every subscriber) after
+    /// `after`, oldest first, at most `limit`, and whether the engine still
+    /// holds every event of that topic after `after` (none was trimmed or
+    /// lost): what a hub replays to a client whose resume point its memory
+    /// no longer covers, and what a history read beyond memory returns.
+    /// `Ok(None)`: this engine cannot read a topic (the default); the hub
+    /// then answers from its memory alone.
+    fn read_topic<'a>(
+        &'a self,
+        topic: Option<&'a str>,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<TopicRead>, BoxError>> {
+        let _ = (topic, after, limit);
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What [`Backplane::read_topic`] returns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TopicRead {
+    /// The topic's events after the id asked for, oldest first.
+    pub records: Vec<Record>,
+    /// Whether the engine holds every event of the topic after the id asked
+    /// for: `false` when some were trimmed (by the count or age it keeps)
+    /// or lost, or when it cannot tell.
+    pub held: bool,
+}
+
+impl TopicRead {
+    /// A read of `records` (oldest first); `held` as the field says.
+    pub fn new(records: Vec<Record>, held: bool) -> TopicRead {
+        TopicRead { records, held }
+    }
 }
 
 /// A reader of an engine's log, opened by [`Backplane::reader`] (typically
@@ -146,10 +217,11 @@ pub trait BackplaneReader: Send {
 
     /// The events after `after`, oldest first, at most `limit`. When there
     /// are none, waits a bounded time (about a second) for some and may
-    /// return none. [`Read::Gap`] when the engine no longer held every event
-    /// after `after` as it read (trimmed past a reader that fell behind);
-    /// never for `after` 0, which the hub reads after when the log it loaded
-    /// was empty.
+    /// return none. [`Read::Trimmed`] when some topics' events after
+    /// `after` were trimmed before this reader read them (each trim named
+    /// once); [`Read::Gap`] when the engine no longer held every event after
+    /// `after` and cannot tell of which topics, never for `after` 0, which
+    /// the hub reads after when the log it loaded was empty.
     fn read(&mut self, after: EventId, limit: usize) -> BoxFuture<'_, Result<Read, BoxError>>;
 }
 
@@ -168,9 +240,41 @@ pub enum Read {
         up_to: Option<EventId>,
     },
     /// The engine does not hold every event after the id asked for: some
-    /// were dropped before this reader read them. The hub then reloads its
-    /// history from the tail and ends its streams (the `reset`).
+    /// were dropped before this reader read them, and it cannot tell of
+    /// which topics. The hub then reloads its history from the tail and ends
+    /// every stream (the `reset`).
     Gap,
+    /// Events of these topics (and of no other) after the id asked for were
+    /// dropped before this reader read them: each topic was trimmed to what
+    /// the engine keeps of it (its count, its age) while the reader lagged.
+    /// Nothing was read: the next read starts after the same id, and does
+    /// not name the same trims again.
+    ///
+    /// The hub forgets what it holds of those topics (a client resuming
+    /// there is answered from the engine's own copy of the topic, or gets
+    /// the `reset`) and ends their streams, which reconnect and resume; it
+    /// goes on reading the log, and other topics' streams carry on.
+    Trimmed(Vec<Trim>),
+}
+
+/// A topic an engine trimmed past a reader: [`Read::Trimmed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Trim {
+    /// The topic (`None`: the default topic, whose events go to every
+    /// subscriber).
+    pub topic: Option<String>,
+    /// The highest id of the topic the engine dropped (or more, if it
+    /// cannot tell): from the next event of the topic on, it holds the
+    /// topic again without a gap.
+    pub up_to: EventId,
+}
+
+impl Trim {
+    /// `topic` was trimmed up to the id `up_to`.
+    pub fn new(topic: Option<String>, up_to: EventId) -> Trim {
+        Trim { topic, up_to }
+    }
 }
 
 impl Read {

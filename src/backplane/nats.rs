@@ -21,9 +21,18 @@
 //! subscriber can follow `tower-sse.events.>` too); the data is the payload;
 //! headers `Tower-Sse-Event` (the name), `Tower-Sse-Id` (the app's own id),
 //! `Tower-Sse-Retry` (milliseconds) and `Tower-Sse-Comment` (line breaks
-//! written `\n`) are optional. The stream keeps the hub's history:
-//! `max_messages`, `max_age`, and `max_bytes` at twice the hub's bytes (the
-//! stream also counts subjects, headers and its own overhead).
+//! written `\n`) are optional. The stream keeps each topic's history
+//! apart, as the subject carries the topic: `max_messages_per_subject` (the
+//! largest count a hub's rule keeps, at least `max_lag`) and `max_age`, with
+//! no limit on the whole stream, so a flood on one topic never costs a
+//! quiet one its events. Every instance sharing a stream must keep the same
+//! (a stream that keeps another count or age per subject is refused with an
+//! error saying so). An instance that finds a hole in the stream (a flood
+//! trimmed a subject before it read it: it was cut off, or far behind)
+//! names the subjects whose oldest message is past where it was, as trims
+//! of their topics (up to 1,000 subjects, and when no age limit is set: a
+//! subject can then go whole, unseen); other holes, and a stream cut at
+//! its front, make it reload everything.
 
 use async_nats::{
     jetstream::{
@@ -44,12 +53,13 @@ use std::{
 
 mod builder;
 mod reader;
+mod topics;
 
 pub use builder::NatsBuilder;
 
 use reader::{last, Reader};
 
-use super::{Backplane, BackplaneReader, BoxFuture, Retention};
+use super::{Backplane, BackplaneReader, BoxFuture, Retention, TopicRead};
 
 use crate::{
     error::{BoxError, Error},
@@ -184,9 +194,7 @@ impl NatsBackplane {
             ..Config::default()
         };
         if let Some(retention) = retention {
-            config.max_messages = i64::try_from(retention.events).unwrap_or(i64::MAX);
-            config.max_bytes = i64::try_from(retention.bytes.saturating_mul(2)).unwrap_or(i64::MAX);
-            config.max_age = retention.age.unwrap_or_default();
+            topics::limits(&mut config, retention);
         }
         let context = &self.inner.context;
         let mut stream = match context.get_or_create_stream(config.clone()).await {
@@ -210,21 +218,27 @@ impl NatsBackplane {
             .into());
         }
         self.set_epoch(epoch(&current));
+        if retention.is_some() {
+            topics::agree(&current, &config)?;
+        }
         let mut update = current.clone();
         update.num_replicas = config.num_replicas;
         if retention.is_some() {
             update.max_messages = config.max_messages;
+            update.max_messages_per_subject = config.max_messages_per_subject;
             update.max_bytes = config.max_bytes;
             update.max_age = config.max_age;
         }
         if (
             update.num_replicas,
             update.max_messages,
+            update.max_messages_per_subject,
             update.max_bytes,
             update.max_age,
         ) != (
             current.num_replicas,
             current.max_messages,
+            current.max_messages_per_subject,
             current.max_bytes,
             current.max_age,
         ) {
@@ -397,6 +411,15 @@ impl Backplane for NatsBackplane {
             let info = info(&mut stream).await?;
             Ok(last(epoch(&info.config), &info.state))
         })
+    }
+
+    fn read_topic<'a>(
+        &'a self,
+        topic: Option<&'a str>,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<TopicRead>, BoxError>> {
+        Box::pin(async move { Ok(Some(self.read_subject(topic, after, limit).await?)) })
     }
 
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {

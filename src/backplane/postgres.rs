@@ -14,7 +14,8 @@
 //! (`tower_sse_events` unless [`PostgresBackplane::table`] names another;
 //! PostgreSQL 14 or later). Once it exists — made by the engine or by a
 //! migration that runs [`PostgresBackplane::schema`] — the app's role needs
-//! only `SELECT`, `INSERT` and `DELETE` on the table:
+//! only `SELECT`, `INSERT` and `DELETE` on the table, and `SELECT`,
+//! `INSERT` and `UPDATE` on `<table>_trimmed`:
 //!
 //! ```sql
 //! CREATE TABLE tower_sse_events (
@@ -28,15 +29,21 @@
 //!     created_at timestamptz NOT NULL DEFAULT now()
 //! );
 //! -- plus the two statement triggers: the advisory lock, and pg_notify
+//! CREATE TABLE tower_sse_events_trimmed (topic text PRIMARY KEY, up_to bigint NOT NULL);
+//! CREATE INDEX tower_sse_events_topic ON tower_sse_events (topic, id);
 //! ```
 //!
 //! So a SQL trigger or a worker in any language publishes with a plain
 //! `INSERT INTO tower_sse_events (topic, event, data) VALUES (…)`. Ids start
 //! at the table's creation time in microseconds, so a table made again after
-//! a loss numbers above every id a browser kept. The table is trimmed to the
-//! hub's history (count and age; the newest row always stays) once a second
-//! or every quarter of the history, by the instance that appends, in a
-//! statement apart from the inserts, so trimming never holds up a publisher.
+//! a loss numbers above every id a browser kept. Each topic is trimmed apart
+//! to the history the hubs keep (its newest rows by count, none older than
+//! the age; the table's newest row always stays) once a second or every
+//! quarter of a topic's count, by the instance that appends, in a statement
+//! apart from the inserts, so trimming never holds up a publisher; a flood
+//! on one topic never costs a quiet one its rows. `<table>_trimmed` marks
+//! the highest id trimmed of each topic (and of any: a reader behind it
+//! missed rows), and keeps the count and age every instance must agree on.
 //!
 //! Connections are plain with [`PostgresBackplane::connect`], TLS (rustls)
 //! with `PostgresBackplane::connect_tls` (feature `postgres-tls`).
@@ -54,6 +61,7 @@ use tokio_postgres::{
 
 mod connection;
 mod reader;
+mod topics;
 
 use connection::open;
 #[cfg(feature = "postgres-tls")]
@@ -61,7 +69,7 @@ use connection::rustls_connector;
 
 use reader::Reader;
 
-use super::{Backplane, BackplaneReader, BoxFuture, Retention};
+use super::{Backplane, BackplaneReader, BoxFuture, Retention, TopicRead};
 use crate::{
     error::{BoxError, Error},
     event::EventId,
@@ -116,8 +124,9 @@ struct Inner {
     publish: tokio::sync::Mutex<Option<Arc<Publishing>>>,
     /// What the hubs that use it keep (the largest asked), once one asked.
     retention: Mutex<Option<Retention>>,
-    /// When the table was last trimmed, and how many rows went in since.
-    trimmed: Mutex<(Option<Instant>, usize)>,
+    /// When the table was last trimmed, how many rows went in since, and
+    /// to which topics.
+    trimmed: Mutex<(Option<Instant>, usize, topics::Appended)>,
 }
 
 /// How connections are made.
@@ -180,7 +189,8 @@ impl PostgresBackplane {
     /// The SQL that makes the table `table` and its triggers (what the
     /// engine runs when they are missing), for a migration run by a role
     /// allowed to create them; the app's role then needs only `SELECT`,
-    /// `INSERT` and `DELETE` on the table. The ids start at the time the SQL
+    /// `INSERT` and `DELETE` on the table, and `SELECT`, `INSERT` and
+    /// `UPDATE` on `<table>_trimmed`. The ids start at the time the SQL
     /// runs (the server's clock, in microseconds), so the same SQL replayed
     /// after a loss still numbers above every earlier id.
     pub fn schema(table: &str) -> Result<String, Error> {
@@ -197,7 +207,7 @@ impl PostgresBackplane {
                 table: table.to_owned(),
                 publish: tokio::sync::Mutex::new(None),
                 retention: Mutex::new(None),
-                trimmed: Mutex::new((None, 0)),
+                trimmed: Mutex::new((None, 0, topics::Appended::default())),
             }),
         };
         // Bounded, handshake and schema included: a server that accepts and
@@ -271,57 +281,33 @@ impl PostgresBackplane {
         ids.sort_unstable();
         // Trimming goes on apart, on the same connection, so the answer
         // does not wait for it.
-        if let Some(retention) = self.trim_due(ids.len()) {
+        if let Some((retention, appended)) = self.trim_due(messages) {
             let backplane = self.clone();
-            tokio::spawn(async move { backplane.trim(&client.client, retention).await });
+            tokio::spawn(async move { backplane.trim(&client.client, retention, appended).await });
         }
         Ok(ids.into_iter().map(|id| EventId::new(id as u64)).collect())
     }
 
-    /// Whether the table is due a trim after `appended` more rows (once per
-    /// [`TRIM_EVERY`], or sooner when a quarter of the history went in),
-    /// and to what.
-    fn trim_due(&self, appended: usize) -> Option<Retention> {
+    /// Whether the table is due a trim after `messages` went in (once per
+    /// [`TRIM_EVERY`], or sooner when a quarter of a topic's count went
+    /// in), to what, and which topics went in since the last one.
+    fn trim_due(&self, messages: &[Message]) -> Option<(Retention, topics::Appended)> {
         let retention = (*self
             .inner
             .retention
             .lock()
             .unwrap_or_else(|e| e.into_inner()))?;
         let mut trimmed = self.inner.trimmed.lock().unwrap_or_else(|e| e.into_inner());
-        trimmed.1 += appended;
+        trimmed.1 += messages.len();
+        trimmed.2.add(messages);
         let due = trimmed.0.is_none_or(|at| at.elapsed() >= TRIM_EVERY)
-            || trimmed.1 >= (retention.events / 4).max(1);
+            || trimmed.1 >= (retention.per_topic / 4).max(1);
         if !due {
             return None;
         }
-        *trimmed = (Some(Instant::now()), 0);
-        Some(retention)
-    }
-
-    /// Trims the table to `retention`.
-    async fn trim(&self, client: &Client, retention: Retention) {
-        let table = &self.inner.table;
-        let keep = i64::try_from(retention.events.max(1)).unwrap_or(i64::MAX);
-        let by_count = format!(
-            "DELETE FROM {table} WHERE id < (SELECT id FROM {table} ORDER BY id DESC OFFSET $1::int8 - 1 LIMIT 1)"
-        );
-        if let Err(e) = client.execute(&by_count, &[&keep]).await {
-            tracing::warn!(error = %e, "backplane: could not trim the table");
-        }
-        if let Some(age) = retention.age {
-            // From the oldest end only (rows' times need not follow their
-            // ids: `now()` is when a transaction began, and other programs
-            // may set it): every row before the oldest one still young
-            // enough, the newest always kept.
-            let by_age = format!(
-                "DELETE FROM {table} WHERE id < COALESCE(\
-                 (SELECT min(id) FROM {table} WHERE created_at >= now() - $1::float8 * interval '1 second'), \
-                 (SELECT max(id) FROM {table}))"
-            );
-            if let Err(e) = client.execute(&by_age, &[&age.as_secs_f64()]).await {
-                tracing::warn!(error = %e, "backplane: could not trim the table by age");
-            }
-        }
+        let appended = std::mem::take(&mut trimmed.2);
+        *trimmed = (Some(Instant::now()), 0, topics::Appended::default());
+        Some((retention, appended))
     }
 }
 
@@ -373,7 +359,9 @@ fn schema(table: &str) -> String {
         CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN PERFORM pg_notify('{table}', ''); RETURN NULL; END $$;
         CREATE OR REPLACE TRIGGER {table}_notify AFTER INSERT ON {table}
-            FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();"
+            FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
+        {}",
+        topics::schema(table)
     )
 }
 
@@ -409,7 +397,12 @@ impl Backplane for PostgresBackplane {
     fn last_id(&self) -> BoxFuture<'_, Result<Option<EventId>, BoxError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            last_id(&client.client, &self.inner.table).await
+            let id = last_id(&client.client, &self.inner.table).await;
+            if id.is_err() {
+                // As after a failed insert: made again on the next call.
+                self.inner.publish.lock().await.take();
+            }
+            id
         })
     }
 
@@ -424,21 +417,34 @@ impl Backplane for PostgresBackplane {
                 Some(notify.clone()),
             )
             .await?;
+            self.agree(&client).await?;
             client.batch_execute(&format!("LISTEN {table}")).await?;
             // The rows after an id, each with the table's oldest id in the
-            // same snapshot (if that is at or before the id, nothing after
-            // it had been trimmed when these were read), and the
-            // transaction that inserted it (to tell a row from another one
-            // under the same id, once ids went back).
+            // same snapshot (if that is at or before the id, the table was
+            // not made again after it), the highest id any trim took (if
+            // that is at or before the id, nothing after it had been trimmed
+            // when these were read; else the reader asks which topics were),
+            // and the transaction that inserted it (to tell a row from
+            // another one under the same id, once ids went back).
             let after = client
                 .prepare(&format!(
                     "SELECT id, topic, event, data, app_id, retry_ms, comment, \
-                     (SELECT min(id) FROM {table}), xmin::text::int8 FROM {table} \
+                     (SELECT min(id) FROM {table}), xmin::text::int8, \
+                     (SELECT up_to FROM {table}_trimmed WHERE topic = '*') FROM {table} \
                      WHERE id > $1 ORDER BY id LIMIT $2"
                 ))
                 .await?;
             Ok(Box::new(Reader::new(client, table, notify, after)) as Box<dyn BackplaneReader>)
         })
+    }
+
+    fn read_topic<'a>(
+        &'a self,
+        topic: Option<&'a str>,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<TopicRead>, BoxError>> {
+        Box::pin(async move { Ok(Some(self.read_topic_rows(topic, after, limit).await?)) })
     }
 }
 

@@ -15,6 +15,15 @@
 //! lost the stream. An entry whose id does not fit (added with an explicit
 //! id) makes the reader fail with an error saying so, rather than skip.
 //!
+//! Each topic is kept apart too: a stream per topic (`<key>:topic:<topic>`,
+//! `<key>:default` for events to every subscriber) holds the topic's newest
+//! events under the log's ids, trimmed exactly to the count a topic keeps
+//! and by age, and one script appends to the log and the topic's stream at
+//! once. A resume the instance's memory no longer covers is replayed from
+//! it (see the `topics` module's notes in the source). An entry added to the
+//! log by another program (a plain `XADD`) is read by every instance but is
+//! not in a topic's stream: it is replayed from memory only.
+//!
 //! The entry's fields (all but `data` optional), so that any program can
 //! publish with a plain `XADD`: `topic` (absent: every subscriber), `event`
 //! (the name), `data`, `id` (the app's own id), `retry` (milliseconds),
@@ -36,10 +45,11 @@ use redis::{
 };
 
 mod reader;
+mod topics;
 
 use reader::Reader;
 
-use super::{Backplane, BackplaneReader, BoxFuture, Retention};
+use super::{Backplane, BackplaneReader, BoxFuture, Retention, TopicRead};
 use crate::{
     error::{BoxError, Error},
     event::EventId,
@@ -86,17 +96,19 @@ const IDLE: Duration = Duration::from_secs(1);
 /// no longer holds what followed the last entry it read (Redis restarted
 /// without persistence, or trimmed past it) it restarts the history and ends
 /// every stream, so browsers reconnect and get the reset event. The
-/// history's count is kept in the stream (`MAXLEN ~`), each `XADD` trimming
-/// to the history of the instance that sent it: give every instance sharing
-/// a key the same [`history`](crate::HubBuilder::history) (a smaller one
-/// trims what the others would replay). The age limit is kept only locally.
+/// log keeps several topics' worth (`MAXLEN ~`), and each topic's stream its
+/// newest events by the count and age the hubs keep: every instance sharing
+/// a key must keep the same (`<key>:retention` holds it; an instance that
+/// keeps another is refused with an error saying so).
 #[derive(Clone)]
 pub struct RedisBackplane {
     target: Target,
     publish: Arc<tokio::sync::Mutex<Option<Publishing>>>,
     key: Arc<str>,
-    /// The `MAXLEN` of each `XADD`: the hub's history.
+    /// The `MAXLEN` of each `XADD` to the log: several topics' worth.
     max_len: Arc<AtomicUsize>,
+    /// What the hubs that use it keep (the largest asked), once one asked.
+    retention: Arc<std::sync::Mutex<Option<Retention>>>,
     /// How many replicas must acknowledge a batch (`WAIT`), if any.
     replicas: usize,
 }
@@ -222,6 +234,7 @@ impl RedisBackplane {
             publish: Arc::new(tokio::sync::Mutex::new(None)),
             key: DEFAULT_KEY.into(),
             max_len: Arc::new(AtomicUsize::new(1024)),
+            retention: Arc::default(),
             replicas,
         };
         let mut conn = backplane.publisher().await.map_err(backplane_error)?;
@@ -309,6 +322,8 @@ fn install_crypto() {
 impl Backplane for RedisBackplane {
     fn retain(&self, retention: Retention) {
         self.max_len.store(retention.events, Ordering::Relaxed);
+        let mut kept = self.retention.lock().unwrap_or_else(|e| e.into_inner());
+        *kept = Some(kept.map_or(retention, |kept| kept.covering(retention)));
     }
 
     fn append<'a>(
@@ -317,11 +332,17 @@ impl Backplane for RedisBackplane {
     ) -> BoxFuture<'a, Result<Vec<EventId>, BoxError>> {
         Box::pin(async move {
             let max_len = self.max_len.load(Ordering::Relaxed);
+            let retention = self.retained();
             let replicas = self.replicas;
             let (ids, acked): (Vec<String>, Option<usize>) = self
                 .query(&|pipe| {
                     for message in messages {
-                        xadd(pipe, &self.key, max_len, message);
+                        match retention {
+                            Some(retention) => {
+                                topics::append(pipe, &self.key, max_len, retention, message)
+                            }
+                            None => xadd(pipe, &self.key, max_len, message),
+                        }
                     }
                     let (ids, wait) = (pipe, replicas > 0);
                     if wait {
@@ -386,8 +407,24 @@ impl Backplane for RedisBackplane {
         })
     }
 
+    fn read_topic<'a>(
+        &'a self,
+        topic: Option<&'a str>,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<TopicRead>, BoxError>> {
+        Box::pin(async move {
+            let retention = self.retained();
+            let read = self.read_stream(topic, after, limit, retention).await?;
+            Ok(Some(read))
+        })
+    }
+
     fn reader(&self) -> BoxFuture<'_, Result<Box<dyn BackplaneReader>, BoxError>> {
         Box::pin(async move {
+            if let Some(retention) = self.retained() {
+                self.agree(retention).await?;
+            }
             let conn = self.target.connect(BLOCK + Duration::from_secs(2)).await?;
             // A reader is opened again after the log was lost (Redis
             // restarted, a failover): the publishing connection, made
@@ -398,7 +435,15 @@ impl Backplane for RedisBackplane {
     }
 }
 
-/// Adds one `XADD` of `message` to `pipe`.
+impl RedisBackplane {
+    /// What the hubs that use it keep, once one asked.
+    fn retained(&self) -> Option<Retention> {
+        *self.retention.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Adds one `XADD` of `message` to `pipe` (to the log alone: no hub told
+/// what each topic keeps).
 fn xadd(pipe: &mut redis::Pipeline, key: &str, max_len: usize, message: &Message) {
     let command = pipe
         .cmd("XADD")
@@ -407,6 +452,13 @@ fn xadd(pipe: &mut redis::Pipeline, key: &str, max_len: usize, message: &Message
         .arg("~")
         .arg(max_len)
         .arg("*");
+    fields(command, message);
+}
+
+/// The entry's fields of `message`, as name and value arguments of the
+/// pipeline's last command: the log's entry and a topic's (see
+/// `topics::append`) hold the same.
+fn fields(command: &mut redis::Pipeline, message: &Message) {
     if let Some(topic) = message.topic() {
         command.arg("topic").arg(topic);
     }

@@ -12,12 +12,15 @@ use std::{
     borrow::Borrow,
     collections::{HashSet, VecDeque},
     hash::{Hash, Hasher},
-    sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Arc, OnceLock},
 };
 use tokio::time::Instant;
 
 use super::{registry::Followers, rule::HistoryRule};
-use crate::record::Record;
+use crate::{
+    record::Record,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
 
 /// One topic: its rule, its ring and who follows it. Kept small: an app
 /// may have a hundred thousand quiet topics of one event each.

@@ -10,6 +10,8 @@
 mod builder;
 pub(crate) mod control;
 mod history;
+#[cfg(all(test, loom))]
+mod loom_model;
 mod outbox;
 mod presence;
 mod registry;
@@ -166,13 +168,13 @@ impl Hub {
     /// Waits (briefly) until this instance has what a subscription resuming
     /// at `resume` needs from the engine; at once without one, or when the
     /// subscription would be refused anyway.
-    pub(crate) async fn caught_up(&self, resume: &Resume) {
+    pub(crate) async fn caught_up(&self, topics: &[&str], resume: &Resume) {
         if self.inner.core.refuses().is_some() {
             return;
         }
         if let Some(replica) = &self.inner.replica {
             self.ensure_replica();
-            replica.caught_up(&self.inner.core, resume).await;
+            replica.caught_up(&self.inner.core, topics, resume).await;
         }
     }
 
@@ -229,14 +231,26 @@ impl Hub {
         }
     }
 
-    /// Reads `topic`'s history (`None`: the default topic) as `query` asks.
-    pub(crate) fn history(&self, topic: Option<&str>, query: HistoryQuery) -> HistoryPage {
+    /// Reads `topic`'s history (`None`: the default topic) as `query` asks:
+    /// from memory, or from the engine when the memory does not cover it
+    /// (events after the id may have left it, or it holds fewer than asked
+    /// and some left).
+    pub(crate) async fn history(&self, topic: Option<&str>, query: HistoryQuery) -> HistoryPage {
         let limit = query.limit.min(MAX_HISTORY_READ);
         let page = self.inner.core.history(
             topic.unwrap_or(state::DEFAULT_TOPIC),
             query.since.as_deref(),
             limit,
         );
+        if let (Some(replica), true) = (&self.inner.replica, page.gap || page.partial) {
+            self.ensure_replica();
+            if let Some(page) = replica
+                .history(&self.inner.core, topic, &query, limit)
+                .await
+            {
+                return page;
+            }
+        }
         HistoryPage {
             clipped: page.clipped || query.limit > limit && page.records.len() == limit,
             reset: page.gap,

@@ -3,19 +3,19 @@
 //! of a large topic, so that publishing costs the same with ten thousand
 //! subscribers as with none.
 
-use atomic_waker::AtomicWaker;
 use slab::Slab;
 use std::{
     net::IpAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
-    },
+    sync::{Arc, OnceLock},
     task::Waker,
 };
 use tokio::sync::{watch, Notify};
 
 use crate::observe::Reason;
+use crate::sync::{
+    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+    AtomicWaker, Mutex, MutexGuard,
+};
 
 /// Up to this many followers, the publisher wakes a topic's readers itself
 /// (sparing the hop through the fan-out task and its scheduling delay);

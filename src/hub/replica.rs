@@ -16,6 +16,8 @@ use super::{
     start::Resume,
     state::Core,
 };
+mod topics;
+
 use crate::{
     backplane::{Backplane, BackplaneReader, Read},
     error::{BoxError, Error},
@@ -139,48 +141,59 @@ impl Replica {
     /// client resumes from an id this instance has not read yet (seen on
     /// another instance), until it has: a number above the newest read here
     /// is waited for; an app's id not in the history, by reading up to the
-    /// engine's newest id at this moment (one round trip).
-    pub(crate) async fn caught_up(&self, core: &Core, resume: &Resume) {
+    /// engine's newest id at this moment (one round trip). Then replays
+    /// from the engine into memory what a resume after that id needs of
+    /// `topics` and the memory no longer holds ([`Replica::fill`]).
+    pub(crate) async fn caught_up(&self, core: &Core, topics: &[&str], resume: &Resume) {
+        self.wait_caught_up(core, resume).await;
+        if let Resume::After(last) = resume {
+            if let Ok(after) = last.parse::<u64>() {
+                let fill = self.fill(core, topics, after);
+                if tokio::time::timeout(ENGINE_BOUND, fill).await.is_err() {
+                    tracing::debug!("backplane: replaying from the engine took too long");
+                }
+            }
+        }
+    }
+
+    async fn wait_caught_up(&self, core: &Core, resume: &Resume) {
         let (mut loaded, mut newest) = (self.loaded.subscribe(), core.watch_newest());
-        tokio::time::timeout(CATCH_UP, async {
+        let mut wanted = None;
+        let caught_up = tokio::time::timeout(CATCH_UP, async {
             loaded.wait_for(|l| *l).await.ok();
             let Resume::After(last) = resume else {
                 return;
             };
-            let wanted = match last.parse::<u64>() {
+            wanted = match last.parse::<u64>() {
                 Ok(id) => Some(id),
                 Err(_) if core.knows(last) => None,
-                Err(_) => self.newest_id().await.map(EventId::as_u64),
+                Err(_) => self.newest_id().await.ok().flatten().map(EventId::as_u64),
             };
             if let Some(id) = wanted {
                 newest.wait_for(|n| *n >= id).await.ok();
             }
         })
-        .await
-        .ok();
-    }
-}
-
-impl Replica {
-    /// The engine's newest id: asked once per [`NEWEST_FOR`] at most, so
-    /// that clients resuming from ids nobody knows cost the engine little.
-    async fn newest_id(&self) -> Option<EventId> {
-        let mut newest = self.newest.lock().await;
-        if let Some((at, id)) = *newest {
-            if at.elapsed() < NEWEST_FOR {
-                return id;
+        .await;
+        // Still behind an id a client saw on another instance (this one's
+        // reader is reconnecting after the engine went away, say). A reset
+        // now would start the client at this instance's newest id, below
+        // its own, and hand it again every event up to it. So unless the
+        // engine says it does not hold that id (it lost it: then the reset
+        // is the truth), the reader is waited for, longer: an engine that
+        // holds it, and one that cannot be asked now, alike.
+        let Some(id) = wanted.filter(|_| caught_up.is_err()) else {
+            return;
+        };
+        if *newest.borrow() >= id {
+            return;
+        }
+        let engine = tokio::time::timeout(CATCH_UP, self.newest_id()).await;
+        if let Ok(Ok(held)) = &engine {
+            if held.is_none_or(|n| n.as_u64() < id) {
+                return;
             }
         }
-        match self.backplane.last_id().await {
-            Ok(id) => {
-                *newest = Some((Instant::now(), id));
-                id
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "backplane: no newest id to catch up to");
-                None
-            }
-        }
+        let _ = tokio::time::timeout(ENGINE_BOUND, newest.wait_for(|n| *n >= id)).await;
     }
 }
 
@@ -192,11 +205,17 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
     let mut last = EventId::new(0);
     let mut loaded = false;
     let mut failures = 0u32;
+    // Set by a loss that left the engine no trace of its log (see
+    // `catch_up`): the first record read then marks every id below it lost.
+    let mut floor_pending = false;
     while !core.is_closed() {
         let connect = async {
             let mut reader = replica.backplane.reader().await?;
             let from = if loaded { From::Reconnect } else { From::Start };
-            let caught_up = catch_up(&core, &mut *reader, &mut last, from).await?;
+            let (caught_up, traceless) = catch_up(&core, &mut *reader, &mut last, from).await?;
+            if let Some(traceless) = traceless {
+                floor_pending = traceless;
+            }
             Ok::<_, BoxError>((reader, caught_up))
         };
         let connect = bounded(connect, "connect and catch up");
@@ -239,6 +258,10 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                 match reader.read(last, read_batch(&core)).await? {
                     Read::Records { records, up_to } => {
                         reloaded &= records.is_empty() && up_to.is_none();
+                        if let Some(first) = records.first().filter(|_| floor_pending) {
+                            core.lost_below(first.id().as_u64());
+                            floor_pending = false;
+                        }
                         for record in records {
                             if record.id() > last {
                                 last = record.id();
@@ -251,8 +274,19 @@ async fn read(core: Arc<Core>, replica: Arc<Replica>) {
                         return Err("the engine reports a gap again right after a reload".into());
                     }
                     Read::Gap => {
-                        catch_up(&core, &mut *reader, &mut last, From::Gap).await?;
+                        let (_, traceless) =
+                            catch_up(&core, &mut *reader, &mut last, From::Gap).await?;
+                        floor_pending = traceless == Some(true);
                         reloaded = true;
+                    }
+                    // Before any later event of those topics is applied: a
+                    // stream of one never goes on past the trim.
+                    Read::Trimmed(trims) => {
+                        tracing::info!(
+                            topics = trims.len(),
+                            "backplane: topics were trimmed past this instance; their streams resume"
+                        );
+                        core.trimmed(&trims);
                     }
                 }
                 Ok::<_, BoxError>(())
@@ -317,15 +351,20 @@ enum From {
 /// Loads the hub's history from the engine's tail (unless, reconnecting,
 /// the engine still holds every event after the last one applied, and
 /// reading goes on from there). After a loss, resuming from any older id
-/// gets the reset. Returns how many records were loaded.
+/// gets the reset. Returns how many records were loaded and, if it
+/// reloaded, whether the loss left the engine with no trace of its log (no
+/// event and no newest id: a store restarted empty): then the ids between
+/// the last one read here and the first one it gives next are of the lost
+/// log, which other instances may have read further, and the caller marks
+/// them lost when that first one comes ([`Core::lost_below`]).
 async fn catch_up(
     core: &Core,
     reader: &mut dyn BackplaneReader,
     last: &mut EventId,
     from: From,
-) -> Result<usize, BoxError> {
+) -> Result<(usize, Option<bool>), BoxError> {
     if from == From::Reconnect && reader.holds(*last).await? {
-        return Ok(0);
+        return Ok((0, None));
     }
     if from != From::Start {
         tracing::warn!(
@@ -347,6 +386,7 @@ async fn catch_up(
     } else {
         last.as_u64() + 1
     });
+    let traceless = from != From::Start && tail.records.is_empty() && tail.last.is_none();
     // Reading goes on after the tail's newest id; after nothing (0) when the
     // engine keeps no trace of any, so what it gets next is all read.
     *last = match tail.last {
@@ -354,8 +394,17 @@ async fn catch_up(
         None => EventId::new(0),
     };
     let count = tail.records.len();
-    core.reload(known_after, tail.records);
-    Ok(count)
+    // With no trace, no id above the last one read here is known to be
+    // the engine's: a client resuming from one waits for the reader (and
+    // the engine's word), rather than be taken as up to date.
+    let newest = if traceless { 0 } else { known_after };
+    core.reload(known_after, newest, tail.records);
+    if from != From::Start {
+        // The engine lost, or trimmed past, events this hub had not read:
+        // it cannot tell which, so none before is replayed from it.
+        core.lost_before(known_after);
+    }
+    Ok((count, Some(traceless)))
 }
 
 /// How many records one read may return: [`READ_BATCH`], fewer when the

@@ -50,7 +50,8 @@ impl Settings {
             .fold(self.max_lag, usize::max)
     }
 
-    /// What the engine's log keeps, of all topics together: several topics'
+    /// What the engine keeps: of each topic, the largest count a rule keeps
+    /// (at least `max_lag`); of the log all topics share, several topics'
     /// worth of the largest count (so a reader that falls behind in a burst
     /// still finds what it has not read, and the log holds more than one
     /// busy topic), the byte budget, and the longest age any rule keeps
@@ -68,6 +69,7 @@ impl Settings {
             self.history_bytes,
             age,
         )
+        .with_per_topic(self.history_limit())
     }
 
     /// How often the hub drops aged events, if some topic has an age limit:

@@ -7,15 +7,15 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
-    },
+    sync::{Arc, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
 use tokio::sync::watch;
 
+mod backfill;
 mod subscribers;
+
+pub(crate) use backfill::Gap;
 
 use super::{
     control::Control,
@@ -29,6 +29,10 @@ use crate::{
     event::EventId,
     observe,
     record::{Encoding, Message, Record, ENCODINGS},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Mutex, MutexGuard,
+    },
 };
 
 /// The name of the default topic, which every subscriber follows. It is
@@ -226,14 +230,15 @@ impl Core {
     /// engine's tail) and ends every subscription, in one step: from now on
     /// only ids above `known_after` are known, so a client resuming from an
     /// older one gets the reset. For an engine that cannot tell what it
-    /// missed, and for loading the history at start.
-    pub(crate) fn reload(&self, known_after: u64, records: Vec<Record>) {
+    /// missed, and for loading the history at start. The newest id becomes
+    /// at least `newest` (the engine's), and the last record's.
+    pub(crate) fn reload(&self, known_after: u64, newest: u64, records: Vec<Record>) {
         let topics: Vec<Arc<Topic>> = {
             let mut state = self.state();
             let state = &mut *state;
             state.store.clear(known_after, state.topics.values());
             state.next_id = state.next_id.max(known_after + 1);
-            self.published.fetch_max(known_after, Ordering::AcqRel);
+            self.published.fetch_max(newest, Ordering::AcqRel);
             for record in &records {
                 if record.id().as_u64() >= state.next_id {
                     self.push(state, record);
@@ -281,6 +286,7 @@ impl Core {
                 records: Vec::new(),
                 clipped: false,
                 gap,
+                partial: limit > 0,
             };
         };
         let now = state.store.now();
@@ -310,6 +316,7 @@ impl Core {
         let ended: Vec<Arc<Topic>> = {
             let mut state = self.state();
             let after = self.published() + 1;
+            state.store.lost_up_to = state.store.lost_up_to.max(after);
             let mut ended = Vec::new();
             for name in topics {
                 let topic = match name {

@@ -27,6 +27,9 @@ pub(crate) struct Page {
     pub(crate) records: Vec<Record>,
     pub(crate) clipped: bool,
     pub(crate) gap: bool,
+    /// Fewer than asked for, and events of the topic may have left the
+    /// history: an engine may hold more.
+    pub(crate) partial: bool,
 }
 
 /// The bookkeeping over every topic's ring: the byte budget, the topics
@@ -48,6 +51,10 @@ pub(crate) struct Store {
     /// Highest id that may have been an event of a topic the store knows
     /// nothing of (at start, the id before the first).
     pub(crate) floor: u64,
+    /// Highest id before which this hub lost events the engine never took:
+    /// no engine holds them, so resuming from before is never replayed
+    /// from one.
+    pub(crate) lost_up_to: u64,
 }
 
 impl Store {
@@ -62,6 +69,7 @@ impl Store {
             forgotten: HashMap::new(),
             forgotten_order: VecDeque::new(),
             floor,
+            lost_up_to: 0,
         }
     }
 
@@ -240,6 +248,17 @@ impl Store {
             .collect()
     }
 
+    /// Forgets every record of `topic`: events of it up to `up_to` may be
+    /// missing (an engine trimmed them before this hub read them), so a
+    /// client that saw less than it must not be replayed from here.
+    pub(crate) fn empty(&mut self, topic: &Topic, up_to: u64) {
+        let mut ring = topic.ring_mut();
+        while !ring.entries.is_empty() {
+            self.pop_front(&mut ring);
+        }
+        ring.evicted_up_to = ring.evicted_up_to.max(up_to);
+    }
+
     /// Forgets every record: from now on only ids above `up_to` are known.
     pub(crate) fn clear<'a>(&mut self, up_to: u64, topics: impl Iterator<Item = &'a Arc<Topic>>) {
         self.app_ids = 0;
@@ -255,6 +274,30 @@ impl Store {
             ring.arrived = None;
             ring.bytes = 0;
             ring.evicted_up_to = ring.evicted_up_to.max(up_to);
+        }
+    }
+
+    /// Raises to `up_to` the highest id that may have been an event of
+    /// every topic, and before which events were lost: a resume from below
+    /// it gets the reset. A record held keeps its place (the bound stops
+    /// below the oldest one of its topic).
+    pub(crate) fn raise_floor<'a>(
+        &mut self,
+        up_to: u64,
+        topics: impl Iterator<Item = &'a Arc<Topic>>,
+    ) {
+        self.floor = self.floor.max(up_to);
+        self.lost_up_to = self.lost_up_to.max(up_to);
+        // What the floor now stands for.
+        self.forgotten.retain(|_, known| *known > up_to);
+        self.forgotten_order.retain(|(_, known)| *known > up_to);
+        for topic in topics {
+            let mut ring = topic.ring_mut();
+            let below_oldest = ring
+                .entries
+                .front()
+                .map_or(up_to, |r| r.id().as_u64().saturating_sub(1));
+            ring.evicted_up_to = ring.evicted_up_to.max(up_to.min(below_oldest));
         }
     }
 
@@ -299,10 +342,65 @@ impl Store {
         let records: Vec<Record> = ring.entries.range(start..).take(limit).cloned().collect();
         let clipped = ring.entries.len() - start > records.len() || (after.is_none() && start > 0);
         Page {
+            partial: records.len() < limit && ring.evicted_up_to > 0,
             records,
             clipped,
             gap,
         }
+    }
+
+    /// Puts `records` (a topic's events read back from an engine, oldest
+    /// first, every one after `after` and older than the ring's first)
+    /// before the ring's first record, so a client resuming after `after`
+    /// is replayed from memory: the ring then covers every event of the
+    /// topic after `after`. Refused (`false`) when the topic's bound has no
+    /// room for them, or when followers' cursors could not be kept.
+    pub(crate) fn prepend(
+        &mut self,
+        topic: &Topic,
+        records: Vec<Record>,
+        after: u64,
+        now: Option<Instant>,
+    ) -> bool {
+        let mut ring = topic.ring_mut();
+        let count = records.len();
+        if ring.entries.len() + count > topic.bound(self.max_lag)
+            || records.first().is_some_and(|r| r.id().as_u64() <= after)
+            || records
+                .last()
+                .zip(ring.entries.front())
+                .is_some_and(|(last, first)| last.id() >= first.id())
+        {
+            return false;
+        }
+        // Sequence numbers of the records prepended: those they had when
+        // this ring held them (it read the same log), or, with nobody
+        // following, the numbering moved up.
+        if ring.first_seq < count as u64 {
+            if topic.follower_count() > 0 {
+                return false;
+            }
+            ring.first_seq = count as u64;
+        }
+        ring.first_seq -= count as u64;
+        let arrived_at = ring
+            .arrived
+            .as_ref()
+            .and_then(|a| a.front().copied())
+            .or(now);
+        for record in records.into_iter().rev() {
+            let footprint = record.footprint();
+            self.bytes += footprint;
+            self.events += 1;
+            self.app_ids += usize::from(record.message().app_id().is_some());
+            ring.bytes += footprint;
+            ring.entries.push_front(record);
+            if let (Some(at), Some(_)) = (arrived_at, topic.rule.ttl) {
+                ring.arrived.get_or_insert_default().push_front(at);
+            }
+        }
+        ring.evicted_up_to = ring.evicted_up_to.min(after);
+        true
     }
 }
 
@@ -534,6 +632,31 @@ mod tests {
         );
         let page = Store::read(&t, None, 10);
         assert_eq!((page.records.len(), page.clipped), (4, false));
+    }
+
+    #[test]
+    fn records_read_back_from_an_engine_go_before_the_ring_within_its_bound() {
+        let mut store = Store::new(1, usize::MAX, false, 0);
+        let t = topic(&mut store, "t", HistoryRule::events(4));
+        for id in 1..=6 {
+            store.push(&t, record(id, None), None);
+        }
+        assert_eq!((ids(&t), t.ring().evicted_up_to), (vec![3, 4, 5, 6], 2));
+        assert!(
+            !store.prepend(&t, vec![record(2, None)], 1, None),
+            "no room: the topic keeps 4"
+        );
+        let u = topic(&mut store, "u", HistoryRule::events(4));
+        store.push(&u, record(9, None), None);
+        u.lost_up_to(8);
+        assert!(store.prepend(&u, vec![record(7, None), record(8, None)], 6, None));
+        assert_eq!((ids(&u), u.ring().evicted_up_to), (vec![7, 8, 9], 6));
+        assert_eq!(u.ring().seq_after(6) + 3, u.ring().head_seq());
+        assert_eq!(store.size().0, 7);
+        assert!(
+            !store.prepend(&u, vec![record(9, None)], 5, None),
+            "not older than the ring's first"
+        );
     }
 
     #[test]

@@ -282,6 +282,39 @@ mod tests {
     }
 
     #[test]
+    fn a_trim_past_the_reader_ends_that_topics_streams_alone() {
+        use crate::{backplane::Trim, event::EventId};
+        let core = core(100);
+        let open = |topic: &str, resume: Resume| {
+            Subscription::open(&core, &[topic], &resume, Owner::default()).unwrap()
+        };
+        let (mut busy, mut quiet) = (open("busy", Resume::Live), open("quiet", Resume::Live));
+        let seen = publish(&core, Some("quiet"), "seen");
+        let first = publish(&core, Some("busy"), "first");
+        assert_eq!(read_all(&mut busy).unwrap(), ["first"]);
+        assert_eq!(read_all(&mut quiet).unwrap(), ["seen"]);
+        let missed = publish(&core, Some("quiet"), "missed");
+        // The engine trimmed the busy topic past what this hub read.
+        core.trimmed(&[Trim::new(Some("busy".into()), EventId::new(missed + 5))]);
+        assert_eq!(ended(&mut busy), Some(Ended::Disconnected));
+        assert_eq!(ended(&mut quiet), None, "another topic's stream carries on");
+        assert_eq!(read_all(&mut quiet).unwrap(), ["missed"]);
+        assert_eq!(
+            core.history_size().0,
+            2,
+            "the busy topic's events are forgotten"
+        );
+        let resumed = open("busy", Resume::After(first.to_string()));
+        assert_eq!(resumed.start().kind, StartKind::Reset);
+        let mut resumed = open("quiet", Resume::After(seen.to_string()));
+        assert_eq!(resumed.start().kind, StartKind::Resumed);
+        assert_eq!(read_all(&mut resumed).unwrap(), ["missed"]);
+        // The default topic is a topic too: every stream follows it.
+        core.trimmed(&[Trim::new(None, EventId::new(missed))]);
+        assert_eq!(ended(&mut quiet), Some(Ended::Disconnected));
+    }
+
+    #[test]
     fn lag_past_the_bound_ends_the_read() {
         let core = core(2);
         let mut sub = Subscription::open(&core, &["a"], &Resume::Live, Owner::default()).unwrap();

@@ -262,7 +262,9 @@ impl SseLayer {
     /// writes, it collects what arrives for up to `max_delay` and sends it
     /// in its next write. An event that finds the stream idle longer than
     /// that still goes out at once, and a stream catching up (its previous
-    /// write full) does not wait. Each write is a system call and most of a
+    /// write full) or behind a burst (its previous write carried 4 events
+    /// or more: it batches by itself) does not wait: there the window
+    /// would only add a timer per stream. Each write is a system call and most of a
     /// busy server's CPU (see BENCHMARKS.md): at 100 events/s per stream,
     /// `coalesce(Duration::from_millis(20))` makes about 50 writes a second
     /// instead of 100, for at most 20 ms more latency. Events wait unread

@@ -5,31 +5,26 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use std::{
     convert::Infallible,
     fmt,
     future::{Future, IntoFuture},
     io,
-    net::SocketAddr,
     pin::{pin, Pin},
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use tokio::{net::TcpListener, sync::watch};
 use tower_service::Service;
 
 use crate::publisher::ServedHubs as Hubs;
 
 mod cap;
+mod connection;
+mod lean;
 mod preface;
 mod settings;
 mod stall;
@@ -37,14 +32,15 @@ mod stall;
 use settings::Settings;
 
 use cap::Connections;
-use preface::{first_bytes, Rewind};
-use stall::{Stalls, Watched, Watching};
+use connection::{configure, connection, WithPeer};
+pub(crate) use lean::{Handed, Offer};
+use stall::Stalls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves `service` on `listener`: HTTP/1.1 and HTTP/2 (told apart by the
 /// client's first bytes, or by ALPN over TLS), WebSocket upgrades included,
-/// each request carrying the client's [`SocketAddr`] in its extensions (and
+/// each request carrying the client's [`SocketAddr`](std::net::SocketAddr) in its extensions (and
 /// axum's `ConnectInfo<SocketAddr>` with feature `axum`), which
 /// [`HubBuilder::max_streams_per_address`](crate::HubBuilder::max_streams_per_address)
 /// reads. Await it, or add
@@ -225,6 +221,7 @@ where
         settings,
     } = serve;
     let builder = Arc::new(builder(&settings));
+    let settings = Arc::new(settings);
     let hubs = Hubs::default();
     let (stop, stopping) = watch::channel(false);
     let mut connections = Connections::new(
@@ -259,6 +256,7 @@ where
             peer,
             hubs: hubs.clone(),
             stalls: Stalls::new(settings.write_stall.unwrap_or(Duration::MAX)),
+            slot: None,
         };
         connections.spawn(
             peer,
@@ -306,126 +304,6 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Socket options on an accepted connection; a failure is logged, not
-/// fatal (the connection works without them).
-fn configure(tcp: &TcpStream, settings: &Settings) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "serve: TCP_NODELAY");
-    }
-    let socket = socket2::SockRef::from(tcp);
-    if let Some(bytes) = settings.send_buffer {
-        if let Err(e) = socket.set_send_buffer_size(bytes) {
-            tracing::debug!(error = %e, "serve: SO_SNDBUF");
-        }
-    }
-    if let Some(idle) = settings.keep_alive {
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(Duration::from_secs(10));
-        if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
-            tracing::debug!(error = %e, "serve: TCP keep-alive");
-        }
-    }
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
-    if let Some(timeout) = settings.user_timeout {
-        if let Err(e) = socket.set_tcp_user_timeout(Some(timeout)) {
-            tracing::debug!(error = %e, "serve: TCP_USER_TIMEOUT");
-        }
-    }
-}
-
-/// Serves one connection (after its TLS handshake, if any) until it ends,
-/// shutting it down gracefully once `stopping` turns true.
-async fn connection<S, B>(
-    tcp: TcpStream,
-    service: WithPeer<S>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    settings: Settings,
-    stopping: watch::Receiver<bool>,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    #[cfg(feature = "serve-tls")]
-    if let Some(acceptor) = &settings.tls {
-        let handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp));
-        // A shutdown does not wait for a handshake under way.
-        let mut stopping = stopping;
-        let tls = tokio::select! {
-            handshake = handshake => match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(error = %e, "serve: TLS handshake failed"),
-                Err(_) => return tracing::debug!("serve: TLS handshake timed out"),
-            },
-            _ = stopping.wait_for(|stop| *stop) => return,
-        };
-        return drive(tls, service, &builder, &settings, stopping).await;
-    }
-    drive(tcp, service, &builder, &settings, stopping).await;
-}
-
-async fn drive<I, S, B>(
-    io: I,
-    service: WithPeer<S>,
-    builder: &auto::Builder<TokioExecutor>,
-    settings: &Settings,
-    mut stopping: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let mut io = io;
-    let first = tokio::select! {
-        first = tokio::time::timeout(settings.header_read_timeout, first_bytes(&mut io)) => first,
-        _ = stopping.wait_for(|stop| *stop) => return,
-    };
-    let first = match first {
-        Ok(Ok(first)) => first,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "serve: reading the first bytes failed"),
-        Err(_) => return tracing::debug!("serve: the client sent no request in time"),
-    };
-    let io = Rewind { first, io };
-    let stalls = service.stalls.clone();
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    let mut connection = pin!(connection);
-    let ended = tokio::select! {
-        ended = connection.as_mut() => Some(ended),
-        () = stalls.stalled(), if settings.write_stall.is_some() => {
-            // Dropping the connection ends its streams; their clients
-            // resume from their ids.
-            return tracing::debug!(
-                timeout = ?settings.write_stall,
-                "serve: a response made no write progress; the connection is closed"
-            );
-        }
-        _ = stopping.wait_for(|stop| *stop) => None,
-    };
-    let ended = match ended {
-        Some(ended) => ended,
-        None => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(error = %e, "serve: connection ended with an error");
-    }
-}
-
 /// Errors of one connection that `accept` reports (it was reset before it
 /// was accepted): skipped.
 fn is_connection_error(e: &io::Error) -> bool {
@@ -435,39 +313,6 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
-}
-
-/// The service of one connection: adds the client's address and the
-/// server's hubs to each request, and watches each response's body for
-/// stalls.
-#[derive(Clone)]
-struct WithPeer<S> {
-    inner: S,
-    peer: SocketAddr,
-    hubs: Hubs,
-    stalls: Arc<Stalls>,
-}
-
-impl<S, B> Service<Request<Incoming>> for WithPeer<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Response = Response<Watched<B>>;
-    type Error = S::Error;
-    type Future = Watching<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        let extensions = request.extensions_mut();
-        extensions.insert(self.peer);
-        #[cfg(feature = "axum")]
-        extensions.insert(axum::extract::ConnectInfo(self.peer));
-        extensions.insert(self.hubs.clone());
-        Watching::new(self.inner.call(request), self.stalls.clone())
-    }
 }
 
 /// A rustls server config from PEM: the certificate chain (the server's

@@ -3,14 +3,14 @@
 //! way to test several instances of an app in one test.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
-    backplane::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail},
+    backplane::{Backplane, BackplaneReader, BoxFuture, Read, Retention, Tail, TopicRead},
     error::BoxError,
     event::EventId,
     record::{Message, Record},
@@ -22,7 +22,8 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// An in-memory engine: hubs built with clones of it share one log, as
 /// instances of an app share Redis. It keeps the contract of
 /// [`Backplane`](crate::backplane) exactly (ids strictly increasing and
-/// contiguous, trimmed to the largest [`Retention`] asked for), and can be
+/// contiguous, the log trimmed to the largest [`Retention`] asked for, and
+/// each topic's events kept apart by its count and age), and can be
 /// made unreachable or lose its log, as a real engine can, to test what the
 /// hub does then.
 ///
@@ -54,6 +55,15 @@ struct Log {
 #[derive(Debug, Default)]
 struct State {
     records: VecDeque<Record>,
+    /// Each topic's newest events (`None`: those to every subscriber), as
+    /// Redis keeps a stream per topic beside the log.
+    topics: HashMap<Option<Arc<str>>, TopicLog>,
+    /// Ids up to this one were lost (the log was): no topic holds them.
+    lost_up_to: u64,
+    per_topic: usize,
+    age: Option<Duration>,
+    /// Whether a hub asked for a retention yet.
+    retained: bool,
     /// The next id to give (0: not started).
     next_id: u64,
     /// Whether anything was ever appended since the last loss.
@@ -67,6 +77,30 @@ struct State {
     /// Bumped when the engine goes down or loses its log: readers opened
     /// before lose their "connection", as with a real server.
     epoch: u64,
+}
+
+/// One topic's newest events, when each arrived, and the highest id it
+/// trimmed.
+#[derive(Debug, Default)]
+struct TopicLog {
+    records: VecDeque<(Record, Instant)>,
+    trimmed_up_to: u64,
+}
+
+impl TopicLog {
+    /// Drops what `per_topic` and `age` no longer keep at `now`.
+    fn trim(&mut self, per_topic: usize, age: Option<Duration>, now: Instant) {
+        while self.records.len() > per_topic.max(1)
+            || self
+                .records
+                .front()
+                .is_some_and(|(_, at)| age.is_some_and(|age| now.duration_since(*at) > age))
+        {
+            if let Some((old, _)) = self.records.pop_front() {
+                self.trimmed_up_to = self.trimmed_up_to.max(old.id().as_u64());
+            }
+        }
+    }
 }
 
 /// The engine is unreachable.
@@ -135,6 +169,8 @@ impl MemoryBackplane {
     pub fn lose_data(&self) {
         let mut state = self.state();
         state.records.clear();
+        state.topics.clear();
+        state.lost_up_to = state.next_id;
         state.appended = false;
         state.epoch += 1;
         state.next_id = state.next_id.max(clock()) + 1_000_000;
@@ -157,6 +193,13 @@ impl Backplane for MemoryBackplane {
     fn retain(&self, retention: Retention) {
         let mut state = self.state();
         state.keep = state.keep.max(retention.events);
+        state.per_topic = state.per_topic.max(retention.per_topic);
+        // The longest age asked for; none if any asks for none.
+        state.age = match state.retained {
+            false => retention.age,
+            true => state.age.zip(retention.age).map(|(a, b)| a.max(b)),
+        };
+        state.retained = true;
     }
 
     fn append<'a>(
@@ -176,10 +219,17 @@ impl Backplane for MemoryBackplane {
                 state.next_id = clock();
             }
             let mut ids = Vec::with_capacity(messages.len());
+            let now = Instant::now();
+            let (per_topic, age) = (state.per_topic, state.age);
             for message in messages {
                 let id = EventId::new(state.next_id);
                 state.next_id += 1;
-                state.records.push_back(Record::new(id, message.clone()));
+                let record = Record::new(id, message.clone());
+                let topic = message.topic_name().cloned();
+                let log = state.topics.entry(topic).or_default();
+                log.records.push_back((record.clone(), now));
+                log.trim(per_topic, age, now);
+                state.records.push_back(record);
                 ids.push(id);
             }
             state.appended = true;
@@ -213,6 +263,33 @@ impl Backplane for MemoryBackplane {
                 engine: self.clone(),
                 epoch: state.epoch,
             }) as Box<dyn BackplaneReader>)
+        })
+    }
+
+    fn read_topic<'a>(
+        &'a self,
+        topic: Option<&'a str>,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<TopicRead>, BoxError>> {
+        Box::pin(async move {
+            let mut state = self.state();
+            if state.down {
+                return Err(Down.into());
+            }
+            let (per_topic, age, lost_up_to) = (state.per_topic, state.age, state.lost_up_to);
+            let after = after.as_u64();
+            let Some(log) = state.topics.get_mut(&topic.map(Arc::from)) else {
+                return Ok(Some(TopicRead::new(Vec::new(), after >= lost_up_to)));
+            };
+            log.trim(per_topic, age, Instant::now());
+            let held = after >= lost_up_to && log.trimmed_up_to <= after;
+            let start = log
+                .records
+                .partition_point(|(r, _)| r.id().as_u64() <= after);
+            let records = log.records.range(start..).take(limit);
+            let records = records.map(|(r, _)| r.clone()).collect();
+            Ok(Some(TopicRead::new(records, held)))
         })
     }
 }

@@ -44,8 +44,15 @@
 //! [`RecordStream`]: crate::RecordStream
 
 mod memory;
+mod replay;
+mod trim;
 
 pub use memory::MemoryBackplane;
+pub use replay::{
+    a_history_read_beyond_memory_comes_from_the_engine,
+    a_resume_older_than_the_engine_keeps_is_a_reset, replay_from_the_engine_after_a_restart,
+};
+pub use trim::a_trim_past_a_lagging_instance_costs_only_its_topic;
 
 use futures_core::Stream;
 use std::{future::Future, pin::Pin, time::Duration};
@@ -109,6 +116,31 @@ macro_rules! backplane_conformance {
                 $crate::testing::a_loss_is_a_reset(&super::$make().await).await
             }
             #[tokio::test]
+            async fn replay_from_the_engine_after_a_restart() {
+                $crate::testing::replay_from_the_engine_after_a_restart(&super::$make().await).await
+            }
+            #[tokio::test]
+            async fn a_resume_older_than_the_engine_keeps_is_a_reset() {
+                $crate::testing::a_resume_older_than_the_engine_keeps_is_a_reset(
+                    &super::$make().await,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn a_history_read_beyond_memory_comes_from_the_engine() {
+                $crate::testing::a_history_read_beyond_memory_comes_from_the_engine(
+                    &super::$make().await,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn a_trim_past_a_lagging_instance_costs_only_its_topic() {
+                $crate::testing::a_trim_past_a_lagging_instance_costs_only_its_topic(
+                    &super::$make().await,
+                )
+                .await
+            }
+            #[tokio::test]
             async fn a_flood_elsewhere_keeps_a_quiet_topics_resume() {
                 $crate::testing::a_flood_elsewhere_keeps_a_quiet_topics_resume(
                     &super::$make().await,
@@ -134,10 +166,50 @@ async fn instance<H: Harness>(harness: &H) -> Publisher {
         .publisher()
 }
 
+/// Two instances, A and B, once B reads the engine's log live (a starting
+/// instance loads only the newest events of the log, all topics together).
+async fn reading_pair<H: Harness>(harness: &H) -> (Publisher, Publisher) {
+    let (a, b) = (instance(harness).await, instance(harness).await);
+    within(
+        "B to read the engine's log",
+        b.watch_backplane().wait_for(|status| status.is_up()),
+    )
+    .await
+    .expect("B's hub is open");
+    (a, b)
+}
+
 /// Publishes until the engine takes the event (an instance that just
 /// started, or an engine just back, may refuse at first).
 async fn publish(publisher: &Publisher, event: Event) -> EventId {
     publish_to(publisher, None, event).await
+}
+
+/// Publishes `count` events to `topic` at once, then awaits them all;
+/// returns the last one's id.
+async fn flood(publisher: &Publisher, topic: &str, count: usize) -> EventId {
+    let ids = flood_ids(publisher, topic, count).await;
+    *ids.last().expect("a flood of some events")
+}
+
+/// [`flood`], returning every event's id (the `i`th's data is `flood {i}`).
+async fn flood_ids(publisher: &Publisher, topic: &str, count: usize) -> Vec<EventId> {
+    let sent: Vec<Published> = (0..count)
+        .map(|i| {
+            publisher
+                .publish_to(topic, Event::default().data(format!("flood {i}")))
+                .expect("the engine is up")
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(count);
+    for published in sent {
+        ids.push(
+            within("the flood to be taken", published)
+                .await
+                .expect("taken"),
+        );
+    }
+    ids
 }
 
 async fn publish_to(publisher: &Publisher, topic: Option<&str>, event: Event) -> EventId {
@@ -161,6 +233,18 @@ async fn publish_to(publisher: &Publisher, topic: Option<&str>, event: Event) ->
         }
     })
     .await
+}
+
+/// A stream of `topic` on `publisher`'s hub resuming after `after` (the
+/// hub catches up with it first).
+async fn resume(publisher: &Publisher, topic: &str, after: EventId) -> RecordStream {
+    publisher
+        .subscribe()
+        .topic(topic)
+        .after(after.to_string())
+        .records()
+        .await
+        .expect("subscribe")
 }
 
 /// The next item of `stream`.
@@ -213,49 +297,15 @@ pub async fn one_order_on_every_instance<H: Harness>(harness: &H) {
 /// there: a client that saw the quiet topic's first event resumes on that
 /// instance with the one it missed, not a reset.
 pub async fn a_flood_elsewhere_keeps_a_quiet_topics_resume<H: Harness>(harness: &H) {
-    let (a, b) = (instance(harness).await, instance(harness).await);
-    // B reads the log live from here (a starting instance loads only the
-    // newest events of the log, all topics together).
-    within(
-        "B to read the engine's log",
-        b.watch_backplane().wait_for(|status| status.is_up()),
-    )
-    .await
-    .expect("B's hub is open");
+    let (a, b) = reading_pair(harness).await;
     let seen = publish_to(&a, Some("user/quiet"), Event::default().data("seen")).await;
     let missed = publish_to(&a, Some("user/quiet"), Event::default().data("missed")).await;
-    let flood: Vec<Published> = (0..1_500)
-        .map(|i| {
-            a.publish_to("room/busy", Event::default().data(format!("flood {i}")))
-                .expect("the engine is up")
-        })
-        .collect();
-    let mut last = None;
-    for published in flood {
-        last = Some(
-            within("the flood to be taken", published)
-                .await
-                .expect("taken"),
-        );
-    }
-    let last = last.expect("1,500 events");
+    let last = flood(&a, "room/busy", 1_500).await;
     // Resuming from an id B has not read yet waits until it has: B has then
     // read the whole flood.
-    let caught_up = b
-        .subscribe()
-        .topic("room/busy")
-        .after(last.to_string())
-        .records()
-        .await
-        .expect("subscribe on B");
+    let caught_up = resume(&b, "room/busy", last).await;
     assert!(!caught_up.is_reset(), "conformance: B read the flood");
-    let mut resumed = b
-        .subscribe()
-        .topic("user/quiet")
-        .after(seen.to_string())
-        .records()
-        .await
-        .expect("resume on B");
+    let mut resumed = resume(&b, "user/quiet", seen).await;
     assert!(
         !resumed.is_reset(),
         "conformance: a flood on another topic cost the quiet topic its history"

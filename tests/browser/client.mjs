@@ -16,6 +16,13 @@
 //     and with the hub's all arrive, once, in order.
 //   ends -: a stream that answers 200 then ends at once; the server checks
 //     that the module waits longer each time.
+//   tokens worker|leader|websocket: the page's getToken gives an expired
+//     token first (401), then tokens of two seconds, at whose expiry the
+//     server ends the stream, while events flow: each arrives once, in
+//     order; getToken was asked again for each ("refused" or "expired").
+//     "leader" deletes SharedWorker (an elected tab calls its own
+//     getToken); "worker" has the worker ask the newest tab (a second one,
+//     until it closes, then the first).
 // Run by tests/client.rs, which serves the app and its /test/ hooks.
 import { launch } from "./chromium.mjs";
 
@@ -214,8 +221,88 @@ async function ends() {
   return "the module came back to a stream that ends at once";
 }
 
+async function tokens() {
+  const context = await browser.newContext();
+  if (mode === "leader") await context.addInitScript(() => { delete window.SharedWorker; });
+  const transport = mode === "websocket" ? "websocket" : "sse";
+  // A tab whose getToken records why it was asked; its first token lives
+  // `ttl` seconds (a negative one: already expired), the next ones two.
+  const open = async (ttl) => {
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.evaluate(async ([transport, ttl]) => {
+      const { connect } = await import("/events.js");
+      Object.assign(window, { got: [], reasons: [], errors: [], live: false });
+      const hub = (window.hub = connect({
+        transport,
+        async getToken({ reason }) {
+          window.reasons.push(reason);
+          const answer = await fetch(`/token?ttl=${ttl}`);
+          ttl = 2;
+          return answer.text();
+        },
+      }));
+      hub.subscribe(["public/feed"], {
+        message: (e) => window.got.push(e.data),
+        state: (s) => (window.live = s === "live"),
+        error: (e) => window.errors.push(e),
+      });
+    }, [transport, ttl]);
+    await page.waitForFunction(() => window.live, null, { timeout: 15000 });
+    return page;
+  };
+  const reasonsOf = (page) => page.evaluate(() => window.reasons);
+  const page = await open(-30);
+  const role = await page.evaluate(() => window.hub.role);
+  const expected = { worker: "worker", leader: "leader", websocket: "worker" }[mode];
+  if (role !== expected) fail(`role ${role}, not ${expected}`);
+  // Events flow (a publish every 40 ms) until `done` says, 15 s at most.
+  const sent = [];
+  const flow = async (done) => {
+    const until = Date.now() + 15000;
+    while (!(await done())) {
+      if (Date.now() > until) fail(`still waiting after ${sent.length} events`);
+      const data = String(sent.length + 1);
+      const answer = await fetch(url(`/test/publish?topic=public/feed&data=${data}`), { method: "POST" });
+      if (answer.status !== 202) fail(`publish answered ${answer.status}`);
+      sent.push(data);
+      await new Promise((resolve) => setTimeout(resolve, 40)); // a pace, not a wait for anything
+    }
+  };
+  let note = "";
+  if (mode === "worker") {
+    // A newer tab: the worker asks it for the next token; once it has
+    // closed, the first tab again.
+    const newer = await open(2);
+    await flow(async () => (await reasonsOf(newer)).length >= 1);
+    const before = (await reasonsOf(page)).length;
+    await newer.close();
+    await flow(async () => (await reasonsOf(page)).length >= before + 2);
+    note = "; the newer tab was asked while open, the first after it closed";
+  } else {
+    const until = Date.now() + 7000; // three expiries or more
+    await flow(async () => Date.now() > until);
+  }
+  await fetch(url("/test/publish?topic=public/feed&data=end"), { method: "POST" });
+  sent.push("end");
+  await page.waitForFunction(() => window.got.includes("end"), null, { timeout: 15000 }).catch(() => {});
+  const { got, reasons, errors } = await page.evaluate(() => ({ got: window.got, reasons: window.reasons, errors: window.errors }));
+  if (JSON.stringify(got) !== JSON.stringify(sent)) {
+    const missing = sent.filter((d) => !got.includes(d));
+    fail(`the page got ${got.length} of ${sent.length} events; missing ${JSON.stringify(missing)}; reasons ${JSON.stringify(reasons)}`);
+  }
+  const expiries = reasons.filter((r) => r === "expired").length;
+  if (reasons[0] !== "connect" || expiries < 2) fail(`getToken was asked for ${JSON.stringify(reasons)}`);
+  // One error: the expired first token (over WebSocket, a failed handshake).
+  const first = errors[0];
+  const refused = mode === "websocket" ? first?.kind === "websocket" : first?.status === 401 && /token expired/.test(first.message);
+  if (errors.length !== 1 || !refused) fail(`errors: ${JSON.stringify(errors)}`);
+  await context.close();
+  return `${mode}: ${sent.length} events, each once, in order; this tab's getToken asked for ${JSON.stringify(reasons)}${note}`;
+}
+
 try {
-  const scenarios = { tabs, retry, restart, topics, ids, ends };
+  const scenarios = { tabs, retry, restart, topics, ids, ends, tokens };
   if (!scenarios[scenario]) fail(`no scenario ${scenario}`);
   console.log(`ok: ${await scenarios[scenario]()}`);
 } finally {

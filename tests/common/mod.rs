@@ -31,7 +31,17 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// An axum app served on 127.0.0.1 with graceful shutdown that closes the hub.
+/// Whether [`Server`] serves with `tower_sse::serve` and its lean path for
+/// HTTP/1.1 streams (with feature `serve`, unless `TOWER_SSE_TEST_SERVER`
+/// is `axum`), or with `axum::serve`, where hyper keeps every stream. CI
+/// runs the transport suites both ways.
+pub fn lean_path() -> bool {
+    cfg!(feature = "serve")
+        && std::env::var("TOWER_SSE_TEST_SERVER").map_or(true, |server| server != "axum")
+}
+
+/// An axum app served on 127.0.0.1 with graceful shutdown that closes the
+/// hub: by `tower_sse::serve` or `axum::serve` (see [`lean_path`]).
 pub struct Server {
     pub addr: SocketAddr,
     pub publisher: Publisher,
@@ -50,12 +60,27 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let closer = publisher.clone();
+        let shutdown = async move {
+            rx.await.ok();
+            closer.close();
+        };
+        #[cfg(feature = "serve")]
+        if lean_path() {
+            // `tower_sse::serve`, whose HTTP/1.1 streams leave hyper once
+            // admitted. Every test client comes from 127.0.0.1.
+            let served = tower_sse::serve(listener, app)
+                .max_connections_per_address(usize::MAX)
+                .with_graceful_shutdown(shutdown);
+            return Server {
+                addr,
+                publisher,
+                shutdown: Some(tx),
+                task: tokio::spawn(std::future::IntoFuture::into_future(served)),
+            };
+        }
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    rx.await.ok();
-                    closer.close();
-                })
+                .with_graceful_shutdown(shutdown)
                 .await
         });
         Server {
@@ -160,6 +185,23 @@ pub async fn never_reading_client(
             .unwrap();
     }
     tcp
+}
+
+/// The error `hub`'s backplane is refused with (it goes `Down`, within
+/// [`TIMEOUT`]), as text.
+pub async fn refusal(hub: &tower_sse::Publisher) -> String {
+    let down = within(
+        "the backplane to be refused",
+        hub.watch_backplane()
+            .wait_for(|s| matches!(s, tower_sse::BackplaneStatus::Down(_))),
+    )
+    .await
+    .unwrap()
+    .clone();
+    let tower_sse::BackplaneStatus::Down(error) = down else {
+        unreachable!()
+    };
+    error.to_string()
 }
 
 /// A CA, and a certificate for 127.0.0.1 that it signed: (CA PEM, server

@@ -85,3 +85,74 @@ async fn connect_to_a_silent_server_fails_in_bounded_time() {
     faults::connect_fails_within("nats", Duration::from_secs(4), NatsBackplane::connect(&url))
         .await;
 }
+
+/// A flood trims one topic of the stream (its count per subject) while an
+/// instance is cut off from NATS. When it is back, that instance finds the
+/// hole in the stream, names the flooded topic (its streams resume), and
+/// every other topic's stream carries on: the flood costs the quiet topic's
+/// live stream nothing, and a resume of it is no reset.
+#[tokio::test]
+async fn a_flood_while_an_instance_is_away_costs_only_its_topic() {
+    use futures_util::StreamExt;
+    use tower_sse::{Event, Publisher};
+
+    let harness = NatsHarness::new();
+    let proxy = Proxy::start(([127, 0, 0, 1], harness.port).into()).await;
+    let hub = |url: String| async move {
+        let backplane = NatsBackplane::connect(&url).await.unwrap();
+        let hub = Hub::builder().history(5).max_lag(5).backplane(backplane);
+        hub.build().publisher()
+    };
+    let publish = |publisher: &Publisher, topic: &str, data: String| {
+        publisher.publish_to(topic, Event::default().data(data))
+    };
+    let a = hub(harness.url()).await;
+    let b = hub(format!("nats://{}", proxy.addr)).await;
+    let mut status = b.watch_backplane();
+    status
+        .wait_for(|s| s.is_up())
+        .await
+        .expect("B's hub is open");
+    let mut quiet = b.subscribe().topic("user/quiet").records().await.unwrap();
+    let seen = publish(&a, "user/quiet", "seen".into())
+        .unwrap()
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), quiet.next());
+    assert_eq!(next.await.unwrap().unwrap().unwrap().id(), seen);
+
+    proxy.set(Fault::Refuse);
+    status
+        .wait_for(|s| !s.is_up())
+        .await
+        .expect("B sees NATS go");
+    for i in 0..20 {
+        publish(&a, "room/busy", i.to_string())
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let missed = publish(&a, "user/quiet", "missed".into())
+        .unwrap()
+        .await
+        .unwrap();
+    proxy.set(Fault::None);
+
+    let next = tokio::time::timeout(Duration::from_secs(30), quiet.next()).await;
+    let record = next.expect("the quiet event after the flood");
+    let record = record.expect("B's quiet stream carries on past the other topic's trim");
+    assert_eq!(record.unwrap().id(), missed);
+    let after = b.subscribe().topic("user/quiet").after(seen.to_string());
+    let mut resumed = after.records().await.unwrap();
+    assert!(
+        !resumed.is_reset(),
+        "the flood cost the quiet topic its resume"
+    );
+    let next = tokio::time::timeout(Duration::from_secs(10), resumed.next());
+    assert_eq!(next.await.unwrap().unwrap().unwrap().id(), missed);
+    // The flooded topic, resumed from before the flood: what the stream
+    // kept of it, or a reset, never a silent hole.
+    let busy = b.subscribe().topic("room/busy").after(seen.to_string());
+    let busy = busy.records().await.unwrap();
+    assert!(busy.is_reset(), "its first events were trimmed");
+}

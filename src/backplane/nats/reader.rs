@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::{epoch, info, BLOCK, CHECK_EVERY, COMMENT, EVENT, ID, RETRY};
 use crate::{
-    backplane::{BackplaneReader, BoxFuture, Read, Tail},
+    backplane::{BackplaneReader, BoxFuture, Read, Tail, Trim},
     error::BoxError,
     event::{Event, EventId},
     record::{Message, Record},
@@ -56,7 +56,15 @@ pub(super) struct Reader {
     messages: Option<(pull::Ordered, u64)>,
     /// When the stream was last checked.
     checked: std::time::Instant,
+    /// A hole in the stream named as trims of its subjects
+    /// ([`Read::Trimmed`]): the sequence read from, and the first one after
+    /// the hole, where the next read from there goes on.
+    named: Option<(u64, u64)>,
 }
+
+/// The most subjects a hole is named by: past it, the hole is a
+/// [`Read::Gap`] (every stream of the instance resumes).
+const NAMED_SUBJECTS: usize = 1_000;
 
 impl Reader {
     /// A reader of `stream`, of `epoch`, whose messages' subjects start
@@ -68,7 +76,53 @@ impl Reader {
             subject,
             messages: None,
             checked: std::time::Instant::now(),
+            named: None,
         }
+    }
+
+    /// The subjects that may have lost messages in the hole `start..next`
+    /// (dropped before this reader read them), as trims, or `None` when the
+    /// hole cannot be told by subject. The stream keeps each subject apart,
+    /// by count (`max_messages_per_subject`): it drops a subject's oldest
+    /// first and keeps its newest, so a subject whose oldest message is
+    /// before `start` lost nothing after it, and every other subject, from
+    /// its oldest message on, holds all it has. With an age limit a whole
+    /// subject can go unseen (and a stream cut at its front may be a
+    /// purge): those holes stay a gap.
+    async fn hole(&mut self, start: u64, next: u64) -> Result<Option<Vec<Trim>>, BoxError> {
+        let info = info(&mut self.stream).await?;
+        if !info.config.max_age.is_zero()
+            || info.config.max_messages_per_subject <= 0
+            || info.state.first_sequence >= next
+        {
+            return Ok(None);
+        }
+        // Each question is bounded by the connection's request timeout
+        // (`ASK`, set where the client is made).
+        let mut listed = self.stream.info_with_subjects(">").await?;
+        let mut subjects = Vec::new();
+        while let Some(subject) = listed.next().await {
+            subjects.push(subject?.0);
+            if subjects.len() > NAMED_SUBJECTS {
+                return Ok(None);
+            }
+        }
+        let mut trims = Vec::new();
+        for subject in subjects {
+            let oldest = self
+                .stream
+                .get_first_raw_message_by_subject(&subject, 1)
+                .await?;
+            if oldest.sequence < start {
+                continue;
+            }
+            let Ok(topic) = topic_of(&self.subject, &subject) else {
+                continue;
+            };
+            let up_to = self.epoch.saturating_add(oldest.sequence - 1);
+            trims.push(Trim::new(topic, EventId::new(up_to)));
+        }
+        Ok(Some(trims))
     }
 
     /// Checks that the stream is the one this reader reads, expecting
@@ -119,8 +173,9 @@ impl Reader {
 
 /// What one read of the consumer gave.
 enum Batch {
-    /// The message asked for first was dropped before it was read.
-    Gap,
+    /// The message asked for first was dropped before it was read: the
+    /// first one there is has this sequence.
+    Gap(u64),
     /// Nothing within [`BLOCK`].
     Nothing,
     /// Consecutive messages, sequences `first..=last`.
@@ -161,7 +216,7 @@ impl Reader {
                 None if strict && sequence != start => {
                     // Dropped (purged, or deleted) before it was read.
                     self.messages = None;
-                    return Ok(Batch::Gap);
+                    return Ok(Batch::Gap(sequence));
                 }
                 Some((_, last)) if sequence != last + 1 => {
                     // Dropped further in: what came before is returned, and
@@ -175,7 +230,9 @@ impl Reader {
             records.extend(record(
                 self.epoch.saturating_add(sequence),
                 &self.subject,
-                message,
+                message.headers.as_ref(),
+                &message.payload,
+                &message.subject,
             ));
         }
         let Some((first, last)) = span else {
@@ -221,7 +278,7 @@ impl BackplaneReader for Reader {
                         records.extend(batch);
                         next = last + 1;
                     }
-                    Batch::Gap | Batch::Nothing => {
+                    Batch::Gap(_) | Batch::Nothing => {
                         return Err("the stream's tail did not come within a second".into());
                     }
                 }
@@ -253,9 +310,24 @@ impl BackplaneReader for Reader {
             if self.checked.elapsed() >= CHECK_EVERY {
                 self.check(start).await?;
             }
+            // After a hole named by subject, reading goes on past it (from
+            // its first message, which must still be there).
+            let from = start;
+            let start = match self.named.take() {
+                Some((named, next)) if named == from => next,
+                _ => start,
+            };
             Ok(
                 match self.batch(start, limit.max(1), after.as_u64() > 0).await? {
-                    Batch::Gap => Read::Gap,
+                    Batch::Gap(next) => match self.hole(start, next).await? {
+                        // A hole no subject explains (a message deleted
+                        // by hand from the middle of one) stays a gap.
+                        Some(trims) if !trims.is_empty() => {
+                            self.named = Some((from, next));
+                            Read::Trimmed(trims)
+                        }
+                        _ => Read::Gap,
+                    },
                     Batch::Nothing => Read::records(Vec::new()),
                     Batch::Messages { last, records, .. } => Read::Records {
                         records,
@@ -269,11 +341,15 @@ impl BackplaneReader for Reader {
 
 /// One message as a record; one that is not a valid event is logged and
 /// skipped.
-fn record(id: u64, prefix: &str, message: &async_nats::jetstream::Message) -> Option<Record> {
+pub(super) fn record(
+    id: u64,
+    prefix: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    subject: &str,
+) -> Option<Record> {
     let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
+        headers
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_owned())
     };
@@ -281,7 +357,7 @@ fn record(id: u64, prefix: &str, message: &async_nats::jetstream::Message) -> Op
     if let Some(name) = header(EVENT) {
         event = event.event(name);
     }
-    match std::str::from_utf8(&message.payload) {
+    match std::str::from_utf8(payload) {
         Ok(data) => event = event.data(data),
         Err(_) => {
             tracing::warn!(id, "backplane: skipping a message whose data is not UTF-8");
@@ -297,10 +373,14 @@ fn record(id: u64, prefix: &str, message: &async_nats::jetstream::Message) -> Op
     if let Some(comment) = header(COMMENT) {
         event = event.comment(unescape(&comment));
     }
-    let topic = match topic_of(prefix, &message.subject) {
+    let topic = match topic_of(prefix, subject) {
         Ok(topic) => topic,
         Err(()) => {
-            tracing::warn!(id, subject = %message.subject, "backplane: skipping a message on another subject");
+            tracing::warn!(
+                id,
+                subject,
+                "backplane: skipping a message on another subject"
+            );
             return None;
         }
     };

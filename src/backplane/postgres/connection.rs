@@ -59,7 +59,14 @@ pub(super) async fn open(
         )
         .await?
         .get(0);
-    if triggers < 2 {
+    let marks: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&super::topics::marks(table)],
+        )
+        .await?
+        .get(0);
+    if triggers < 2 || !marks {
         // Instances starting together make it one at a time: concurrent
         // `CREATE OR REPLACE` of one function fails ("tuple concurrently
         // updated").

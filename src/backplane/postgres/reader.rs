@@ -3,13 +3,13 @@
 //! and checks the table still holds what was read (trims, restores, ids
 //! restarted).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::Notify;
 use tokio_postgres::{Client, Row, Statement};
 
-use super::{last_id, BLOCK, STATEMENT};
+use super::{last_id, topics, BLOCK, STATEMENT};
 use crate::{
-    backplane::{BackplaneReader, BoxFuture, Read, Tail},
+    backplane::{BackplaneReader, BoxFuture, Read, Tail, Trim},
     error::BoxError,
     event::{Event, EventId},
     record::{Message, Record},
@@ -31,6 +31,11 @@ pub(super) struct Reader {
     /// a row under that id from another transaction means the ids went
     /// back to exactly it.
     last_read: Option<(i64, i64)>,
+    /// The trims this reader named, by topic (its mark then), while they
+    /// are past what was read: each is named once. (The mark of every trim,
+    /// `'*'`, cannot tell a new trim: one topic's may take lower ids than
+    /// another's before it.)
+    named: HashMap<String, i64>,
 }
 
 impl Reader {
@@ -49,16 +54,22 @@ impl Reader {
             after,
             drained: false,
             last_read: None,
+            named: HashMap::new(),
         }
     }
 
-    /// Whether the table still has a row at or before `after` (it is trimmed
-    /// from its oldest end, so then it has every row after it) and one at or
-    /// after it; with no row at all, whether nothing was read yet.
+    /// Whether the table still has a row at or before `after` (else it was
+    /// made again) and a row at or after it; with no row at all, whether
+    /// nothing was read yet. A topic trimmed after it (each apart, by the
+    /// count or age it keeps) is no loss of the table: the next read names
+    /// it ([`Read::Trimmed`]).
     async fn holds_now(&self, after: EventId) -> Result<bool, BoxError> {
         let row = self
             .client
-            .query_one(&format!("SELECT min(id), max(id) FROM {}", self.table), &[])
+            .query_one(
+                &format!("SELECT min(id), max(id) FROM {table}", table = self.table),
+                &[],
+            )
             .await?;
         // And not less than was read: the newest row (which trimming keeps)
         // at or after it, else the table was restored to an earlier state,
@@ -115,6 +126,15 @@ impl Reader {
             .await;
         match raised {
             Ok(_) => {
+                // What a topic read replays must not reach back across it.
+                let lost = format!(
+                    "INSERT INTO {table}_trimmed (topic, up_to) VALUES ('#lost', $1) \
+                     ON CONFLICT (topic) DO UPDATE SET up_to = GREATEST({table}_trimmed.up_to, $1)",
+                    table = self.table
+                );
+                if let Err(e) = self.client.execute(&lost, &[&after]).await {
+                    tracing::warn!(error = %e, "backplane: could not mark the ids lost");
+                }
                 tracing::warn!(
                     table = %self.table,
                     after,
@@ -142,6 +162,32 @@ impl Reader {
             Ok(rows) => Ok(rows?),
             Err(_) => Err("PostgreSQL did not answer a read within 10 s".into()),
         }
+    }
+
+    /// The topics trimmed past `after` that this reader has not named yet
+    /// (or whose mark rose since), each with its mark.
+    async fn trims(&mut self, after: EventId) -> Result<Vec<Trim>, BoxError> {
+        let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX);
+        let query = format!(
+            "SELECT topic, up_to FROM {marks} WHERE up_to > $1 \
+             AND topic <> '{any}' AND topic NOT LIKE '#%'",
+            marks = topics::marks(&self.table),
+            any = topics::ANY_MARK,
+        );
+        let rows = self.client.query(&query, &[&after]).await?;
+        // What was read has passed the others: they cannot be named again.
+        self.named.retain(|_, up_to| *up_to > after);
+        let mut trims = Vec::new();
+        for row in rows {
+            let (topic, up_to): (String, i64) = (row.get(0), row.get(1));
+            if self.named.get(&topic).is_some_and(|named| *named >= up_to) {
+                continue;
+            }
+            self.named.insert(topic.clone(), up_to);
+            let topic = (topic != topics::DEFAULT_MARK).then_some(topic);
+            trims.push(Trim::new(topic, EventId::new(up_to as u64)));
+        }
+        Ok(trims)
     }
 
     /// Waits (at most [`BLOCK`]) for a notification; whether one came.
@@ -197,13 +243,27 @@ impl BackplaneReader for Reader {
             {
                 return Ok(Read::Gap);
             }
+            let first = rows.first().and_then(|row| row.get::<_, Option<i64>>(7));
+            let past = |id: Option<i64>| id.is_some_and(|id| id as u64 > after.as_u64());
+            // No row left at or before what was read: the table may have
+            // been emptied or made again, and what it lost cannot be told.
+            if after.as_u64() > 0 && past(first) {
+                return Ok(Read::Gap);
+            }
+            // Each topic is trimmed apart: a trim past what was read, not
+            // named yet, is named (its topics' rows read here may follow a
+            // gap, so none is returned before it).
+            let trimmed = rows.first().and_then(|row| row.get::<_, Option<i64>>(9));
+            if past(trimmed) {
+                let trims = self.trims(after).await?;
+                if !trims.is_empty() {
+                    self.drained = false;
+                    return Ok(Read::Trimmed(trims));
+                }
+            }
             self.drained = rows.len() < limit;
             if let Some(last) = rows.last() {
                 self.last_read = Some((last.get(0), last.get(8)));
-            }
-            let first = rows.first().and_then(|row| row.get::<_, Option<i64>>(7));
-            if after.as_u64() > 0 && first.is_some_and(|first| first as u64 > after.as_u64()) {
-                return Ok(Read::Gap);
             }
             let up_to = rows
                 .last()
@@ -216,7 +276,7 @@ impl BackplaneReader for Reader {
 
 /// One row as a record; a row that is not a valid event is logged and
 /// skipped.
-fn record(row: &Row) -> Option<Record> {
+pub(super) fn record(row: &Row) -> Option<Record> {
     let id: i64 = row.get(0);
     let text = |i: usize| row.get::<_, Option<String>>(i);
     let mut event = Event::default();

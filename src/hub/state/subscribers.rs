@@ -121,10 +121,17 @@ impl Core {
                     after: id,
                     kind: StartKind::Resumed,
                 },
-                _ => Start {
-                    after: published,
-                    kind: StartKind::Reset,
-                },
+                resolved => {
+                    if last.parse::<u64>().is_ok_and(|id| id > published) {
+                        // The replica waited for its reader before this, and
+                        // the engine said it lost that id (or the wait ran out).
+                        tracing::debug!(%last, published, ?resolved, "a resume from an id above every one read here gets the reset");
+                    }
+                    Start {
+                        after: published,
+                        kind: StartKind::Reset,
+                    }
+                }
             },
             Resume::Unknown => Start {
                 after: published,

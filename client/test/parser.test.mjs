@@ -1,10 +1,13 @@
 // The client module's text/event-stream parser against the WHATWG rules,
 // fed whole and cut at every character (a line end split across chunks).
-// Usage: node parser.mjs <the module as the layer serves it, saved as .mjs>
-// Run by tests/client.rs.
+// `node --test client/test/`; tests/client.rs runs it on the module as the
+// layer serves it (TOWER_SSE_MODULE: that file).
+import { test } from "node:test";
+import assert from "node:assert/strict";
 import { pathToFileURL } from "node:url";
 
-const { Parser } = await import(pathToFileURL(process.argv[2]).href);
+const module = process.env.TOWER_SSE_MODULE;
+const { Parser } = await import(module ? pathToFileURL(module).href : "../tower-sse.js");
 
 function parse(chunks) {
   const seen = [];
@@ -35,40 +38,29 @@ const cases = [
   ["an unfinished event is not dispatched", "data: x\n", []],
 ];
 
-let failed = 0;
 for (const [name, text, expected] of cases) {
-  // Whole, and cut at every place (CR and LF of a CRLF in two chunks too).
-  const cuts = [[text], ...Array.from(text, (_, i) => [text.slice(0, i), text.slice(i)])];
-  for (const chunks of cuts) {
-    const got = JSON.stringify(parse(chunks));
-    if (got !== JSON.stringify(expected)) {
-      failed++;
-      console.log(`FAIL ${name} ${JSON.stringify(chunks)}\n  got      ${got}\n  expected ${JSON.stringify(expected)}`);
-      break;
-    }
-  }
+  test(name, () => {
+    // Whole, and cut at every place (CR and LF of a CRLF in two chunks too).
+    const cuts = [[text], ...Array.from(text, (_, i) => [text.slice(0, i), text.slice(i)])];
+    for (const chunks of cuts) assert.deepEqual(parse(chunks), expected, JSON.stringify(chunks));
+  });
 }
-// An empty chunk between CR and LF (a decoder holding half a character).
-const split = JSON.stringify(parse(["data: a\r", "", "\ndata: b\n\n"]));
-if (split !== JSON.stringify([event("a\nb")])) {
-  failed++;
-  console.log(`FAIL an empty chunk inside a CRLF: ${split}`);
-}
-// One character at a time, a CRLF-separated stream of many events.
-const many = Array.from({ length: 50 }, (_, i) => `id: ${i}\r\ndata: ${i}\r\n\r\n`).join("");
-const got = parse(Array.from(many));
-if (got.length !== 50 || got.some(([, e], i) => e.data !== String(i) || e.id !== String(i))) {
-  failed++;
-  console.log(`FAIL char by char: ${JSON.stringify(got.slice(0, 3))}`);
-}
-// The last event id goes on from the previous stream, as EventSource keeps
-// it across reconnections: an event without id there still has it.
-const resumed = [];
-const next = new Parser({ event: (e) => resumed.push(e.id), id: (id) => resumed.push(`moved ${id}`) }, "41");
-next.push("id: 41\n\ndata: x\n\nid: 42\ndata: y\n\n");
-if (JSON.stringify(resumed) !== JSON.stringify(["41", "42"])) {
-  failed++;
-  console.log(`FAIL the last id across streams: ${JSON.stringify(resumed)}`);
-}
-if (failed) process.exit(1);
-console.log(`ok: ${cases.length + 3} parser cases, each whole and cut at every character`);
+
+test("an empty chunk inside a CRLF (a decoder holding half a character)", () => {
+  assert.deepEqual(parse(["data: a\r", "", "\ndata: b\n\n"]), [event("a\nb")]);
+});
+
+test("one character at a time, a CRLF-separated stream of many events", () => {
+  const many = Array.from({ length: 50 }, (_, i) => `id: ${i}\r\ndata: ${i}\r\n\r\n`).join("");
+  const got = parse(Array.from(many));
+  assert.equal(got.length, 50);
+  got.forEach(([, e], i) => assert.deepEqual([e.data, e.id], [String(i), String(i)]));
+});
+
+test("the last event id goes on from the previous stream, as EventSource keeps it", () => {
+  // An event without id there still has it.
+  const resumed = [];
+  const next = new Parser({ event: (e) => resumed.push(e.id), id: (id) => resumed.push(`moved ${id}`) }, "41");
+  next.push("id: 41\n\ndata: x\n\nid: 42\ndata: y\n\n");
+  assert.deepEqual(resumed, ["41", "42"]);
+});

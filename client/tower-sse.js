@@ -3,15 +3,16 @@
 // written for tower-sse (MIT OR Apache-2.0). The layer serves it after one
 // line of its own defaults (`DEFAULTS`: stream path, WebSocket path, topic
 // parameter); the same file runs as the SharedWorker that holds the
-// connection.
+// connection. It is also the npm package `tower-sse` (this folder): the one
+// file both ship.
 //
-//   import { connect } from "/events.js";
+//   import { connect } from "/events.js";       // or from "tower-sse" (npm)
 //   const hub = connect();                       // or connect({ transport: "websocket" })
 //   const sub = hub.subscribe(["room/general"], {
 //     message(e) {},  // { id, event, data, topic }
 //     reset() {},     // events were missed: reload the state
 //     state(s) {},    // "connecting", "live" or "down"
-//     error(err) {},  // { message, status?, code?, retryAfter?, retryIn }
+//     error(err) {},  // { kind, message, status?, code?, retryAfter?, retryIn }
 //   });
 //   sub.close(); hub.close();
 //
@@ -20,6 +21,11 @@
 // (another takes over, resuming, when it closes); else each tab has its own.
 // Every tab drops an event it already delivered, so a takeover that replays
 // a little shows nothing twice.
+//
+// Tokens: `getToken` runs in a tab (a function cannot reach a worker). The
+// tab holding the connection calls its own; the SharedWorker asks the
+// newest tab, and the next newest when that one does not answer (closed,
+// frozen).
 
 const RESET = "reset";
 const FIRST_RETRY = 1000; // ms, until the server's `retry:` says otherwise
@@ -31,35 +37,109 @@ const MIN_RETRY = 100; // ms: a server's `retry: 0` still waits a little
 const STABLE = 5000;
 const LONGEST_TIMER = 2 ** 31 - 1; // ms; setTimeout fires at once beyond
 const RECENT = 4096; // ids remembered, to drop what a takeover replays
+// How long the app's getToken may take (ms); a worker waits a little more
+// for a tab's answer before it asks the next tab (the tab's own time-out is
+// the app's error, told as such; no answer at all is a frozen tab).
+const TOKEN_TIMEOUT = 10000;
+const TAB_TIMEOUT = TOKEN_TIMEOUT + 2000;
+// A stream that ends this close (s) to its token's `exp`, or after, ended
+// because the token expired (the server ends it then): clocks differ.
+const EXPIRY_SKEW = 5;
+
+// The layer's paths when the layer served this file (its first line defines
+// them, relative to this module); from npm, the usual ones, relative to the
+// page. (A page's own global of that name is taken only in their shape.)
+const LAYER =
+  typeof DEFAULTS === "object" && DEFAULTS !== null && typeof DEFAULTS.stream === "string" && "topicParam" in DEFAULTS
+    ? { ...DEFAULTS, base: import.meta.url }
+    : { stream: "/events", websocket: null, topicParam: "topic", base: null };
+
+const CREDENTIALS = ["omit", "same-origin", "include"];
 
 /** Connects to the layer's stream, or joins this browser's connection to it. */
 export function connect(options = {}) {
-  return new Hub(settings(options));
+  const s = settings(options);
+  return new Hub(s, tokens(options.getToken));
 }
 
 function settings(options) {
   const page = globalThis.location?.href ?? import.meta.url;
   // The app's URLs are relative to the page; the layer's, to this module.
   const url = (given, fallback) =>
-    given != null ? new URL(given, page).href : fallback != null ? new URL(fallback, import.meta.url).href : null;
+    given != null
+      ? new URL(given, page).href
+      : fallback != null
+        ? new URL(fallback, LAYER.base ?? page).href
+        : null;
+  const credentials = options.credentials ?? (options.withCredentials ? "include" : "same-origin");
   const s = {
     transport: options.transport ?? "sse",
-    stream: url(options.url, DEFAULTS.stream),
-    websocket: url(options.websocket, DEFAULTS.websocket),
-    topicParam: options.topicParam ?? DEFAULTS.topicParam,
+    stream: url(options.url, LAYER.stream),
+    websocket: url(options.websocket, LAYER.websocket),
+    topicParam: options.topicParam ?? LAYER.topicParam,
+    credentials,
+    tokenIn: options.tokenIn ?? "header",
+    tokenParam: options.tokenParam ?? "token",
+    // Part of what tabs share a connection by: a tab without getToken does
+    // not join one opened with another tab's token.
+    tokens: options.getToken != null,
   };
-  if (s.transport !== "sse" && s.transport !== "websocket") {
-    throw new TypeError(`tower-sse: transport is "sse" or "websocket", not ${JSON.stringify(s.transport)}`);
+  const fail = (message) => {
+    throw new TypeError(`tower-sse: ${message}`);
+  };
+  const quoted = JSON.stringify;
+  if (s.transport !== "sse" && s.transport !== "websocket") fail(`transport is "sse" or "websocket", not ${quoted(s.transport)}`);
+  if (s.transport === "websocket" && !s.websocket) fail("this layer serves no WebSocket (SseLayer::websocket)");
+  if (!CREDENTIALS.includes(credentials)) fail(`credentials is "omit", "same-origin" or "include", not ${quoted(credentials)}`);
+  if (s.tokenIn !== "header" && s.tokenIn !== "query") fail(`tokenIn is "header" or "query", not ${quoted(s.tokenIn)}`);
+  if (typeof s.tokenParam !== "string" || !s.tokenParam) fail("tokenParam is a parameter name");
+  if (options.getToken != null && typeof options.getToken !== "function") fail("getToken is a function");
+  const worker = options.worker ?? import.meta.url;
+  return { ...s, share: options.share ?? true, worker: worker === false ? false : new URL(worker, page).href };
+}
+
+/** The app's `getToken` as the connection calls it: always a promise of a
+ * string or null, within TOKEN_TIMEOUT; null when the app gave none. */
+function tokens(getToken) {
+  if (getToken == null) return null;
+  return (reason) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`getToken did not answer within ${TOKEN_TIMEOUT / 1000} s`)),
+        TOKEN_TIMEOUT,
+      );
+      const done = (f) => (v) => {
+        clearTimeout(timer);
+        f(v);
+      };
+      Promise.resolve()
+        .then(() => getToken({ reason }))
+        .then((token) => {
+          if (token != null && typeof token !== "string") throw new TypeError(`getToken gave a ${typeof token}, not a string`);
+          return token ?? null;
+        })
+        .then(done(resolve), done(reject));
+    });
+}
+
+/** The `exp` of a JSON Web Token (seconds), or undefined: any other token
+ * is opaque. The stream ends then; knowing it tells an expiry from an end. */
+function expiry(token) {
+  const payload = typeof token === "string" ? token.split(".")[1] : undefined;
+  if (!payload) return undefined;
+  try {
+    const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(payload.length / 4) * 4, "="));
+    const exp = JSON.parse(json)?.exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : undefined;
+  } catch {
+    return undefined;
   }
-  if (s.transport === "websocket" && !s.websocket) {
-    throw new TypeError("tower-sse: this layer serves no WebSocket (SseLayer::websocket)");
-  }
-  return { ...s, share: options.share ?? true };
 }
 
 /** A page's handle: its subscriptions, and its way to the connection. */
 class Hub {
   #settings;
+  #token; // the app's getToken, wrapped (null: none)
   #link = null;
   #subs = new Map(); // Subscription → { topics: Set, handlers }
   #seen = new Seen();
@@ -77,8 +157,9 @@ class Hub {
     for (const sub of this.#subs.values()) call(sub.handlers.reset, { id: null, restored: true });
   };
 
-  constructor(settings) {
+  constructor(settings, token) {
     this.#settings = settings;
+    this.#token = token;
     this.#open();
     globalThis.addEventListener?.("pagehide", this.#hide);
     globalThis.addEventListener?.("pageshow", this.#show);
@@ -133,6 +214,7 @@ class Hub {
     this.#link = link(this.#settings, worker, {
       receive: (m) => this.#receive(m),
       last: () => this.#seen.last,
+      token: this.#token,
       // The worker did not start (no module workers here): the next way.
       failed: () => this.#open(false),
     });
@@ -259,10 +341,13 @@ class Seen {
 
 /** The way from a tab to the connection: a SharedWorker, else an elected
  * tab, else its own. Each sends `topics` (null: no subscription) and
- * `reconnect`, and hands the connection's messages to `hub.receive`. */
+ * `reconnect`, and hands the connection's messages to `hub.receive`; the
+ * connection asks `hub.token` (the tab's getToken) for a token. */
 function link(s, worker, hub) {
-  const key = "tower-sse " + JSON.stringify([s.transport, s.stream, s.websocket, s.topicParam]);
-  if (s.share && worker && typeof SharedWorker === "function") {
+  const key =
+    "tower-sse " +
+    JSON.stringify([s.transport, s.stream, s.websocket, s.topicParam, s.credentials, s.tokenIn, s.tokenParam, s.tokens]);
+  if (s.share && worker && s.worker && typeof SharedWorker === "function") {
     try {
       return workerLink(s, key, hub);
     } catch {
@@ -272,7 +357,7 @@ function link(s, worker, hub) {
   if (s.share && typeof BroadcastChannel === "function" && globalThis.navigator?.locks) {
     return electedLink(s, key, hub);
   }
-  const connection = new Connection(s, hub.last(), hub.receive);
+  const connection = new Connection(s, hub.last(), hub.receive, hub.token);
   return {
     role: "tab",
     send: (m) => connection.handle(m),
@@ -281,10 +366,18 @@ function link(s, worker, hub) {
 }
 
 function workerLink(s, key, hub) {
-  const worker = new SharedWorker(import.meta.url, { type: "module", name: key });
+  const worker = new SharedWorker(s.worker, { type: "module", name: key });
   const port = worker.port;
   worker.onerror = hub.failed;
-  port.onmessage = ({ data }) => hub.receive(data);
+  port.onmessage = ({ data }) => {
+    if (data.type !== "token?") return hub.receive(data);
+    // The worker's connection needs a token: this tab's getToken answers.
+    const answer = (m) => port.postMessage({ type: "token", n: data.n, ...m });
+    hub.token(data.reason).then(
+      (token) => answer({ token }),
+      (e) => answer({ error: String(e?.message ?? e) }),
+    );
+  };
   port.start();
   port.postMessage({ type: "hello", settings: s });
   return {
@@ -300,18 +393,45 @@ function workerLink(s, key, hub) {
 
 // In the SharedWorker: one connection for the topics of every tab.
 function serveTabs() {
-  const tabs = new Map(); // port → its topics (null: no subscription)
+  const tabs = new Map(); // port → its topics (null: no subscription), oldest first
   let connection = null;
   const broadcast = (m) => tabs.forEach((_, port) => port.postMessage(m));
+  const asking = new Map(); // n → { port, answer(m) } of a token asked of a tab
+  let asked = 0;
+  // A token from a tab: the newest first (likeliest in front, signed in
+  // lately), the next when one has gone or does not answer in time. A tab
+  // whose getToken failed is the answer: the failure is the app's.
+  const token = async (reason) => {
+    const tried = new Set();
+    for (;;) {
+      const port = [...tabs.keys()].reverse().find((p) => !tried.has(p));
+      if (!port) throw new Error("no open tab answered for a token");
+      tried.add(port);
+      const n = ++asked;
+      const m = await new Promise((answer) => {
+        const timer = setTimeout(() => answer({ silent: true }), TAB_TIMEOUT);
+        asking.set(n, { port, answer: (m) => (clearTimeout(timer), answer(m)) });
+        port.postMessage({ type: "token?", n, reason });
+      });
+      asking.delete(n);
+      if (m.silent) continue;
+      if (m.error != null) throw new Error(m.error);
+      return m.token ?? null;
+    }
+  };
   globalThis.onconnect = ({ ports: [port] }) => {
     port.onmessage = ({ data: m }) => {
       if (m.type === "hello") {
-        connection ??= new Connection(m.settings, undefined, broadcast);
+        connection ??= new Connection(m.settings, undefined, broadcast, m.settings.tokens ? token : null);
         tabs.set(port, null);
         port.postMessage({ type: "state", state: connection.state });
         return;
       }
-      if (m.type === "bye") tabs.delete(port);
+      if (m.type === "token") return asking.get(m.n)?.answer(m);
+      if (m.type === "bye") {
+        tabs.delete(port);
+        asking.forEach((a) => a.port === port && a.answer({ silent: true }));
+      }
       if (m.type === "topics") tabs.set(port, m.topics);
       connection?.handle(m.type === "reconnect" ? m : { type: "topics", topics: union(tabs.values()) });
     };
@@ -362,10 +482,15 @@ function electedLink(s, key, hub) {
     .request(key, { signal: abort.signal }, () => {
       // Granted as the tab closed the hub (too late to abort): let it go.
       if (abort.signal.aborted) return;
-      connection = new Connection(s, hub.last(), (m) => {
-        hub.receive(m);
-        post(m);
-      });
+      connection = new Connection(
+        s,
+        hub.last(),
+        (m) => {
+          hub.receive(m);
+          post(m);
+        },
+        hub.token,
+      );
       post({ type: "leader", tab: me });
       update();
       // Held until this tab closes the hub or goes away.
@@ -421,7 +546,8 @@ function retryAfter(value) {
 
 /** The connection itself, wherever it lives: it follows `topics`, resumes
  * after `lastId`, and emits `event`, `reset`, `at` (where a stream starts),
- * `state` and `error` messages. */
+ * `state` and `error` messages. With `token` (a tab's getToken, wrapped),
+ * each request carries a token asked for just before it. */
 class Connection {
   state = "connecting";
   lastId;
@@ -444,11 +570,16 @@ class Connection {
   #abort;
   #ws;
   #closed = false;
+  #token; // (reason) => Promise<string | null>; null: no tokens
+  #reason = "connect"; // why the next token is asked: "connect", "refused", "expired"
+  #exp; // the last token's expiry (s), when it is a JSON Web Token
+  #refused = 0; // tokens refused in a row
 
-  constructor(s, lastId, emit) {
+  constructor(s, lastId, emit, token = null) {
     this.#s = s;
     this.lastId = lastId;
     this.#emit = emit;
+    this.#token = token;
     emit({ type: "state", state: this.state });
   }
 
@@ -462,7 +593,7 @@ class Connection {
     if (key === this.#key) return;
     [this.#topics, this.#key] = [topics, key];
     if (!topics) this.#stop();
-    else if (this.#ws?.readyState === WebSocket.OPEN) this.#resubscribe();
+    else if (this.#ws?.readyState === 1) this.#resubscribe(); // OPEN
     else if (!this.#waiting) this.#start();
   }
 
@@ -505,7 +636,30 @@ class Connection {
     return url;
   }
 
+  // The token for the next request (null: none); undefined when the run
+  // was stopped meanwhile, or getToken failed (told, and tried again later).
+  async #credential(run) {
+    if (!this.#token) return null;
+    let token;
+    try {
+      token = await this.#token(this.#reason);
+    } catch (e) {
+      if (run === this.#run) this.#failed(run, { kind: "token", message: `getToken failed: ${e?.message ?? e}` });
+      return undefined;
+    }
+    if (run !== this.#run) return undefined;
+    this.#reason = "connect";
+    this.#exp = expiry(token);
+    return token;
+  }
+
+  #expired() {
+    return this.#exp !== undefined && Date.now() / 1000 >= this.#exp - EXPIRY_SKEW;
+  }
+
   async #sse(run) {
+    const token = await this.#credential(run);
+    if (token === undefined) return;
     const url = this.#url(this.#s.stream);
     // (Unless topics are named `with` there: then events go to everyone.)
     if (this.#s.topicParam !== "with") url.searchParams.set("with", "topic");
@@ -516,10 +670,21 @@ class Connection {
       if (url.origin === globalThis.location?.origin) headers["last-event-id"] = this.lastId;
       else url.searchParams.set("lastEventId", this.lastId);
     }
+    if (token != null) {
+      // A header across origins needs the server's CORS to allow it (a
+      // preflight); the query parameter does not.
+      if (this.#s.tokenIn === "query") url.searchParams.set(this.#s.tokenParam, token);
+      else headers.authorization = `Bearer ${token}`;
+    }
     const asked = new Set(this.#topics);
     const abort = (this.#abort = new AbortController());
     try {
-      const response = await fetch(url, { headers, signal: abort.signal, cache: "no-store" });
+      const response = await fetch(url, {
+        headers,
+        signal: abort.signal,
+        cache: "no-store",
+        credentials: this.#s.credentials,
+      });
       if (run !== this.#run) return;
       const type = response.headers.get("content-type") ?? "";
       if (response.status !== 200 || !type.startsWith("text/event-stream")) {
@@ -527,6 +692,7 @@ class Connection {
         if (run !== this.#run) return;
         const message = `${response.status} ${response.statusText}${text ? ": " + text : ""}`;
         return this.#failed(run, {
+          kind: "http",
           message,
           status: response.status,
           retryAfter: retryAfter(response.headers.get("retry-after")),
@@ -560,14 +726,18 @@ class Connection {
       }
       this.#ended(run);
     } catch (e) {
-      if (run === this.#run) this.#failed(run, { message: `network error: ${e.message}` });
+      if (run === this.#run) this.#failed(run, { kind: "network", message: `network error: ${e.message}` });
     }
   }
 
-  #websocket(run) {
+  async #websocket(run) {
+    const token = await this.#credential(run);
+    if (token === undefined) return;
     const url = this.#url(this.#s.websocket);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     if (this.lastId) url.searchParams.set("lastEventId", this.lastId);
+    // A browser's WebSocket cannot send a header: the token goes in the query.
+    if (token != null) url.searchParams.set(this.#s.tokenParam, token);
     const ws = (this.#ws = new WebSocket(url));
     this.#asked = new Set(this.#topics);
     this.#following = new Set(this.#topics);
@@ -591,11 +761,14 @@ class Connection {
       if (!live) {
         // A refused handshake: the browser does not say why (a status, a
         // topic not allowed, a limit), only that it closed.
-        return this.#failed(run, { code, message: `the WebSocket closed before it was live (${code})` });
+        const error = { kind: "websocket", code, message: `the WebSocket closed before it was live (${code})` };
+        return this.#failed(run, error, true);
       }
+      // The token expired (4001): come back with a fresh one.
+      if (code === 4001) return this.#ended(run, true);
       // Going away, restarting, or this session fell behind: come back.
       if ([1000, 1001, 1012, 1013].includes(code)) return this.#ended(run);
-      this.#failed(run, { code, message: `the WebSocket closed: ${code}${reason ? " " + reason : ""}` });
+      this.#failed(run, { kind: "websocket", code, message: `the WebSocket closed: ${code}${reason ? " " + reason : ""}` });
     };
   }
 
@@ -629,6 +802,7 @@ class Connection {
   }
 
   #wentLive() {
+    this.#refused = 0;
     this.#liveAt = Date.now();
     this.#delivered = false;
     this.#setState("live");
@@ -645,22 +819,40 @@ class Connection {
 
   // The server ended a live stream (the hub closed, the subscriber fell
   // behind, its user signed out): back after the server's retry delay, or
-  // later when it ended at once (backing off as after a refusal).
-  #ended(run) {
-    if (!this.#settle()) return this.#failed(run, { message: "the stream ended before it delivered anything" });
+  // later when it ended at once (backing off as after a refusal). At the
+  // token's expiry (the server ends the stream then), back at once with a
+  // fresh token, still "live" to the subscribers: nothing is missed, the
+  // next stream resumes after the last id.
+  #ended(run, expired = this.#token != null && this.#expired()) {
+    if (expired) this.#reason = "expired";
+    if (!this.#settle()) {
+      return this.#failed(run, { kind: "ended", message: "the stream ended before it delivered anything" });
+    }
+    if (expired) return this.#later(run, backoff(MIN_RETRY, 0));
     this.#setState("down");
     this.#later(run, backoff(this.#retry, 0));
   }
 
   // Refused or unreachable: back off, exponentially and with jitter, or
-  // when the server's Retry-After says.
-  #failed(run, error) {
+  // when the server's Retry-After says. A refused token (401; over
+  // WebSocket, whose browser API hides the status, any failed handshake)
+  // makes the next token asked for fresh; the first refusal in a row is
+  // tried again at once (the token expired on its way, a key rotated), the
+  // next ones back off like any failure.
+  #failed(run, error, refusal = error.status === 401) {
     this.#settle();
     this.#failures++;
+    const refused = this.#token != null && refusal;
+    if (refused) {
+      this.#reason = this.#expired() ? "expired" : "refused";
+      this.#refused++;
+    }
     const delay =
       error.retryAfter > 0
         ? error.retryAfter * 1000 * (1 + Math.random() / 5)
-        : backoff(this.#retry, this.#failures);
+        : refused && this.#refused === 1
+          ? backoff(MIN_RETRY, 0)
+          : backoff(this.#retry, this.#failures);
     error.retryIn = Math.round(delay);
     this.#setState("down");
     this.#emit({ type: "error", error });
