@@ -107,11 +107,19 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair with it.
-        Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-            .ok();
+        // The link goes first, and by name: the namespace outlives its name
+        // while the vanished client's socket still retransmits its FIN (a
+        // minute or two), and the veth pair would only go, with netlink
+        // events on this side, when it dies. Chromium takes those events for
+        // a network change and fails whatever it is loading
+        // (ERR_NETWORK_CHANGED): a browser test run after this one failed
+        // so. Deleting one end of a veth pair deletes both.
+        for args in [
+            &["link", "del", &self.host_if][..],
+            &["netns", "del", &self.name][..],
+        ] {
+            Command::new("ip").args(args).status().ok();
+        }
     }
 }
 
