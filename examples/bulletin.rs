@@ -46,7 +46,9 @@ use axum::{
 };
 use serde::Deserialize;
 use std::time::Duration;
-use tower_sse::{Access, Event, EventStream, Hub, Publisher, Refusal, SseLayer, Subscribe};
+use tower_sse::{
+    Access, Event, EventStream, HistoryRule, Hub, Publisher, Refusal, SseLayer, Subscribe,
+};
 
 /// Longest message accepted, in characters.
 pub const MAX_MESSAGE: usize = 2000;
@@ -92,8 +94,16 @@ async fn metrics() -> String {
 pub fn layer() -> SseLayer {
     // Signed-in users following a room's presence topic (`here/<room>`) are
     // announced there, to the signed-in users who follow it: not in the
-    // room's own topic, which anonymous readers follow too.
-    let hub = Hub::builder().presence_events("here/").build();
+    // room's own topic, which anonymous readers follow too. Their history
+    // is their own too: the last 50 joins and leaves of a room, for ten
+    // minutes, whatever the crowd does to the rooms' messages.
+    let hub = Hub::builder()
+        .presence_events("here/")
+        .history_rule(
+            "here/",
+            HistoryRule::events(50).ttl(Duration::from_secs(600)),
+        )
+        .build();
     // The page imports the module that reads the stream for every tab.
     let layer = SseLayer::new("/events")
         .hub(&hub)

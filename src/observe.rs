@@ -20,6 +20,29 @@
 //! * `tower_sse_backplane_lost_total`: events accepted (fire and forget) that the
 //!   engine did not take, whose publishers did not await the outcome.
 
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+/// Set by the server that owns a stream's connection ([`crate::serve`])
+/// when it ends the stream because it made no write progress (the client
+/// stopped reading): the stream is counted `lagged`, as one that fell
+/// behind the lag bound, not `client_gone`. Its client resumes from its id
+/// either way. Given to the request in its extensions.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stalled(Arc<AtomicBool>);
+
+impl Stalled {
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A stream's transport, as metrics and spans name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Transport {
@@ -80,6 +103,8 @@ pub(crate) struct StreamLife {
     transport: Transport,
     span: tracing::Span,
     reason: Option<Reason>,
+    /// Told by the server if it ended the stream for a stall.
+    stalled: Option<Stalled>,
     #[cfg(feature = "metrics")]
     deliveries: metrics::Counter,
 }
@@ -119,7 +144,13 @@ impl StreamLife {
             deliveries: metrics::counter!("tower_sse_deliveries_total", "transport" => transport.name()),
             span,
             reason: None,
+            stalled: None,
         }
+    }
+
+    /// The server may end the stream for a stall, and says so in `stalled`.
+    pub(crate) fn watched(&mut self, stalled: Stalled) {
+        self.stalled = Some(stalled);
     }
 
     /// `events` were sent.
@@ -142,7 +173,13 @@ impl StreamLife {
 
 impl Drop for StreamLife {
     fn drop(&mut self) {
-        let reason = self.reason.unwrap_or(Reason::ClientGone).name();
+        let stalled = self.stalled.as_ref().is_some_and(Stalled::is_set);
+        let reason = match self.reason {
+            Some(reason) => reason,
+            None if stalled => Reason::Lagged,
+            None => Reason::ClientGone,
+        }
+        .name();
         self.span.record("reason", reason);
         tracing::debug!(parent: &self.span, reason, "stream ended");
         #[cfg(feature = "metrics")]

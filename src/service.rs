@@ -18,6 +18,7 @@ use crate::{
     admission::{self, Admission, Admitted, Credentials},
     body::{only_get_and_head, refused, text, OwnBody, SseBody},
     client::ClientScript,
+    observe::Stalled,
     publisher::Publisher,
     refusal::Refusal,
     request::{self, StreamRequest},
@@ -97,6 +98,7 @@ fn stream<F>(mut parts: Parts, publisher: Publisher, routes: &Routes) -> Respons
     };
     let head = parts.method == Method::HEAD;
     let offer = lean::offer(&mut parts);
+    let stalled = parts.extensions.get::<Stalled>().cloned();
     let hub = publisher.hub();
     let admission = match admission::admit_now(hub, config, Credentials::Request(Box::new(parts))) {
         Ok(admission) => admission,
@@ -105,7 +107,7 @@ fn stream<F>(mut parts: Parts, publisher: Publisher, routes: &Routes) -> Respons
     if !admission::may_wait(hub) {
         if let Admission::Admitted(admitted) = admission {
             let opened = open_now(&admitted, &request, head);
-            return ResponseFuture::ready(respond(opened, offer));
+            return ResponseFuture::ready(respond(opened, offer, stalled));
         }
     }
     ResponseFuture::own(Box::pin(async move {
@@ -117,7 +119,7 @@ fn stream<F>(mut parts: Parts, publisher: Publisher, routes: &Routes) -> Respons
                 .await;
             open_now(&admitted, &request, head)
         };
-        respond(opened.await, offer)
+        respond(opened.await, offer, stalled)
     }))
 }
 
@@ -140,11 +142,20 @@ fn open_now(
     )))
 }
 
-fn respond(opened: Result<Option<EventStream>, Refusal>, offer: lean::Offer) -> Response<OwnBody> {
+/// The answer to a stream request: the stream (handed to the lean path if
+/// the server offered one), watched for stalls if the server does that.
+fn respond(
+    opened: Result<Option<EventStream>, Refusal>,
+    offer: lean::Offer,
+    stalled: Option<Stalled>,
+) -> Response<OwnBody> {
     match opened {
         Ok(stream) => {
             let mut response = Response::new(OwnBody::full(Bytes::new()));
-            if let Some(stream) = stream {
+            if let Some(mut stream) = stream {
+                if let Some(stalled) = stalled {
+                    stream.watched(stalled);
+                }
                 match lean::hand(offer, stream) {
                     Ok(handed) => {
                         response.extensions_mut().insert(handed);

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     config::Config,
     hub::{Ended, StartKind, Subscription},
-    observe::{Reason, StreamLife, Transport},
+    observe::{Reason, Stalled, StreamLife, Transport},
     record::Encoding,
     record::Record,
     wire,
@@ -288,6 +288,19 @@ impl EventStream {
         }
         self.read_with(already, |bytes| pieces.push(bytes.clone()))?;
         Ok(pieces.len() > before)
+    }
+
+    /// The server that owns the connection may end the stream for a stall
+    /// and says so in `stalled` (see [`Stalled`]).
+    pub(crate) fn watched(&mut self, stalled: Stalled) {
+        self.life.watched(stalled);
+    }
+
+    /// The stream ends because its client read nothing for the write
+    /// stall timeout: counted as lagging.
+    #[cfg(feature = "serve")]
+    pub(crate) fn stalled(&mut self) {
+        self.life.end(Reason::Lagged);
     }
 }
 

@@ -9,6 +9,7 @@ use crate::{
     authorize::Access,
     config::Config,
     hub::{Hub, Resume},
+    observe::Stalled,
     refusal::Refusal,
     request,
     sse::{self, EventStream},
@@ -192,8 +193,14 @@ impl Subscribe {
         self.hub.encode_eagerly(&sse::ENCODING);
         let with_topic = std::mem::replace(&mut self.with_topic, Ok(false))?;
         let config = self.config.clone();
+        // Set by `serve` if it closes the connection for a stall.
+        let stalled = (self.parts.as_ref()).and_then(|p| p.extensions.get::<Stalled>().cloned());
         let subscription = self.open().await?;
-        Ok(EventStream::new(subscription, &config, with_topic))
+        let mut stream = EventStream::new(subscription, &config, with_topic);
+        if let Some(stalled) = stalled {
+            stream.watched(stalled);
+        }
+        Ok(stream)
     }
 
     /// Opens the subscription as a typed stream of records.

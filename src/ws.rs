@@ -184,15 +184,10 @@ impl Session {
             .grant(self.topics.iter().map(String::as_str))?;
         // The new subscription opens before the old one is dropped, so the
         // topics kept are followed throughout: their presence sees no one
-        // leave and come back, only the topics that changed do.
-        let subscription = match self.admitted.subscribe(&topics, resume).await {
-            Err(refusal) if refusal.kind() == Kind::Unavailable && self.subscription.is_some() => {
-                // At a limit, this session counted twice: leave first.
-                self.subscription = None;
-                self.admitted.subscribe(&topics, resume).await?
-            }
-            opened => opened?,
-        };
+        // leave and come back, only the topics that changed do. Both hold
+        // the connection's one seat under the hub's limits, taken at the
+        // handshake: a change is never refused for a limit.
+        let subscription = self.admitted.subscribe(&topics, resume).await?;
         self.subscription = Some(subscription);
         Ok(())
     }

@@ -246,18 +246,7 @@ async fn http2_streams_that_never_open_their_window_are_ended() {
 /// timeout, long before `TCP_USER_TIMEOUT` (off here).
 #[tokio::test]
 async fn http1_clients_that_never_read_are_ended_after_the_stall_timeout() {
-    let hub = Hub::builder()
-        .history(10_000)
-        .max_lag(10_000)
-        .max_streams_per_address(usize::MAX)
-        .build();
-    let layer = SseLayer::new("/events").hub(&hub);
-    let publisher = layer.publisher();
-    let served = Served::start(Router::new().layer(layer), |s| {
-        s.write_stall_timeout(Some(Duration::from_millis(300)))
-            .tcp_user_timeout(None)
-    })
-    .await;
+    let (served, publisher) = common::served::stall_only(|layer| Router::new().layer(layer)).await;
     let before = resident();
     let stuck = common::never_reading_client(served.addr, &publisher).await;
     let filled = Instant::now();
@@ -363,6 +352,77 @@ async fn a_client_churning_topics_is_closed_before_it_floods_presence() {
     let grown = grown_kib(resident_before);
     println!(
         "{sent} churn messages sent: {presence} presence events; follower's next event in {latency:?}; +{grown} KiB"
+    );
+    served.shut_down().await;
+}
+
+/// Presence has a budget of its own: announced in topics of their own
+/// (`here/…`), joins and leaves count against those topics' history only,
+/// and past the hub's byte budget the topic that holds the most gives first.
+/// 400 users coming and going (800 presence events, about 4× the budget)
+/// cost a quiet room neither its events nor a client's resume.
+#[tokio::test]
+async fn a_presence_flood_costs_other_topics_nothing() {
+    use tower_sse::{Access, HistoryQuery};
+
+    let hub = Hub::builder()
+        .presence_events("here/")
+        .history_bytes(16 << 10)
+        .build();
+    let layer =
+        SseLayer::new("/events")
+            .hub(&hub)
+            .authorize(|parts: http::request::Parts| async move {
+                let user = (parts.uri.query().unwrap_or_default())
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("user="))
+                    .unwrap_or("anonymous")
+                    .to_owned();
+                let access = Access::none().allow_prefix("room/").allow_prefix("here/");
+                Ok::<_, http::Response<String>>(access.user(user))
+            });
+    let publisher = layer.publisher();
+    let served = Served::start(Router::new().layer(layer), |s| s).await;
+    let said = |text: &str| {
+        publisher
+            .publish_to("room/quiet", Event::default().event("said").data(text))
+            .unwrap()
+            .id()
+            .unwrap()
+            .to_string()
+    };
+    let first = said("first");
+    said("second");
+
+    let mut count = publisher.watch_subscribers();
+    for user in 0..400 {
+        let url = served.url(&format!("/events?topic=here/general&user=u{user}"));
+        drop(Subscriber::connect(&url).await);
+        within("the stream to close", count.wait_for(|n| *n == 0))
+            .await
+            .unwrap();
+    }
+
+    // The flood pressed the budget: its own topic gave.
+    let (_, bytes) = publisher.history_size();
+    assert!(bytes <= 16 << 10, "{bytes} bytes kept");
+    let here = publisher
+        .history_of("here/general", HistoryQuery::last(1_000))
+        .await
+        .unwrap();
+    assert!(here.events.len() < 800, "{} kept", here.events.len());
+    assert!(!here.events.is_empty());
+    // The room kept both events, and a client resumes there without a reset.
+    let url = served.url("/events?topic=room/quiet&user=ann");
+    let mut resumed = Subscriber::resume(&url, Some(&first)).await;
+    let next = resumed.next().await.unwrap();
+    assert_eq!(
+        (next.event.as_str(), next.data.as_str()),
+        ("said", "second")
+    );
+    println!(
+        "800 presence events: {} kept of here/general, {bytes} bytes in all; the room's resume replayed",
+        here.events.len()
     );
     served.shut_down().await;
 }

@@ -7,6 +7,7 @@ mod bulletin;
 mod common;
 
 use common::{client, within, Server, Subscriber};
+use tower_sse::Event;
 
 /// The value of the sample `name` (with its labels, as rendered), if any.
 fn sample(scrape: &str, name: &str) -> Option<f64> {
@@ -15,14 +16,22 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The metrics are the process's: one test at a time moves them.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn scrape(server: &Server) -> String {
-    let response = client().get(server.url("/metrics")).send().await.unwrap();
+    scrape_url(&server.url("/metrics")).await
+}
+
+async fn scrape_url(url: &str) -> String {
+    let response = client().get(url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
 
 #[tokio::test]
 async fn metrics_move_as_streams_open_events_flow_and_streams_end() {
+    let _serial = SERIAL.lock().await;
     let layer = bulletin::layer();
     let publisher = layer.publisher();
     let server = Server::start(bulletin::app(layer), publisher).await;
@@ -70,4 +79,45 @@ async fn metrics_move_as_streams_open_events_flow_and_streams_end() {
     assert_eq!(sample(&scraped, open), Some(0.0), "{scraped}");
     let closed = r#"tower_sse_streams_closed_total{transport="sse",reason="client_gone"}"#;
     assert_eq!(sample(&scraped, closed), Some(1.0), "{scraped}");
+}
+
+/// A stream that `serve` ends because its client stopped reading counts as
+/// `lagged` (its client resumes from its id, as one that fell behind),
+/// not `client_gone`: over HTTP/1.1, where the lean path's writer waits
+/// for the client, and over HTTP/2, where hyper keeps the stream and the
+/// stall watch closes its connection.
+#[tokio::test]
+async fn a_stream_ended_for_a_stall_counts_as_lagging() {
+    let _serial = SERIAL.lock().await;
+    let (served, publisher) = common::served::stall_only(bulletin::app).await;
+    let lagged = r#"tower_sse_streams_closed_total{transport="sse",reason="lagged"}"#;
+    let count_lagged = || async { sample(&scrape_url(&served.url("/metrics")).await, lagged) };
+    let before = count_lagged().await.unwrap_or(0.0);
+    let mut count = publisher.watch_subscribers();
+
+    let stuck = common::never_reading_client(served.addr, &publisher).await;
+    within("the HTTP/1.1 stream to end", count.wait_for(|n| *n == 0))
+        .await
+        .unwrap();
+    assert_eq!(count_lagged().await, Some(before + 1.0));
+    drop(stuck);
+
+    let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let mut send = common::served::h2_with_window(tcp, Some(0)).await;
+    let request = http::Request::get(served.url("/events"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = within("the HTTP/2 stream", send.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    publisher
+        .publish(Event::default().data("never read"))
+        .unwrap();
+    within("the HTTP/2 stream to end", count.wait_for(|n| *n == 0))
+        .await
+        .unwrap();
+    assert_eq!(count_lagged().await, Some(before + 2.0));
+    drop(response);
+    served.shut_down().await;
 }

@@ -340,23 +340,46 @@ async fn a_message_that_changes_nothing_keeps_the_subscription() {
     assert_eq!(next(&mut ws).await["data"], "2");
 }
 
-/// A session at the subscriber limit still changes topics: the new
-/// subscription opens before the old one goes, and when that counts one
-/// too many, the old one goes first.
+/// A session at every limit (in all, per user, per address) still changes
+/// topics: it took one seat at its handshake, which both its old and its
+/// new subscription hold, and a second connection of the same user is
+/// refused with the limit it passes.
 #[tokio::test]
-async fn a_session_at_the_limit_still_changes_topics() {
-    let layer = SseLayer::new("/events").hub(&Hub::builder().max_subscribers(1).build());
-    let server = server(layer).await;
-    let mut ws = open(&server, "?topic=a").await;
-    next(&mut ws).await;
-    send(&mut ws, json!({"type": "subscribe", "topics": ["b"]})).await;
-    let answer = next(&mut ws).await;
-    assert_eq!(answer["type"], "subscribed");
-    assert_eq!(answer["topics"], json!(["a", "b"]));
-    server
-        .publisher
-        .publish_to("b", Event::default().data("on b"))
-        .unwrap();
-    assert_eq!(next(&mut ws).await["data"], "on b");
-    assert_eq!(server.publisher.subscriber_count(), 1);
+async fn a_session_at_the_limits_still_changes_topics() {
+    // The client's address is known under tower_sse::serve; axum::serve
+    // (without connect info) gives none, and nothing is counted per address.
+    for (hub, counted) in [
+        (Hub::builder().max_subscribers(1), true),
+        (Hub::builder().max_streams_per_user(1), true),
+        (
+            Hub::builder().max_streams_per_address(1),
+            common::lean_path(),
+        ),
+    ] {
+        let layer = SseLayer::new("/events")
+            .hub(&hub.build())
+            .authorize(|_parts| async { Ok(Access::all().user("ann")) });
+        let server = server(layer).await;
+        let mut ws = open(&server, "?topic=a").await;
+        next(&mut ws).await;
+        send(&mut ws, json!({"type": "subscribe", "topics": ["b"]})).await;
+        let answer = next(&mut ws).await;
+        assert_eq!(answer["type"], "subscribed");
+        assert_eq!(answer["topics"], json!(["a", "b"]));
+        send(&mut ws, json!({"type": "unsubscribe", "topics": ["a"]})).await;
+        assert_eq!(next(&mut ws).await["topics"], json!(["b"]));
+        server
+            .publisher
+            .publish_to("b", Event::default().data("on b"))
+            .unwrap();
+        assert_eq!(next(&mut ws).await["data"], "on b");
+        assert_eq!(server.publisher.subscriber_count(), 1);
+
+        if counted {
+            let url = format!("ws://{}/ws", server.addr);
+            let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("503") || err.contains("429"), "{err}");
+        }
+    }
 }

@@ -81,7 +81,12 @@ impl Admission {
                 mut admitted,
             } => {
                 let access = run(&hook, *parts).await?;
-                admitted.owner = owner(&access, admitted.owner.address)?;
+                admitted.owner = owner(
+                    &admitted.hub,
+                    &admitted.config,
+                    &access,
+                    admitted.owner.address,
+                )?;
                 admitted.access = access;
                 Ok(admitted)
             }
@@ -92,8 +97,9 @@ impl Admission {
 /// Admits a stream of `hub` with the layer's settings `config`: the hub's
 /// policy decides its [`Access`] (the hook, when the hub has one, runs on
 /// the request head), then whose it is (user, address, expiry: an access
-/// already expired is a `401`). Runs once per request or WebSocket
-/// connection.
+/// already expired is a `401`), then it takes its seat under the hub's
+/// limits (in all, per user, per address: `503` or `429`). Runs once per
+/// request or WebSocket connection, which keeps that seat for its life.
 pub(crate) async fn admit(
     hub: &Hub,
     config: &Arc<Config>,
@@ -118,7 +124,7 @@ pub(crate) fn admit_now(
         Ok(Admitted {
             hub: hub.clone(),
             config: config.clone(),
-            owner: owner(&access, address)?,
+            owner: owner(hub, config, &access, address)?,
             access,
         })
     };
@@ -127,8 +133,16 @@ pub(crate) fn admit_now(
         (Some(Policy::Hook(hook)), Credentials::Request(parts)) => Ok(Admission::Hook {
             hook: hook.clone(),
             parts,
-            // Replaced by what the hook grants.
-            admitted: admitted(Access::none())?,
+            // Replaced by what the hook grants (no seat taken yet).
+            admitted: Admitted {
+                hub: hub.clone(),
+                config: config.clone(),
+                access: Access::none(),
+                owner: Owner {
+                    address,
+                    ..Owner::default()
+                },
+            },
         }),
         (Some(Policy::Hook(_)), Credentials::Nothing) => Err(Refusal::unauthenticated(
             "this hub authorizes its streams: open this one with the caller's request \
@@ -241,37 +255,46 @@ impl Admitted {
         topics: &[&str],
         resume: &Resume,
     ) -> Result<Subscription, Refusal> {
-        let retry_after = self.config.retry_after;
         self.hub
             .subscribe(topics, resume, self.owner.clone())
-            .map_err(|error| match error {
-                SubscribeError::Closed => {
-                    Refusal::unavailable("the event stream is shutting down", retry_after)
-                }
-                SubscribeError::TooManySubscribers => Refusal::unavailable(
-                    "too many open event streams; try again later",
-                    retry_after,
-                ),
-                SubscribeError::TooManyForUser => Refusal::retry_later(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many open event streams for this user; close one or try again later",
-                    retry_after,
-                ),
-                SubscribeError::TooManyForAddress => Refusal::retry_later(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many open event streams from this address; try again later",
-                    retry_after,
-                ),
-                SubscribeError::NoRuntime => {
-                    Refusal::internal("tower-sse serves event streams only inside a Tokio runtime")
-                }
-            })
+            .map_err(|error| refusal(error, self.config.retry_after))
     }
 }
 
-/// Whose the subscription is: the user and expiry `access` grants (an
-/// expiry already past is a `401`), and the client's `address`.
-fn owner(access: &Access, address: Option<IpAddr>) -> Result<Owner, Refusal> {
+/// The answer to a stream the hub refused.
+fn refusal(error: SubscribeError, retry_after: std::time::Duration) -> Refusal {
+    match error {
+        SubscribeError::Closed => {
+            Refusal::unavailable("the event stream is shutting down", retry_after)
+        }
+        SubscribeError::TooManySubscribers => {
+            Refusal::unavailable("too many open event streams; try again later", retry_after)
+        }
+        SubscribeError::TooManyForUser => Refusal::retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many open event streams for this user; close one or try again later",
+            retry_after,
+        ),
+        SubscribeError::TooManyForAddress => Refusal::retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many open event streams from this address; try again later",
+            retry_after,
+        ),
+        SubscribeError::NoRuntime => {
+            Refusal::internal("tower-sse serves event streams only inside a Tokio runtime")
+        }
+    }
+}
+
+/// Whose the stream is: the user and expiry `access` grants (an expiry
+/// already past is a `401`), the client's `address`, and its seat under
+/// `hub`'s limits.
+fn owner(
+    hub: &Hub,
+    config: &Config,
+    access: &Access,
+    address: Option<IpAddr>,
+) -> Result<Owner, Refusal> {
     let expires = match access.expiry() {
         None => None,
         Some(at) => match at.duration_since(SystemTime::now()) {
@@ -283,10 +306,15 @@ fn owner(access: &Access, address: Option<IpAddr>) -> Result<Owner, Refusal> {
             }
         },
     };
+    let user: Option<Arc<str>> = access.user_id().map(Arc::from);
+    let seat = hub
+        .seat(user.clone(), address)
+        .map_err(|error| refusal(error, config.retry_after))?;
     Ok(Owner {
-        user: access.user_id().map(Arc::from),
+        user,
         address,
         expires,
+        seat: Some(seat),
     })
 }
 

@@ -17,6 +17,7 @@ mod presence;
 mod registry;
 mod replica;
 mod rule;
+mod seats;
 mod settings;
 mod start;
 mod state;
@@ -33,6 +34,7 @@ use tokio::{sync::watch, task::JoinHandle};
 pub use builder::HubBuilder;
 pub use replica::BackplaneStatus;
 pub use rule::{BuildError, HistoryRule};
+pub(crate) use seats::Seat;
 pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
@@ -176,6 +178,18 @@ impl Hub {
             self.ensure_replica();
             replica.caught_up(&self.inner.core, topics, resume).await;
         }
+    }
+
+    /// A seat under the hub's limits (in all, per user, per address) for a
+    /// stream of `user` from `address`: taken once per stream (a WebSocket
+    /// connection's, for all its subscriptions), before it waits for
+    /// anything.
+    pub(crate) fn seat(
+        &self,
+        user: Option<Arc<str>>,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Arc<Seat>, SubscribeError> {
+        self.inner.core.seats.take(user, address).map(Arc::new)
     }
 
     /// Registers a subscriber of `topics` (and the default topic) from

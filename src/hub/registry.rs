@@ -5,7 +5,6 @@
 
 use slab::Slab;
 use std::{
-    net::IpAddr,
     sync::{Arc, OnceLock},
     task::Waker,
 };
@@ -84,16 +83,14 @@ impl Ended {
 pub(crate) struct Reader {
     waker: AtomicWaker,
     pub(crate) user: Option<Arc<str>>,
-    pub(crate) address: Option<IpAddr>,
     ended: AtomicU8,
 }
 
 impl Reader {
-    pub(crate) fn new(user: Option<Arc<str>>, address: Option<IpAddr>) -> Arc<Reader> {
+    pub(crate) fn new(user: Option<Arc<str>>) -> Arc<Reader> {
         Arc::new(Reader {
             waker: AtomicWaker::new(),
             user,
-            address,
             ended: AtomicU8::new(0),
         })
     }
@@ -343,7 +340,7 @@ mod tests {
 
     fn follower(followers: &Followers) -> Arc<Count> {
         let count = Arc::new(Count::default());
-        let reader = Reader::new(None, None);
+        let reader = Reader::new(None);
         reader.register(&Waker::from(count.clone()));
         followers.add(reader);
         count
@@ -463,7 +460,7 @@ mod tests {
         let readers: Vec<_> = [Some("ann"), Some("bob"), Some("ann"), None]
             .into_iter()
             .map(|user| {
-                let reader = Reader::new(user.map(Into::into), None);
+                let reader = Reader::new(user.map(Into::into));
                 followers.add(reader.clone());
                 reader
             })

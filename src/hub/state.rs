@@ -6,7 +6,6 @@
 //! and across rings. Readers take only their rings' read locks.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -21,6 +20,7 @@ use super::{
     control::Control,
     history::{Topic, Topics},
     registry::{Ended, FanOut},
+    seats::Seats,
     settings::Settings,
     store::{Page, Store},
 };
@@ -56,6 +56,8 @@ pub(crate) struct Core {
     /// this instance to catch up with an id seen on another.
     newest: watch::Sender<u64>,
     pub(crate) settings: Settings,
+    /// The open streams, under the limits in all, per user and per address.
+    pub(crate) seats: Arc<Seats>,
     default_topic: Arc<Topic>,
     pub(crate) fan_out: FanOut,
     /// Encodings built for every record as it is appended (those of the
@@ -66,9 +68,6 @@ pub(crate) struct Core {
 struct State {
     next_id: u64,
     topics: Topics,
-    /// Open subscriptions per user and per client address, for their limits.
-    per_user: HashMap<Arc<str>, usize>,
-    per_address: HashMap<std::net::IpAddr, usize>,
     store: Store,
     closed: bool,
 }
@@ -100,8 +99,6 @@ impl Core {
             state: Mutex::new(State {
                 next_id: start,
                 topics,
-                per_user: HashMap::new(),
-                per_address: HashMap::new(),
                 store,
                 closed: false,
             }),
@@ -112,6 +109,7 @@ impl Core {
             subscribers: AtomicUsize::new(0),
             count: watch::Sender::new(0),
             newest: watch::Sender::new(start - 1),
+            seats: Seats::new(&settings),
             settings,
             default_topic,
             fan_out: FanOut::default(),

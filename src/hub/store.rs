@@ -456,7 +456,7 @@ mod tests {
     fn a_followed_topic_keeps_what_its_readers_may_still_read() {
         let mut store = Store::new(3, usize::MAX, false, 0);
         let t = topic(&mut store, "t", HistoryRule::nothing());
-        let reader = super::super::registry::Reader::new(None, None);
+        let reader = super::super::registry::Reader::new(None);
         let key = t.followers().add(reader);
         for id in 1..=5 {
             store.push(&t, record(id, None), None);

@@ -14,6 +14,7 @@ pub(crate) use super::registry::Ended;
 use super::{
     history::Follow,
     registry::Reader,
+    seats::Seat,
     start::{Owner, Resume, Start, SubscribeError},
     state::Core,
 };
@@ -37,6 +38,9 @@ pub(crate) struct Subscription {
     /// Dropped with the subscription, after it is unregistered (what the
     /// hub does then, e.g. announce that its user left).
     on_drop: Option<Box<dyn Send + Sync>>,
+    /// Its stream's place under the hub's limits (shared with the
+    /// stream's other subscriptions, and given back after the last).
+    _seat: Option<Arc<Seat>>,
 }
 
 impl Subscription {
@@ -48,9 +52,9 @@ impl Subscription {
         resume: &Resume,
         owner: Owner,
     ) -> Result<Subscription, SubscribeError> {
-        let reader = Reader::new(owner.user.clone(), owner.address);
+        let reader = Reader::new(owner.user.clone());
         let generation = core.generation();
-        let (follows, start) = core.register(topics, resume, &owner, &reader)?;
+        let (follows, start) = core.register(topics, resume, &reader)?;
         Ok(Subscription {
             core: core.clone(),
             generation,
@@ -61,6 +65,7 @@ impl Subscription {
             follows,
             start,
             on_drop: None,
+            _seat: owner.seat,
         })
     }
 
@@ -170,7 +175,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.core.unregister(&self.follows, &self.reader);
+        self.core.unregister(&self.follows);
         self.on_drop.take();
     }
 }
@@ -352,39 +357,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_expiry_ends_it_and_limits_count_per_user_and_address() {
+    async fn an_expiry_ends_it_and_its_seat_comes_back_after_its_last_subscription() {
         let core = Core::new(
             Settings {
                 max_streams_per_user: 1,
-                max_streams_per_address: 2,
                 ..Settings::default()
             },
             false,
         );
-        let ann = |expires| Owner {
-            user: Some("ann".into()),
-            address: Some([10, 0, 0, 1].into()),
-            expires,
-        };
+        let seat = |core: &Arc<Core>| core.seats.take(Some("ann".into()), None).map(Arc::new);
         let at = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        let mut sub = Subscription::open(&core, &[], &Resume::Live, ann(Some(at))).unwrap();
-        assert!(matches!(
-            Subscription::open(&core, &[], &Resume::Live, ann(None)),
-            Err(SubscribeError::TooManyForUser)
-        ));
-        let other = Owner {
-            address: Some([10, 0, 0, 1].into()),
+        let ann = Owner {
+            user: Some("ann".into()),
+            expires: Some(at),
+            seat: Some(seat(&core).unwrap()),
             ..Owner::default()
         };
-        let _second = Subscription::open(&core, &[], &Resume::Live, other.clone()).unwrap();
-        assert!(matches!(
-            Subscription::open(&core, &[], &Resume::Live, other),
-            Err(SubscribeError::TooManyForAddress)
-        ));
+        // Two subscriptions of one stream (a WebSocket changing topics):
+        // one seat.
+        let mut sub = Subscription::open(&core, &[], &Resume::Live, ann.clone()).unwrap();
+        let next = Subscription::open(&core, &["a"], &Resume::Live, ann).unwrap();
+        assert!(matches!(seat(&core), Err(SubscribeError::TooManyForUser)));
         assert_eq!(ended(&mut sub), None);
         tokio::time::advance(std::time::Duration::from_secs(61)).await;
         assert_eq!(ended(&mut sub), Some(Ended::Expired));
         drop(sub);
-        let _again = Subscription::open(&core, &[], &Resume::Live, ann(None)).unwrap();
+        assert!(matches!(seat(&core), Err(SubscribeError::TooManyForUser)));
+        drop(next);
+        assert!(seat(&core).is_ok());
     }
 }

@@ -26,6 +26,8 @@ use tokio::{
 };
 use tower_service::Service;
 
+use crate::observe::Stalled;
+
 use super::{
     lean::{self, Asked, Handing, Lent, Slot},
     preface::{first_bytes, Rewind},
@@ -304,11 +306,16 @@ where
         if let Some((slot, _)) = &offer {
             request.extensions_mut().insert(slot.offer());
         }
+        // The stream's side of the stall watch: set if its stall closes the
+        // connection, so the stream counts as lagging.
+        let mark = Stalled::default();
+        request.extensions_mut().insert(mark.clone());
         // A handed response never reaches the stall watch: its stream
         // leaves hyper, and the lean writer watches its own writes.
         Watching::new(
             Handing::new(self.inner.call(request), offer),
             self.stalls.clone(),
+            mark,
         )
     }
 }

@@ -302,11 +302,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Lean<I> {
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for the write stall timeout",
-            ))
-            .into(),
+            Poll::Ready(()) => {
+                // Counted as lagging: the client resumes from its id.
+                self.stream.stalled();
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read nothing for the write stall timeout",
+                ))
+                .into()
+            }
             Poll::Pending => Poll::Pending,
         }
     }

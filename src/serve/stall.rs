@@ -27,6 +27,8 @@ use std::{
 };
 use tokio::{sync::Notify, time::Instant};
 
+use crate::observe::Stalled;
+
 /// The bodies of one connection, watched for stalls.
 pub(super) struct Stalls {
     epoch: Instant,
@@ -39,6 +41,9 @@ pub(super) struct Stalls {
 /// One body's side of the watch: since when it waits to be polled.
 struct Watch {
     stalls: Arc<Stalls>,
+    /// Set when its stall closes the connection: the stream counts as
+    /// lagging (the request carried it to the stream).
+    mark: Stalled,
     /// Milliseconds since `epoch`, plus one, of the first wake-up since the
     /// body was last polled; 0 while it is not waiting.
     since: AtomicU64,
@@ -62,9 +67,10 @@ impl Stalls {
 
     /// `body`, watched: waiting from now until its first poll (an HTTP/2
     /// stream whose window never opens is never polled at all).
-    pub(super) fn watch<B>(self: &Arc<Self>, body: B) -> Watched<B> {
+    fn watch<B>(self: &Arc<Self>, body: B, mark: Stalled) -> Watched<B> {
         let watch = Arc::new(Watch {
             stalls: self.clone(),
+            mark,
             since: AtomicU64::new(self.now()),
             task: AtomicWaker::new(),
         });
@@ -94,11 +100,28 @@ impl Stalls {
             self.waiting.notified().await;
             // Until no body waits: sleep to the earliest deadline, look again.
             while let Some(deadline) = self.check() {
-                if deadline <= self.now() {
+                let now = self.now();
+                if deadline <= now {
+                    self.mark_stalled(now);
                     return;
                 }
                 let at = self.epoch + Duration::from_millis(deadline - 1);
                 tokio::time::sleep_until(at).await;
+            }
+        }
+    }
+
+    /// Marks the bodies that have waited for the timeout at `now`: the
+    /// connection is closed for them.
+    fn mark_stalled(&self, now: u64) {
+        let timeout = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX / 2);
+        let Ok(watches) = self.watches.lock() else {
+            return;
+        };
+        for watch in watches.iter().filter_map(Weak::upgrade) {
+            let since = watch.since.load(Ordering::Acquire);
+            if since != 0 && since.saturating_add(timeout) <= now {
+                watch.mark.set();
             }
         }
     }
@@ -201,12 +224,19 @@ pin_project! {
         #[pin]
         inner: F,
         stalls: Arc<Stalls>,
+        mark: Stalled,
     }
 }
 
 impl<F> Watching<F> {
-    pub(super) fn new(inner: F, stalls: Arc<Stalls>) -> Self {
-        Watching { inner, stalls }
+    /// `inner`, a response to a request that carries `mark` (so that an
+    /// event stream, stalled, is counted as lagging).
+    pub(super) fn new(inner: F, stalls: Arc<Stalls>, mark: Stalled) -> Self {
+        Watching {
+            inner,
+            stalls,
+            mark,
+        }
     }
 }
 
@@ -229,7 +259,7 @@ where
             .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
         Poll::Ready(Ok(response.map(|body| {
             if stream {
-                this.stalls.watch(body)
+                this.stalls.watch(body, this.mark.clone())
             } else {
                 Stalls::pass(body)
             }
@@ -250,7 +280,8 @@ mod tests {
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, std::convert::Infallible>>(4);
         let body = http_body_util::StreamBody::new(tokio_stream_of(rx));
-        let mut watched = stalls.watch(body);
+        let mark = Stalled::default();
+        let mut watched = stalls.watch(body, mark.clone());
         // Polled at once, pending: registered with the channel.
         assert!(pending(&mut watched));
         let stalled = stalls.stalled();
@@ -273,13 +304,19 @@ mod tests {
         // An event comes and nobody polls: stalled after 10 s, not before.
         let start = Instant::now();
         tx.send(Ok(Frame::data("b".into()))).await.unwrap();
+        assert!(!mark.is_set());
         stalled.await;
         assert_eq!(start.elapsed().as_secs(), 10);
+        // Its stream will count as lagging.
+        assert!(mark.is_set());
 
         // A body never polled at all (a window that never opens) too.
         drop(watched);
         let start = Instant::now();
-        let never = stalls.watch(http_body_util::Empty::<bytes::Bytes>::new());
+        let never = stalls.watch(
+            http_body_util::Empty::<bytes::Bytes>::new(),
+            Stalled::default(),
+        );
         stalls.stalled().await;
         assert_eq!(start.elapsed().as_secs(), 10);
         drop(never);
@@ -298,6 +335,7 @@ mod tests {
             Watching::new(
                 std::future::ready(Ok::<_, std::convert::Infallible>(response)),
                 stalls.clone(),
+                Stalled::default(),
             )
         };
         let stream = respond("text/event-stream").await.unwrap();

@@ -80,3 +80,24 @@ where
     tokio::spawn(connection);
     send
 }
+
+/// A server where only a stall ends a stream whose client stops reading:
+/// a lag bound such a client never reaches, a 300 ms write-stall timeout
+/// and no `TCP_USER_TIMEOUT`. `app` is the app around the layer.
+pub async fn stall_only(
+    app: impl FnOnce(tower_sse::SseLayer) -> Router,
+) -> (Served, tower_sse::Publisher) {
+    let hub = tower_sse::Hub::builder()
+        .history(10_000)
+        .max_lag(10_000)
+        .max_streams_per_address(usize::MAX)
+        .build();
+    let layer = tower_sse::SseLayer::new("/events").hub(&hub);
+    let publisher = layer.publisher();
+    let served = Served::start(app(layer), |s| {
+        s.write_stall_timeout(Some(std::time::Duration::from_millis(300)))
+            .tcp_user_timeout(None)
+    })
+    .await;
+    (served, publisher)
+}

@@ -2,30 +2,21 @@
 //! registering a reader on its topics from where it resumes (or the reset),
 //! unregistering it, and who follows a topic.
 
-use std::{
-    collections::HashMap,
-    sync::{atomic::Ordering, Arc},
-};
+use std::sync::{atomic::Ordering, Arc};
 use tokio::sync::watch;
 
 use super::{Core, DEFAULT_TOPIC};
 use crate::hub::{
     history::Follow,
     registry::Reader,
-    start::{Owner, Resume, Start, StartKind, SubscribeError},
+    start::{Resume, Start, StartKind, SubscribeError},
 };
 
 impl Core {
     /// Whether a subscription would be refused now, checked before waiting
-    /// for anything (the same checks as [`Core::register`]).
+    /// for anything (the limits were counted when its stream took its seat).
     pub(crate) fn refuses(&self) -> Option<SubscribeError> {
-        if self.is_closed() {
-            Some(SubscribeError::Closed)
-        } else if self.subscribers.load(Ordering::Relaxed) >= self.settings.max_subscribers {
-            Some(SubscribeError::TooManySubscribers)
-        } else {
-            None
-        }
+        self.is_closed().then_some(SubscribeError::Closed)
     }
 
     /// How many subscriptions follow `topic`, and their users (distinct;
@@ -56,40 +47,18 @@ impl Core {
         topic.followers().watch()
     }
 
-    /// Registers `reader`, a subscription of `owner` to `topics` (the
-    /// default topic is always followed) starting at `resume`.
+    /// Registers `reader`, a subscription to `topics` (the default topic is
+    /// always followed) starting at `resume`. The limits are not counted
+    /// here: its stream took its seat when it was admitted.
     pub(crate) fn register(
         &self,
         topics: &[&str],
         resume: &Resume,
-        owner: &Owner,
         reader: &Arc<Reader>,
     ) -> Result<(Vec<Follow>, Start), SubscribeError> {
         let mut state = self.state();
         if state.closed {
             return Err(SubscribeError::Closed);
-        }
-        if self.subscribers.load(Ordering::Relaxed) >= self.settings.max_subscribers {
-            return Err(SubscribeError::TooManySubscribers);
-        }
-        let user_count = owner
-            .user
-            .as_ref()
-            .map(|u| state.per_user.get(u).copied().unwrap_or(0));
-        if user_count.is_some_and(|n| n >= self.settings.max_streams_per_user) {
-            return Err(SubscribeError::TooManyForUser);
-        }
-        let address_count = owner
-            .address
-            .map(|a| state.per_address.get(&a).copied().unwrap_or(0));
-        if address_count.is_some_and(|n| n >= self.settings.max_streams_per_address) {
-            return Err(SubscribeError::TooManyForAddress);
-        }
-        if let Some(user) = &owner.user {
-            *state.per_user.entry(user.clone()).or_default() += 1;
-        }
-        if let Some(address) = owner.address {
-            *state.per_address.entry(address).or_default() += 1;
         }
         let published = self.published.load(Ordering::Relaxed);
 
@@ -160,7 +129,7 @@ impl Core {
 
     /// Unregisters a subscription; topics nobody follows and that hold
     /// nothing go.
-    pub(crate) fn unregister(&self, follows: &[Follow], reader: &Reader) {
+    pub(crate) fn unregister(&self, follows: &[Follow]) {
         let mut state = self.state();
         for follow in follows {
             if follow.topic.followers().remove(follow.key) == 0 {
@@ -170,23 +139,7 @@ impl Core {
                 state.forget_if_idle(&follow.topic);
             }
         }
-        if let Some(user) = &reader.user {
-            decrement(&mut state.per_user, user);
-        }
-        if let Some(address) = &reader.address {
-            decrement(&mut state.per_address, address);
-        }
         let count = self.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
         self.count.send_replace(count);
-    }
-}
-
-/// One less under `key`; the entry goes at zero.
-fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
-    if let Some(n) = counts.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(key);
-        }
     }
 }
