@@ -34,6 +34,7 @@ use std::sync::{
 pub(crate) struct Stalled(Arc<AtomicBool>);
 
 impl Stalled {
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))]
     pub(crate) fn set(&self) {
         self.0.store(true, Ordering::Relaxed);
     }

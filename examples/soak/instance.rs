@@ -33,9 +33,6 @@ pub async fn run(kind: Kind, url: &str) -> Result<(), String> {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    if std::env::var_os("SOAK_NO_TRIM").is_none() {
-        tokio::spawn(give_back_freed_memory());
-    }
     let builder = Hub::builder()
         .open_access()
         .history(200)
@@ -128,26 +125,6 @@ async fn count_outages(publisher: Publisher, downs: Arc<AtomicU64>, ups: Arc<Ato
         } else if up && was_down {
             ups.fetch_add(1, Ordering::Relaxed);
             was_down = false;
-        }
-    }
-}
-
-/// Gives the memory freed since the last time back to the system, every
-/// 30 s. glibc's malloc keeps what a peak freed in the arenas of the threads
-/// that freed it and returns it only when asked (`malloc_trim`); after a
-/// restart that crowds streams onto one instance, RSS then stays at the
-/// peak although the heap went back down. A long-running service on glibc
-/// does this (or runs jemalloc or mimalloc, which give memory back on their
-/// own); with it, RSS follows the heap, and a leak shows in both.
-/// `SOAK_NO_TRIM=1` leaves it out, to see glibc's own behaviour.
-async fn give_back_freed_memory() {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        every.tick().await;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim takes no pointer and only releases free pages.
-        unsafe {
-            libc::malloc_trim(0);
         }
     }
 }
