@@ -72,7 +72,18 @@ pub async fn run(kind: Kind, url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     println!("listening {port}");
-    axum::serve(listener, app).await.map_err(|e| e.to_string())
+    // The crate's own server, as the README advises for production: a
+    // stream leaves hyper once its head is written (about 2 KB of heap
+    // each, not hyper's ~30 KB), so a crowd after a restart costs little.
+    // Every client comes from 127.0.0.1 here. `SOAK_SERVER=axum`: on
+    // axum::serve, where hyper keeps every stream.
+    if std::env::var("SOAK_SERVER").is_ok_and(|server| server == "axum") {
+        return axum::serve(listener, app).await.map_err(|e| e.to_string());
+    }
+    tower_sse::serve(listener, app)
+        .max_connections_per_address(usize::MAX)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn connect(kind: Kind, url: &str, builder: HubBuilder) -> Result<Hub, tower_sse::Error> {
