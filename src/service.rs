@@ -113,10 +113,14 @@ fn stream<F>(mut parts: Parts, publisher: Publisher, routes: &Routes) -> Respons
     ResponseFuture::own(Box::pin(async move {
         let opened = async {
             let admitted = admission.finish().await?;
-            let topics = admitted.grant(request.topics.iter().map(String::as_str));
-            admitted
-                .caught_up(&topics.unwrap_or_default(), &request.resume)
-                .await;
+            // A refused topic (answered by open_now) and HEAD wait for
+            // nothing, and take no seat under the limits.
+            if let (Ok(topics), false) = (
+                admitted.grant(request.topics.iter().map(String::as_str)),
+                head,
+            ) {
+                admitted.caught_up(&topics, &request.resume).await?;
+            }
             open_now(&admitted, &request, head)
         };
         respond(opened.await, offer, stalled)

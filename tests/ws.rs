@@ -342,18 +342,18 @@ async fn a_message_that_changes_nothing_keeps_the_subscription() {
 
 /// A session at every limit (in all, per user, per address) still changes
 /// topics: it took one seat at its handshake, which both its old and its
-/// new subscription hold, and a second connection of the same user is
-/// refused with the limit it passes.
+/// new subscription hold; a second connection of the same user is refused
+/// with the limit it passes, and gets in once the first has closed.
 #[tokio::test]
 async fn a_session_at_the_limits_still_changes_topics() {
     // The client's address is known under tower_sse::serve; axum::serve
     // (without connect info) gives none, and nothing is counted per address.
-    for (hub, counted) in [
-        (Hub::builder().max_subscribers(1), true),
-        (Hub::builder().max_streams_per_user(1), true),
+    for (hub, refused) in [
+        (Hub::builder().max_subscribers(1), Some("503")),
+        (Hub::builder().max_streams_per_user(1), Some("429")),
         (
             Hub::builder().max_streams_per_address(1),
-            common::lean_path(),
+            common::lean_path().then_some("429"),
         ),
     ] {
         let layer = SseLayer::new("/events")
@@ -375,11 +375,19 @@ async fn a_session_at_the_limits_still_changes_topics() {
         assert_eq!(next(&mut ws).await["data"], "on b");
         assert_eq!(server.publisher.subscriber_count(), 1);
 
-        if counted {
+        if let Some(status) = refused {
             let url = format!("ws://{}/ws", server.addr);
             let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
             let err = err.to_string();
-            assert!(err.contains("503") || err.contains("429"), "{err}");
+            assert!(err.contains(status), "{err}");
         }
+        // Closed: its seat comes back.
+        drop(ws);
+        let mut count = server.publisher.watch_subscribers();
+        within("the session to end", count.wait_for(|n| *n == 0))
+            .await
+            .unwrap();
+        let mut again = open(&server, "?topic=a").await;
+        assert_eq!(next(&mut again).await["type"], "subscribed");
     }
 }

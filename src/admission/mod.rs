@@ -34,7 +34,7 @@ use http::{request::Parts, StatusCode};
 use std::{
     net::IpAddr,
     panic::AssertUnwindSafe,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{atomic::AtomicBool, Arc, OnceLock},
     task::Poll,
     time::SystemTime,
 };
@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::{
     authorize::{Access, Authorize, Policy},
     config::Config,
-    hub::{Hub, Owner, Resume, SubscribeError, Subscription},
+    hub::{Hub, Owner, Resume, Seat, SubscribeError, Subscription},
     refusal::Refusal,
     request, topic,
 };
@@ -81,12 +81,7 @@ impl Admission {
                 mut admitted,
             } => {
                 let access = run(&hook, *parts).await?;
-                admitted.owner = owner(
-                    &admitted.hub,
-                    &admitted.config,
-                    &access,
-                    admitted.owner.address,
-                )?;
+                admitted.owner = owner(&access, admitted.owner.address)?;
                 admitted.access = access;
                 Ok(admitted)
             }
@@ -97,9 +92,9 @@ impl Admission {
 /// Admits a stream of `hub` with the layer's settings `config`: the hub's
 /// policy decides its [`Access`] (the hook, when the hub has one, runs on
 /// the request head), then whose it is (user, address, expiry: an access
-/// already expired is a `401`), then it takes its seat under the hub's
-/// limits (in all, per user, per address: `503` or `429`). Runs once per
-/// request or WebSocket connection, which keeps that seat for its life.
+/// already expired is a `401`). Runs once per request or WebSocket
+/// connection; its first subscription takes the stream's seat under the
+/// hub's limits, which the stream keeps for its life.
 pub(crate) async fn admit(
     hub: &Hub,
     config: &Arc<Config>,
@@ -124,8 +119,9 @@ pub(crate) fn admit_now(
         Ok(Admitted {
             hub: hub.clone(),
             config: config.clone(),
-            owner: owner(hub, config, &access, address)?,
+            owner: owner(&access, address)?,
             access,
+            seat: OnceLock::new(),
         })
     };
     match (hub.policy(), credentials) {
@@ -133,7 +129,7 @@ pub(crate) fn admit_now(
         (Some(Policy::Hook(hook)), Credentials::Request(parts)) => Ok(Admission::Hook {
             hook: hook.clone(),
             parts,
-            // Replaced by what the hook grants (no seat taken yet).
+            // Replaced by what the hook grants.
             admitted: Admitted {
                 hub: hub.clone(),
                 config: config.clone(),
@@ -142,6 +138,7 @@ pub(crate) fn admit_now(
                     address,
                     ..Owner::default()
                 },
+                seat: OnceLock::new(),
             },
         }),
         (Some(Policy::Hook(_)), Credentials::Nothing) => Err(Refusal::unauthenticated(
@@ -184,6 +181,12 @@ pub(crate) struct Admitted {
     config: Arc<Config>,
     access: Access,
     owner: Owner,
+    /// The stream's place under the hub's limits (in all, per user, per
+    /// address), taken by its first subscription (or before it waits for
+    /// the engine) and shared by every later one: a WebSocket connection
+    /// counts once whatever topics it changes to. A request that subscribes
+    /// to nothing (`HEAD`, a refused topic) takes none.
+    seat: OnceLock<Arc<Seat>>,
 }
 
 impl Admitted {
@@ -231,7 +234,7 @@ impl Admitted {
         topics: &[&str],
         resume: &Resume,
     ) -> Result<Subscription, Refusal> {
-        self.caught_up(topics, resume).await;
+        self.caught_up(topics, resume).await?;
         self.subscribe_now(topics, resume)
     }
 
@@ -239,8 +242,24 @@ impl Admitted {
     /// `topics` resuming at `resume` needs from the engine (replaying from
     /// it what the memory no longer holds); at once without one. Then
     /// [`subscribe_now`](Admitted::subscribe_now) opens it.
-    pub(crate) async fn caught_up(&self, topics: &[&str], resume: &Resume) {
+    pub(crate) async fn caught_up(&self, topics: &[&str], resume: &Resume) -> Result<(), Refusal> {
+        // Refused at a limit before it waits for anything.
+        self.seat()?;
         self.hub.caught_up(topics, resume).await;
+        Ok(())
+    }
+
+    /// The stream's seat under the hub's limits: taken the first time
+    /// (`503` or `429` past a limit), the same one after.
+    fn seat(&self) -> Result<Arc<Seat>, Refusal> {
+        if let Some(seat) = self.seat.get() {
+            return Ok(seat.clone());
+        }
+        let seat = self
+            .hub
+            .seat(self.owner.user.clone(), self.owner.address)
+            .map_err(|error| refusal(error, self.config.retry_after))?;
+        Ok(self.seat.get_or_init(|| seat).clone())
     }
 
     /// The settings of the layer it was admitted through.
@@ -255,8 +274,12 @@ impl Admitted {
         topics: &[&str],
         resume: &Resume,
     ) -> Result<Subscription, Refusal> {
+        let owner = Owner {
+            seat: Some(self.seat()?),
+            ..self.owner.clone()
+        };
         self.hub
-            .subscribe(topics, resume, self.owner.clone())
+            .subscribe(topics, resume, owner)
             .map_err(|error| refusal(error, self.config.retry_after))
     }
 }
@@ -287,14 +310,8 @@ fn refusal(error: SubscribeError, retry_after: std::time::Duration) -> Refusal {
 }
 
 /// Whose the stream is: the user and expiry `access` grants (an expiry
-/// already past is a `401`), the client's `address`, and its seat under
-/// `hub`'s limits.
-fn owner(
-    hub: &Hub,
-    config: &Config,
-    access: &Access,
-    address: Option<IpAddr>,
-) -> Result<Owner, Refusal> {
+/// already past is a `401`), and the client's `address`.
+fn owner(access: &Access, address: Option<IpAddr>) -> Result<Owner, Refusal> {
     let expires = match access.expiry() {
         None => None,
         Some(at) => match at.duration_since(SystemTime::now()) {
@@ -306,15 +323,11 @@ fn owner(
             }
         },
     };
-    let user: Option<Arc<str>> = access.user_id().map(Arc::from);
-    let seat = hub
-        .seat(user.clone(), address)
-        .map_err(|error| refusal(error, config.retry_after))?;
     Ok(Owner {
-        user,
+        user: access.user_id().map(Arc::from),
         address,
         expires,
-        seat: Some(seat),
+        seat: None,
     })
 }
 
@@ -356,6 +369,7 @@ mod tests {
             config: Arc::new(config),
             access,
             owner: Owner::default(),
+            seat: OnceLock::new(),
         }
     }
 

@@ -106,9 +106,12 @@ impl HubBuilder {
 
     /// How many streams may be open at once; past it, new streams are
     /// refused (`503 Service Unavailable` with `Retry-After`). A stream is
-    /// counted once, when it is admitted, under this limit and the per-user
-    /// and per-address ones: an SSE or gRPC stream, or a WebSocket
-    /// connection whatever topics it changes to. Default:
+    /// counted once, from its first subscription to its end, under this
+    /// limit and the per-user and per-address ones: an SSE or gRPC stream,
+    /// or a WebSocket connection whatever topics it changes to
+    /// ([`Publisher::subscriber_count`](crate::Publisher::subscriber_count)
+    /// counts subscriptions: a WebSocket changing topics holds two for a
+    /// moment). Default:
     /// 10,000 (about 210 MB of idle streams, and over HTTP/1.1 one
     /// descriptor each: half of a 20,000-descriptor process). `usize::MAX`
     /// for no limit.

@@ -182,8 +182,8 @@ impl Hub {
 
     /// A seat under the hub's limits (in all, per user, per address) for a
     /// stream of `user` from `address`: taken once per stream (a WebSocket
-    /// connection's, for all its subscriptions), before it waits for
-    /// anything.
+    /// connection's, for all its subscriptions), before it waits for the
+    /// engine.
     pub(crate) fn seat(
         &self,
         user: Option<Arc<str>>,

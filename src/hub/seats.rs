@@ -1,6 +1,6 @@
 //! The hub's limits on open streams: in all, per user and per client
-//! address. A stream takes its seat once, when it is admitted, and keeps it
-//! for its life: an SSE stream or gRPC stream for its one subscription, a
+//! address. A stream takes its seat once, at its first subscription (or
+//! before it waits for the engine), and keeps it for its life: an SSE stream or gRPC stream for its one subscription, a
 //! WebSocket connection for every subscription it opens as its topics
 //! change (so changing topics at a limit is never refused). The seat is
 //! given back when its last holder goes.
@@ -30,7 +30,6 @@ struct Counts {
 }
 
 /// One stream's place under the limits; given back when dropped.
-#[derive(Debug)]
 pub(crate) struct Seat {
     seats: Arc<Seats>,
     user: Option<Arc<str>>,
@@ -88,6 +87,16 @@ impl Seats {
             user,
             address,
         })
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    /// Not the table of every user and address it counts under.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seat")
+            .field("user", &self.user)
+            .field("address", &self.address)
+            .finish()
     }
 }
 

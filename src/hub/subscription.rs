@@ -40,7 +40,7 @@ pub(crate) struct Subscription {
     on_drop: Option<Box<dyn Send + Sync>>,
     /// Its stream's place under the hub's limits (shared with the
     /// stream's other subscriptions, and given back after the last).
-    _seat: Option<Arc<Seat>>,
+    seat: Option<Arc<Seat>>,
 }
 
 impl Subscription {
@@ -65,7 +65,7 @@ impl Subscription {
             follows,
             start,
             on_drop: None,
-            _seat: owner.seat,
+            seat: owner.seat,
         })
     }
 
@@ -175,6 +175,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // The seat first: whoever sees the count drop (and opens another
+        // stream at once) finds the limit's room already given back.
+        self.seat = None;
         self.core.unregister(&self.follows);
         self.on_drop.take();
     }
