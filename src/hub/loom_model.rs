@@ -24,8 +24,9 @@ use loom::{future::block_on, thread};
 use std::{future::poll_fn, sync::Arc, task::Poll};
 
 use super::{
+    seats::Owner,
     settings::Settings,
-    start::{Owner, Resume, StartKind},
+    start::{Resume, StartKind},
     state::Core,
     subscription::{Lagged, Subscription},
 };

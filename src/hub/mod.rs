@@ -34,8 +34,8 @@ use tokio::{sync::watch, task::JoinHandle};
 pub use builder::HubBuilder;
 pub use replica::BackplaneStatus;
 pub use rule::{BuildError, HistoryRule};
-pub(crate) use seats::Seat;
-pub(crate) use start::{Owner, Resume, StartKind, SubscribeError};
+pub(crate) use seats::{Owner, Seat};
+pub(crate) use start::{Resume, StartKind, SubscribeError};
 pub(crate) use subscription::{Ended, Lagged, Subscription};
 
 use crate::{

@@ -3,15 +3,29 @@
 //! before it waits for the engine), and keeps it for its life: an SSE stream or gRPC stream for its one subscription, a
 //! WebSocket connection for every subscription it opens as its topics
 //! change (so changing topics at a limit is never refused). The seat is
-//! given back when its last holder goes.
+//! given back when its last holder goes. [`Owner`] is whose a subscription
+//! is: its user, address, expiry, and that seat.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
 };
+use tokio::time::Instant;
 
 use super::{settings::Settings, start::SubscribeError};
+
+/// Whose a subscription is, as its authorization and request said.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Owner {
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) address: Option<IpAddr>,
+    /// When its access expires, if it does.
+    pub(crate) expires: Option<Instant>,
+    /// Its stream's place under the hub's limits, kept while any
+    /// subscription of the stream is open (none for the hub's own tests).
+    pub(crate) seat: Option<Arc<Seat>>,
+}
 
 /// The open streams, counted against the hub's limits.
 #[derive(Debug)]

@@ -1,22 +1,5 @@
-//! Where a subscription starts (and how the client said so), whose it is,
-//! and why the hub may refuse one.
-
-use std::{net::IpAddr, sync::Arc};
-use tokio::time::Instant;
-
-use super::seats::Seat;
-
-/// Whose a subscription is, as its authorization and request said.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Owner {
-    pub(crate) user: Option<Arc<str>>,
-    pub(crate) address: Option<IpAddr>,
-    /// When its access expires, if it does.
-    pub(crate) expires: Option<Instant>,
-    /// Its stream's place under the hub's limits, kept while any
-    /// subscription of the stream is open (none for the hub's own tests).
-    pub(crate) seat: Option<Arc<Seat>>,
-}
+//! Where a subscription starts (and how the client said so), and why the
+//! hub may refuse one.
 
 /// Where a new subscriber starts.
 #[derive(Clone, Debug, PartialEq, Eq)]

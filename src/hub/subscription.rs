@@ -14,8 +14,8 @@ pub(crate) use super::registry::Ended;
 use super::{
     history::Follow,
     registry::Reader,
-    seats::Seat,
-    start::{Owner, Resume, Start, SubscribeError},
+    seats::{Owner, Seat},
+    start::{Resume, Start, SubscribeError},
     state::Core,
 };
 use crate::record::Record;
